@@ -1,0 +1,163 @@
+"""FT-MultiCNN (paper section 3.5) and the metadata-only baseline.
+
+FT-MultiCNN = image branch (ConvBlocks 32/64/128 on a 128x128x3 input, flattened; or a
+registered backbone used as a pooled feature extractor) + metadata branch (Dense 64 +
+ReLU), concatenated, then [BatchNorm1d] + [Dropout] + Linear -> logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dermfuse.models import Normalize, create_model, model_spec, register_model
+from dermfuse.models.cnn import ConvBlocks
+
+__all__ = ["FTMultiCNN", "MetaMLP", "ft_multicnn", "meta_mlp"]
+
+META_HIDDEN = 64  # paper 3.5.2: Dense(64) on the metadata
+
+
+def _check_meta(meta: torch.Tensor | None, meta_dim: int, batch: int | None) -> torch.Tensor:
+    if meta is None:
+        raise ValueError(f"this model needs meta of shape (B, {meta_dim}); got None")
+    if meta.ndim != 2 or meta.shape[1] != meta_dim or (batch is not None and meta.shape[0] != batch):
+        want = f"({batch}, {meta_dim})" if batch is not None else f"(B, {meta_dim})"
+        raise ValueError(f"meta of shape {tuple(meta.shape)}; expected {want}")
+    return meta
+
+
+class FTMultiCNN(nn.Module):
+    """Image branch + metadata branch, concatenated, -> logits.
+
+    forward(image (B, 3, S, S) float in [0, 1], meta (B, meta_dim) float) -> (B, num_classes).
+    With use_meta=False the metadata branch is absent and meta is ignored (ablation).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        meta_dim: int,
+        input_size: int = 128,
+        image_backbone: str | None = None,
+        pretrained: bool = True,
+        backbone_weights: str | None = None,
+        dropout: float = 0.3,
+        batchnorm: bool = True,
+        use_meta: bool = True,
+    ) -> None:
+        super().__init__()
+        if use_meta and meta_dim <= 0:
+            raise ValueError("ft_multicnn needs meta_dim > 0 (or use_meta=False for an image-only ablation)")
+        self.use_meta = use_meta
+        self.meta_dim = meta_dim if use_meta else 0
+        self.input_size = input_size
+        self.image_backbone = image_backbone or "cnn"
+
+        if self.image_backbone == "cnn":
+            # Paper 3.5.1: inputs as they are (/255), three conv blocks, flatten.
+            self.normalize = Normalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+            self.image_branch: nn.Module = ConvBlocks(input_size, batchnorm=batchnorm)
+            self.weights_source = "random"
+        else:
+            spec = model_spec(self.image_backbone)
+            if not spec.uses_image or spec.uses_meta:
+                raise ValueError(
+                    f"image_backbone {self.image_backbone!r} is not an image-only model; "
+                    "expected one of cnn, efficientnet_lite0, resnet50, inception_v3"
+                )
+            self.normalize = nn.Identity()  # the backbone normalises its own input
+            self.image_branch = create_model(
+                self.image_backbone,
+                num_classes=0,  # pooled features (B, num_features)
+                pretrained=pretrained,
+                weights=backbone_weights,
+                input_size=input_size,
+            )
+            self.weights_source = self.image_branch.weights_source
+        n_img = self.image_branch.num_features
+
+        self.meta_branch = (
+            nn.Sequential(nn.Linear(meta_dim, META_HIDDEN), nn.ReLU()) if use_meta else None
+        )
+        n_fused = n_img + (META_HIDDEN if use_meta else 0)
+        self.fused_norm = nn.BatchNorm1d(n_fused) if batchnorm else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(n_fused, num_classes) if num_classes else nn.Identity()
+        self.num_features = n_fused
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The image branch's Grad-CAM target (last conv ReLU, or the backbone's)."""
+        return self.image_branch.cam_layer
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        feats = self.image_branch(self.normalize(image))  # (B, F_img)
+        if self.meta_branch is not None:
+            m = self.meta_branch(_check_meta(meta, self.meta_dim, image.shape[0]))  # (B, 64)
+            feats = torch.cat([feats, m], dim=1)  # (B, F_img + 64)
+        return self.head(self.dropout(self.fused_norm(feats)))  # (B, C)
+
+
+class MetaMLP(nn.Module):
+    """Metadata only: Linear(meta_dim, 64) + ReLU + Linear(64, C).
+
+    forward(image (ignored, may be None), meta (B, meta_dim)) -> (B, num_classes).
+    """
+
+    def __init__(self, num_classes: int, meta_dim: int, hidden: int = META_HIDDEN, dropout: float = 0.0) -> None:
+        super().__init__()
+        if meta_dim <= 0:
+            raise ValueError("meta_mlp needs meta_dim > 0")
+        self.meta_dim = meta_dim
+        self.net = nn.Sequential(
+            nn.Linear(meta_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+            nn.Linear(hidden, num_classes),
+        )
+        self.cam_layer = None
+        self.input_size = 0  # takes no image
+        self.weights_source = "random"
+
+    def forward(self, image: torch.Tensor | None, meta: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(_check_meta(meta, self.meta_dim, None))  # (B, C)
+
+
+@register_model(
+    default_size=128,
+    uses_meta=True,
+    pretrained_source="that of image_backbone (none for the default conv blocks)",
+    description="FT-MultiCNN: conv blocks (or a backbone) + metadata Dense(64), concatenated",
+)
+def ft_multicnn(
+    num_classes: int,
+    meta_dim: int = 0,
+    pretrained: bool = True,
+    input_size: int = 128,
+    image_backbone: str | None = None,
+    backbone_weights: str | None = None,
+    dropout: float = 0.3,
+    batchnorm: bool = True,
+    use_meta: bool = True,
+) -> FTMultiCNN:
+    """FT-MultiCNN (paper 3.5). ``pretrained`` applies to ``image_backbone`` only."""
+    return FTMultiCNN(
+        num_classes,
+        meta_dim,
+        input_size=input_size,
+        image_backbone=image_backbone,
+        pretrained=pretrained,
+        backbone_weights=backbone_weights,
+        dropout=dropout,
+        batchnorm=batchnorm,
+        use_meta=use_meta,
+    )
+
+
+@register_model(default_size=0, uses_image=False, uses_meta=True, description="Metadata-only MLP (Dense 64)")
+def meta_mlp(
+    num_classes: int, meta_dim: int = 0, pretrained: bool = False, hidden: int = META_HIDDEN, dropout: float = 0.0
+) -> MetaMLP:
+    """Metadata-only baseline; no pretrained weights exist."""
+    return MetaMLP(num_classes, meta_dim, hidden=hidden, dropout=dropout)

@@ -1,0 +1,157 @@
+"""Metrics against the official ISIC scorer (isic-challenge-scoring), sklearn and hand
+computations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn.metrics as skm
+from isic_challenge_scoring import metrics as isic_metrics
+from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
+
+from dermfuse import HAM10000_CLASSES
+from dermfuse.metrics import (
+    accuracy,
+    auc_macro,
+    balanced_accuracy,
+    compute_metrics,
+    confusion_matrix,
+    expected_calibration_error,
+    log_loss,
+    macro_f1,
+    melanoma_sensitivity,
+    per_class_report,
+    weighted_f1,
+)
+
+# The official scorer's own dependencies (rdp, pandas) warn on current numpy/pandas.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:rdp"),
+    pytest.mark.filterwarnings("ignore:The inplace keyword"),
+    pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true"),
+]
+
+CLASSES = list(HAM10000_CLASSES)
+C = len(CLASSES)
+
+
+def _random_case(n: int = 400, seed: int = 0, absent: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Skewed labels, probabilities that lean towards the truth (so metrics are not ~chance)."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(C, size=n, p=[0.05, 0.08, 0.12, 0.03, 0.12, 0.55, 0.05])
+    if absent is not None:
+        y[y == absent] = (absent + 1) % C
+    y[:C] = [k if k != absent else (k + 1) % C for k in range(C)]
+    logits = rng.normal(size=(n, C)) + 1.5 * np.eye(C)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, proba
+
+
+def _isic_score(y: np.ndarray, proba: np.ndarray) -> ClassificationScore:
+    index = pd.Index([f"ISIC_{i:07d}" for i in range(len(y))], name="image")
+    truth = pd.DataFrame(np.eye(C)[y], columns=CLASSES, index=index)
+    pred = pd.DataFrame(proba, columns=CLASSES, index=index)
+    weights = pd.DataFrame({"score_weight": 1.0, "validation_weight": 1.0}, index=index)
+    return ClassificationScore(truth, pred, weights, ClassificationMetric.BALANCED_ACCURACY)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_accuracy_and_auc_equal_isic(seed: int) -> None:
+    y, proba = _random_case(seed=seed)
+    score = _isic_score(y, proba)
+    assert balanced_accuracy(y, proba) == pytest.approx(score.aggregate["balanced_accuracy"], abs=1e-9)
+    report = per_class_report(y, proba, CLASSES)
+    for name in CLASSES:
+        assert report[name]["auc"] == pytest.approx(score.per_category.loc[name, "auc"], abs=1e-9)
+    assert auc_macro(y, proba) == pytest.approx(score.macro_average["auc"], abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_sensitivity_specificity_equal_isic(seed: int) -> None:
+    # ISIC scores each category at proba > 0.5; ours use the argmax decision. On one-hot
+    # argmax predictions the two decisions are the same, so the numbers must agree.
+    y, proba = _random_case(seed=seed)
+    decided = np.eye(C)[proba.argmax(axis=1)]
+    score = _isic_score(y, decided)
+    report = per_class_report(y, proba, CLASSES)
+    for name in CLASSES:
+        assert report[name]["sensitivity"] == pytest.approx(score.per_category.loc[name, "sensitivity"], abs=1e-9)
+        assert report[name]["specificity"] == pytest.approx(score.per_category.loc[name, "specificity"], abs=1e-9)
+        assert report[name]["precision"] == pytest.approx(score.per_category.loc[name, "ppv"], abs=1e-9)
+        assert report[name]["f1"] == pytest.approx(score.per_category.loc[name, "dice"], abs=1e-9)
+
+
+def test_balanced_accuracy_skips_absent_classes_like_isic() -> None:
+    y, proba = _random_case(seed=3, absent=3)  # no 'df' in the truth
+    assert not (y == 3).any()
+    labels = pd.Series(np.array(CLASSES)[y])
+    preds = pd.Series(np.array(CLASSES)[proba.argmax(axis=1)])
+    ones = pd.Series(np.ones(len(y)))
+    official = isic_metrics._label_balanced_multiclass_accuracy(labels, preds, ones, pd.Index(CLASSES))
+    assert balanced_accuracy(y, proba) == pytest.approx(official, abs=1e-9)
+    assert balanced_accuracy(y, proba) == pytest.approx(skm.balanced_accuracy_score(y, proba.argmax(1)), abs=1e-12)
+    assert math.isnan(per_class_report(y, proba, CLASSES)["df"]["auc"])
+
+
+def test_f1_accuracy_log_loss_equal_sklearn() -> None:
+    y, proba = _random_case(seed=4)
+    pred = proba.argmax(axis=1)
+    assert accuracy(y, proba) == pytest.approx(skm.accuracy_score(y, pred))
+    assert macro_f1(y, proba) == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert weighted_f1(y, proba) == pytest.approx(skm.f1_score(y, pred, average="weighted"))
+    assert log_loss(y, proba) == pytest.approx(skm.log_loss(y, proba, labels=range(C)))
+    # clipped: a zero probability on the true class is finite
+    assert math.isfinite(log_loss([0], [[0.0, 1.0]]))
+
+
+def test_confusion_matrix() -> None:
+    y = np.array([0, 0, 1, 2, 2, 2])
+    pred = np.array([0, 1, 1, 2, 0, 2])
+    expected = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    np.testing.assert_array_equal(confusion_matrix(y, pred), expected)
+    np.testing.assert_array_equal(confusion_matrix(y, np.eye(4)[pred]), np.pad(expected, (0, 1)))
+    np.testing.assert_array_equal(confusion_matrix(y, pred), skm.confusion_matrix(y, pred))
+
+
+def test_ece_hand_computed() -> None:
+    # 5 bins (0,.2] (.2,.4] (.4,.6] (.6,.8] (.8,1]; a confidence on an edge goes to the lower bin.
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    y = np.array([0, 1, 1, 0])  # correct, wrong, correct, wrong
+    # bin (.8,1]: {.9} acc 1 -> |1-.9| * 1/4 = .025
+    # bin (.6,.8]: {.8, .7} acc .5, conf .75 -> .25 * 2/4 = .125
+    # bin (.4,.6]: {.55} acc 0 -> .55 * 1/4 = .1375
+    assert expected_calibration_error(y, proba, n_bins=5) == pytest.approx(0.2875, abs=1e-12)
+    assert expected_calibration_error([0, 1], [[1.0, 0.0], [0.0, 1.0]]) == pytest.approx(0.0)
+
+
+def test_melanoma_sensitivity() -> None:
+    mel = CLASSES.index("mel")
+    y = np.array([mel, mel, mel, mel, 0, 5])
+    pred = np.array([mel, mel, 5, mel, mel, 5])
+    proba = np.eye(C)[pred]
+    assert melanoma_sensitivity(y, proba, CLASSES) == pytest.approx(0.75)
+    assert melanoma_sensitivity(np.array([0, 5]), np.eye(C)[[0, 5]], CLASSES) is None  # no melanoma
+    assert melanoma_sensitivity(y[y < 2], np.eye(2)[[0]], ["a", "b"]) is None  # no 'mel' class
+
+
+def test_compute_metrics_is_json_with_none_for_undefined() -> None:
+    y, proba = _random_case(seed=5, absent=6)
+    out = compute_metrics(y, proba, CLASSES)
+    json.dumps(out, allow_nan=False)
+    assert out["n_images"] == len(y)
+    assert out["per_class"]["vasc"]["auc"] is None and out["per_class"]["vasc"]["support"] == 0
+    assert len(out["confusion_matrix"]) == C
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auc_macro", "ece", "log_loss"):
+        assert isinstance(out[key], float), key
+    assert out["melanoma_sensitivity"] == out["per_class"]["mel"]["sensitivity"]
+
+
+def test_bad_shapes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="proba"):
+        balanced_accuracy([0, 1], np.ones((3, 2)) / 2)
+    with pytest.raises(ValueError, match="class names"):
+        compute_metrics([0, 1], np.ones((2, 2)) / 2, CLASSES)

@@ -1,0 +1,241 @@
+"""Model bundles: a directory with ``model.safetensors`` (the weights of every network the
+bundle needs, the CAM backbone included) and ``bundle.json`` (architecture, classes,
+metadata encoder, preprocessing, input mode, metrics, model card, versions).
+
+Loading never unpickles: weights come from safetensors, everything else from JSON. The
+JSON records the SHA-256 of the weights file, so a truncated or edited file is caught
+before any tensor is used."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .data.encode import MetadataEncoder
+from .errors import BundleError
+from .models import create_model
+
+__all__ = ["Bundle", "save_bundle", "load_bundle", "BUNDLE_FORMAT", "MODEL_CARD"]
+
+BUNDLE_FORMAT = "dermfuse-bundle/1"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "bundle.json"
+
+MODEL_CARD = {
+    "intended_use": (
+        "Research on skin-lesion classification from dermoscopic images and patient "
+        "metadata. Not a medical device; not for diagnosis or treatment decisions."
+    ),
+    "limitations": (
+        "Trained on the data named in 'training_data'; performance on other populations, "
+        "devices and skin types is unknown. Scores are not calibrated probabilities of "
+        "disease unless 'calibration' says so."
+    ),
+}
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the classifier, its optional CAM backbone and everything needed to
+    preprocess inputs exactly as in training."""
+
+    model: nn.Module
+    classes: list[str]
+    encoder: MetadataEncoder
+    image_size: int
+    resize_method: str = "bilinear"
+    input_mode: str = "image"  # image | heatmap | overlay | masked
+    cam_model: nn.Module | None = None
+    cam_image_size: int | None = None
+    cam_method: str = "gradcam"
+    temperature: float = 1.0
+    info: dict[str, Any] = field(default_factory=dict)  # the whole bundle.json
+
+    @property
+    def model_id(self) -> str:
+        return self.info.get("model_id", "unknown")
+
+    @property
+    def model_meta_dim(self) -> int:
+        """Metadata features the classifier takes (0 for image-only models)."""
+        return int(self.info["model"]["kwargs"].get("meta_dim", 0))
+
+    def encode_table(self, table) -> "np.ndarray":
+        """Metadata features for a cleaned table, (N, model_meta_dim) float32."""
+        meta = self.encoder.transform(table)
+        return meta[:, : self.model_meta_dim]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_bundle(
+    out: str | Path,
+    *,
+    model: nn.Module,
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    classes: list[str],
+    encoder: MetadataEncoder,
+    image_size: int,
+    resize_method: str = "bilinear",
+    input_mode: str = "image",
+    cam_model: nn.Module | None = None,
+    cam_name: str | None = None,
+    cam_kwargs: dict[str, Any] | None = None,
+    cam_image_size: int | None = None,
+    cam_method: str = "gradcam",
+    temperature: float = 1.0,
+    metrics: dict[str, Any] | None = None,
+    training_data: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle directory and return its path.
+
+    ``model_kwargs`` must be the keyword arguments that rebuild the architecture with
+    ``create_model(model_name, **model_kwargs)`` (weights excluded)."""
+    if input_mode != "image" and cam_model is None:
+        raise ValueError(f"input mode {input_mode!r} needs a CAM backbone in the bundle")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if cam_model is not None:
+        tensors.update(
+            {f"cam.{k}": v.detach().cpu().contiguous() for k, v in cam_model.state_dict().items()}
+        )
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": BUNDLE_FORMAT})
+    tmp.replace(out / WEIGHTS_FILE)
+    digest = _sha256(out / WEIGHTS_FILE)
+    info = {
+        "format": BUNDLE_FORMAT,
+        "model_id": f"{model_name}-{digest[:12]}",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": model_name, "kwargs": model_kwargs},
+        "classes": list(classes),
+        "encoder": encoder.to_dict(),
+        "preprocessing": {
+            "image_size": int(image_size),
+            "resize_method": resize_method,
+            "scale": "uint8 / 255; the model normalises internally",
+            "input": input_mode,
+        },
+        "cam": None
+        if cam_model is None
+        else {
+            "name": cam_name,
+            "kwargs": cam_kwargs or {},
+            "image_size": int(cam_image_size or image_size),
+            "method": cam_method,
+        },
+        "calibration": {"temperature": float(temperature)},
+        "metrics": metrics or {},
+        "training_data": training_data or {},
+        "model_card": MODEL_CARD,
+        "versions": {
+            "dermfuse": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "weights_sha256": digest,
+        **(extra or {}),
+    }
+    (out / META_FILE).write_text(json.dumps(info, indent=2, default=_json_default))
+    return out
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def read_bundle_info(path: str | Path) -> dict[str, Any]:
+    """Read and check ``bundle.json`` (no weights). Raises BundleError with the reason."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle not found: {path}")
+    if path.is_file():
+        raise BundleError(f"{path} is a file; a bundle is a directory holding {META_FILE} and {WEIGHTS_FILE}")
+    meta = path / META_FILE
+    if not meta.is_file():
+        raise BundleError(f"{path} is not a dermfuse bundle: {META_FILE} is missing")
+    try:
+        info = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{meta}: not valid JSON ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise BundleError(f"{meta}: not a dermfuse bundle (format {found!r}, expected {BUNDLE_FORMAT!r})")
+    for key in ("model", "classes", "encoder", "preprocessing", "weights_sha256"):
+        if key not in info:
+            raise BundleError(f"{meta}: required key {key!r} is missing")
+    return info
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle directory; never unpickles. Raises BundleError for a missing,
+    truncated, edited or foreign bundle."""
+    path = Path(path)
+    info = read_bundle_info(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BundleError(f"{path}: {WEIGHTS_FILE} is missing")
+    digest = _sha256(weights)
+    if digest != info["weights_sha256"]:
+        raise BundleError(
+            f"{weights}: checksum mismatch (file is truncated or was changed after the bundle was written)"
+        )
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{weights}: not a readable safetensors file ({e})") from None
+
+    def build(prefix: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+        try:
+            net = create_model(name, pretrained=False, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{path}: cannot rebuild model {name!r} ({e})") from None
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise BundleError(f"{path}: weights do not fit model {name!r}: {str(e)[:500]}") from None
+        return net.to(device).eval()
+
+    model = build("model.", info["model"]["name"], info["model"]["kwargs"])
+    cam = info.get("cam")
+    cam_model = build("cam.", cam["name"], cam["kwargs"]) if cam else None
+    pre = info["preprocessing"]
+    return Bundle(
+        model=model,
+        classes=list(info["classes"]),
+        encoder=MetadataEncoder.from_dict(info["encoder"]),
+        image_size=int(pre["image_size"]),
+        resize_method=pre.get("resize_method", "bilinear"),
+        input_mode=pre.get("input", "image"),
+        cam_model=cam_model,
+        cam_image_size=int(cam["image_size"]) if cam else None,
+        cam_method=cam["method"] if cam else "gradcam",
+        temperature=float(info.get("calibration", {}).get("temperature", 1.0)),
+        info=info,
+    )

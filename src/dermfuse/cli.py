@@ -1,0 +1,312 @@
+"""Command line. It only parses: every command calls a library function that is also
+usable from Python. Errors that dermfuse raises on purpose print as ``error: …`` with exit
+code 2 and no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+
+from . import __version__
+from .errors import DermfuseError
+
+__all__ = ["main", "build_parser"]
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (sections data/model/train)")
+    p.add_argument("--out", help="run directory (default runs/<model>)")
+    p.add_argument("--format", help="data set format (default: detected)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--image-size", type=int, help="input size in px (default: the model's, 128 for the paper's)")
+    p.add_argument("--split", choices=["lesion", "patient", "image"],
+                   help="lesion/patient-grouped (default) or image-level (leaky)")
+    p.add_argument("--balance", choices=["weighted-loss", "oversample", "undersample", "none"])
+    p.add_argument("--input", choices=["image", "heatmap", "overlay", "masked"],
+                   help="what the image branch sees (heatmap = the paper's method)")
+    p.add_argument("--image-backbone", help="ft_multicnn: a registered backbone instead of the three conv blocks")
+    p.add_argument("--weights", help="local .safetensors/.pth state dict for the backbone")
+    p.add_argument("--no-pretrained", action="store_true", help="start from random weights")
+    p.add_argument("--no-meta", action="store_true", help="ft_multicnn without the metadata branch")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config value, e.g. --set train.schedule=cosine (repeatable)")
+
+
+def _run_config(args: argparse.Namespace, data: str, model: str | None):
+    from .config import apply_overrides, load_config
+
+    cfg = load_config(args.config)
+    cfg.data.path = data
+    if model:
+        cfg.model.name = model
+    simple = {
+        "data.format": args.format, "data.image_size": args.image_size, "data.split": args.split,
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+        "train.balance": args.balance, "model.input": args.input,
+        "model.image_backbone": args.image_backbone, "model.weights": args.weights,
+        "train.device": args.device,
+    }
+    apply_overrides(cfg, {k: v for k, v in simple.items() if v is not None})
+    if args.no_pretrained:
+        cfg.model.pretrained = False
+    if args.no_meta:
+        cfg.model.use_meta = False
+    if args.seed is not None:
+        cfg.seed = cfg.train.seed = args.seed
+    apply_overrides(cfg, args.set)
+    if args.out:
+        cfg.out = args.out
+    elif cfg.out == "runs/latest":  # the default: one folder per model
+        cfg.out = f"runs/{cfg.model.name}"
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dermfuse", description="Multimodal skin-lesion classification with activation heatmaps (research use only).")
+    ap.add_argument("--version", action="version", version=f"dermfuse {__version__}")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="inspect, plot or generate data sets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("check", help="format, counts, completeness and the cleaning report")
+    p.add_argument("path")
+    p.add_argument("--format")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--report", help="also save the cleaning report JSON here")
+    p.add_argument("--no-image-check", action="store_true", help="skip decoding images")
+    p = dsub.add_parser("plot", help="class-distribution figure (the paper's Fig. 4)")
+    p.add_argument("path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format")
+    p = dsub.add_parser("augment", help="figure of augmented samples (the paper's recipe)")
+    p.add_argument("path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--format")
+    p = dsub.add_parser("synth", help="write a SYNTHETIC HAM10000-layout data set")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--defects", action="store_true", help="plant a few defects for the cleaning path")
+
+    p = sub.add_parser("train", help="train one model on a lesion-grouped holdout and write a bundle")
+    p.add_argument("data")
+    p.add_argument("--model", help="registered model name (see `dermfuse models`)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    _add_train_options(p)
+
+    p = sub.add_parser("evaluate", help="score a bundle on a data set")
+    p.add_argument("bundle")
+    p.add_argument("data")
+    p.add_argument("--format")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="write metrics.json and predictions.csv here")
+
+    p = sub.add_parser("predict", help="classify one image with its metadata")
+    p.add_argument("bundle")
+    p.add_argument("image")
+    p.add_argument("--age")
+    p.add_argument("--sex")
+    p.add_argument("--site")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--heatmap", help="save the heatmap overlay (PNG) here")
+
+    p = sub.add_parser("demo", help="the whole pipeline on synthetic data (minutes on a CPU)")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--n", type=int, default=800)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("models", help="list registered models")
+
+    p = sub.add_parser("cam", help="original | heatmap | overlay figures for images")
+    p.add_argument("bundle")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha", type=float, default=0.4)
+
+    p = sub.add_parser("serve", help="HTTP API and web page for a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    return ap
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data.clean import clean, summarize
+    from .data.formats import read_dataset
+
+    if args.data_command == "synth":
+        from .data.synth import make_synthetic
+
+        path = make_synthetic(args.out, n=args.n, seed=args.seed, defects=args.defects)
+        err.print(f"wrote SYNTHETIC data set ({args.n} images) to {path}")
+        return 0
+    read = read_dataset(args.path, format=args.format)
+    check = not getattr(args, "no_image_check", False)
+    table, report = clean(read, check_images=check, progress=not args.quiet)
+    summary = summarize(table, report, read.format)
+    if args.data_command == "check":
+        if args.report:
+            report.save_json(args.report)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            _print_summary(summary, report)
+        return 0
+    if args.data_command == "plot":
+        from .plots import plot_class_distribution, save_figure
+
+        save_figure(plot_class_distribution(summary["classes"], title=f"{Path(args.path).name}: images per class"), args.out)
+        err.print(f"wrote {args.out}")
+        return 0
+    if args.data_command == "augment":
+        import numpy as np
+
+        from .data.cache import load_image, resize_image
+        from .plots import save_figure
+        from .transforms import plot_augmentations
+
+        rows = table.groupby("label").head(1).head(args.n)
+        imgs = np.stack([resize_image(load_image(p), 128) for p in rows["path"]])
+        save_figure(plot_augmentations(imgs), args.out)
+        err.print(f"wrote {args.out}")
+        return 0
+    raise AssertionError(args.data_command)
+
+
+def _print_summary(summary: dict, report) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{summary['format']} data set")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    for k in ("images", "lesions", "patients"):
+        t.add_row(k, str(summary[k]))
+    for k, v in summary["missing"].items():
+        t.add_row(f"missing {k}", str(v))
+    out.print(t)
+    c = Table(title="images per class")
+    c.add_column("class")
+    c.add_column("images", justify="right")
+    for k, v in sorted(summary["classes"].items(), key=lambda kv: -kv[1]):
+        c.add_row(k, str(v))
+    out.print(c)
+    out.print(report.render())
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .bundle import load_bundle
+    from .predict import predict_one
+
+    bundle = load_bundle(args.bundle)
+    pred = predict_one(bundle, args.image, args.age, args.sex, args.site, explain=bool(args.heatmap) or not args.json)
+    if args.heatmap and pred.overlay is not None:
+        from PIL import Image
+
+        Image.fromarray(pred.overlay).save(args.heatmap)
+    if args.json:
+        print(json.dumps(pred.to_dict(), indent=2))
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"{Path(args.image).name} — top: {pred.top_class}")
+    t.add_column("class")
+    t.add_column("probability", justify="right")
+    for c, p in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]):
+        t.add_row(c, f"{p:.3f}")
+    out.print(t)
+    if args.heatmap:
+        err.print(f"heatmap overlay: {args.heatmap}")
+    err.print("[dim]Research use only; not a diagnosis.[/dim]")
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    progress = not args.quiet
+    if args.command == "data":
+        return _cmd_data(args)
+    if args.command == "train":
+        from .experiment import train_run
+
+        cfg = _run_config(args, args.data, args.model)
+        res = train_run(cfg, progress=progress, resume=args.resume)
+        m = res.metrics
+        err.print(f"[bold]{cfg.model.name}[/bold] on held-out data ({m['split']}): accuracy {m['accuracy']:.4f}, "
+                  f"balanced accuracy {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, "
+                  f"melanoma sensitivity {m['melanoma_sensitivity']}")
+        err.print(f"report: {res.run_dir / 'report.html'}\nbundle: {res.bundle}")
+        return 0
+    if args.command == "evaluate":
+        from .experiment import evaluate_bundle
+
+        m = evaluate_bundle(args.bundle, args.data, format=args.format, progress=progress, out=args.out)
+        if args.json:
+            print(json.dumps(m, indent=2))
+        else:
+            from .report import _HEADLINE
+
+            for k in _HEADLINE:
+                if k in m:
+                    out.print(f"{k:22s} {m[k]}")
+        return 0
+    if args.command == "predict":
+        return _cmd_predict(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out, n=args.n, epochs=args.epochs, seed=args.seed, progress=progress)
+        return 0
+    if args.command == "models":
+        from .models import list_models, model_spec
+
+        for name in list_models():
+            s = model_spec(name)
+            out.print(f"{name:20s} {s.default_size or '-':>5} px  {s.description}")
+        return 0
+    if args.command == "cam":
+        from .explain import cam_figures
+
+        for path in cam_figures(args.bundle, args.images, args.out, alpha=args.alpha):
+            err.print(f"wrote {path}")
+        return 0
+    if args.command == "serve":
+        from .serve.app import run_server
+
+        run_server(args.bundle, host=args.host, port=args.port)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except DermfuseError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        return 2
+    except FileNotFoundError as e:
+        err.print(f"[red]error:[/red] file not found: {e.filename or e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Run configuration: a few nested dataclasses with commented defaults, loaded from YAML,
+overridden from the command line (``section.key=value``) and written into every run folder.
+Unknown keys are an error."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "RunConfig",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # data set folder or CSV ("" = synthetic demo data)
+    format: str | None = None  # None = detect from the CSV columns
+    image_size: int | None = None  # None = the model's default (128 for the paper's models)
+    resize_method: str = "bilinear"
+    split: str = "lesion"  # lesion | patient | auto (grouped) or image (image-level, leaky)
+    test_fraction: float = 0.2  # holdout part when not cross-validating
+    folds: int = 5  # for cross-validation
+    val_fraction: float = 0.1  # carved out of the training rows for early stopping
+    check_images: bool = True  # decode every image once during cleaning
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ft_multicnn"
+    pretrained: bool = True  # ImageNet weights where they can be had offline
+    weights: str | None = None  # a local .safetensors / .pth state dict for the backbone
+    image_backbone: str | None = None  # ft_multicnn: None = the paper's three conv blocks
+    use_meta: bool = True  # ft_multicnn: False drops the metadata branch (ablation)
+    dropout: float = 0.3
+    batchnorm: bool = True
+    input: str = "image"  # image | heatmap | overlay | masked (what the image branch sees)
+    cam_backbone: str = "efficientnet_lite0"  # fine-tuned to make heatmaps (input != image)
+    cam_method: str = "gradcam"  # gradcam | gradcam++ | layercam | hirescam
+    cam_epochs: int = 5  # fine-tuning epochs of the CAM backbone (per fold)
+    cam_lr: float = 5e-4
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50  # the paper's 50
+    batch_size: int = 32  # the paper's 32
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    schedule: str = "none"  # none | cosine | plateau
+    warmup_epochs: int = 0
+    balance: str = "weighted-loss"  # weighted-loss | oversample | undersample | none
+    augment: bool = True  # the paper's recipe (dermfuse.transforms)
+    early_stopping: str = "balanced_accuracy"  # balanced_accuracy | loss | none
+    patience: int = 8
+    amp: bool = True  # used on CUDA only
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    max_steps_per_epoch: int | None = None  # cap for quick runs (demo, tests)
+    label_smoothing: float = 0.0
+    tta: bool = False  # average predictions over flips at evaluation
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/latest"
+    seed: int = 0
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as plain JSON/YAML-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    return cls(**values)
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from nested dicts; unknown keys raise ConfigError."""
+    d = dict(d or {})
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        sections[name] = _build(cls, d.pop(name, {}) or {}, name)
+    return _build(RunConfig, {**d, **sections}, "config")
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read a YAML config file (None gives the defaults)."""
+    if path is None:
+        return RunConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return config_from_dict(data)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _parse_value(text: str, current: Any) -> Any:
+    value = yaml.safe_load(text)
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise ConfigError(f"expected true/false, got {text!r}")
+    if isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
+    """Apply ``section.key=value`` overrides (or a {"section.key": value} dict) in place."""
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    for dotted, value in items:
+        parts = dotted.split(".")
+        target: Any = cfg
+        for p in parts[:-1]:
+            if not hasattr(target, p) or not dataclasses.is_dataclass(getattr(target, p)):
+                raise ConfigError(f"unknown config section {p!r} in {dotted!r}")
+            target = getattr(target, p)
+        key = parts[-1]
+        if key not in {f.name for f in dataclasses.fields(target)}:
+            raise ConfigError(f"unknown config key {dotted!r}")
+        current = getattr(target, key)
+        if isinstance(value, str) and not isinstance(current, str):
+            value = _parse_value(value, current)
+        setattr(target, key, value)
+    return cfg
+
+
+def _split(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()

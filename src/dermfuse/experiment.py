@@ -1,0 +1,279 @@
+"""Holdout runs: read → clean → split → cache → encode → (heatmaps) → fit → evaluate →
+run directory with predictions, metrics, figures, report.html and a model bundle.
+
+`train_run` is what ``dermfuse train`` calls; `evaluate_bundle` is ``dermfuse evaluate``.
+Cross-validation and ablations (several runs over the same folds) live in `cv.py`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from . import __version__
+from .bundle import load_bundle, save_bundle
+from .config import RunConfig, config_to_dict, save_config
+from .data.cache import build_cache
+from .data.clean import CleaningReport, clean, summarize
+from .data.encode import MetadataEncoder
+from .data.formats import ReadResult, read_dataset
+from .data.splits import SPLIT_LABELS, holdout, validation_split
+from .metrics import compute_metrics
+from .models import create_model, model_spec
+from .report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
+from .train import ArrayDataset, FitResult, fit, predict_proba
+
+__all__ = [
+    "Cohort",
+    "RunResult",
+    "load_cohort",
+    "model_kwargs",
+    "train_run",
+    "evaluate_bundle",
+    "split_label",
+]
+
+log = logging.getLogger("dermfuse")
+console = Console(stderr=True)
+
+
+@dataclass
+class Cohort:
+    """A cleaned data set: one row per usable image, labels as class indices."""
+
+    table: pd.DataFrame
+    report: CleaningReport
+    read: ReadResult
+    classes: list[str]
+    labels: np.ndarray  # (N,) int64 index into classes
+    synthetic: bool = False
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.table, self.report, self.read.format)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    bundle: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def split_label(split: str) -> str:
+    """Human label of a split protocol, e.g. 'image-level (leaky)'."""
+    return SPLIT_LABELS.get(split, f"{split}-grouped")
+
+
+def _split_by(split: str) -> str:
+    return {"lesion": "auto", "grouped": "auto"}.get(split, split)
+
+
+def load_cohort(path: str | Path, format: str | None = None, check_images: bool = True,
+                progress: bool = True) -> Cohort:
+    """Read and clean a data set folder (or CSV)."""
+    read = read_dataset(path, format=format)
+    table, report = clean(read, check_images=check_images, progress=progress)
+    table = table.reset_index(drop=True)
+    classes = list(read.classes)
+    labels = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    synthetic = (Path(read.root) / "SYNTHETIC.txt").exists()
+    return Cohort(table, report, read, classes, labels, synthetic)
+
+
+def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, Any]:
+    """Keyword arguments that rebuild the configured architecture (weights excluded)."""
+    m = cfg.model
+    kw: dict[str, Any] = {"num_classes": num_classes, "meta_dim": meta_dim}
+    if m.name == "cnn" or (m.name == "ft_multicnn" and not m.image_backbone):
+        kw["input_size"] = image_size_for(cfg)  # the flatten layer fixes the input size
+    if m.name == "ft_multicnn":
+        kw.update(use_meta=m.use_meta, dropout=m.dropout, batchnorm=m.batchnorm)
+        if m.image_backbone:
+            kw["image_backbone"] = m.image_backbone
+    return kw
+
+
+def image_size_for(cfg: RunConfig) -> int:
+    if cfg.data.image_size:
+        return int(cfg.data.image_size)
+    name = cfg.model.image_backbone if cfg.model.name == "ft_multicnn" and cfg.model.image_backbone else cfg.model.name
+    size = model_spec(name).default_size
+    return int(size or 128)
+
+
+def _write_predictions(path: Path, table: pd.DataFrame, classes: list[str], y: np.ndarray,
+                       proba: np.ndarray, extra: dict[str, Any] | None = None) -> None:
+    df = pd.DataFrame({"image_id": table["image_id"].to_numpy(), "label": [classes[i] for i in y]})
+    for k, v in (extra or {}).items():
+        df[k] = v
+    df["pred"] = [classes[i] for i in proba.argmax(1)]
+    for j, c in enumerate(classes):
+        df[f"p_{c}"] = proba[:, j]
+    df.to_csv(path, index=False, float_format="%.6f")
+
+
+def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
+    """One holdout run of ``cfg.model`` on ``cfg.data.path``; writes everything into
+    ``cfg.out`` and returns the test metrics and the bundle path."""
+    t0 = time.time()
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "plots").mkdir(exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress)
+    cohort.report.save_json(run_dir / "cleaning_report.json")
+    if progress:
+        console.print(cohort.report.render())
+    table, classes, y = cohort.table, cohort.classes, cohort.labels
+
+    # Split: holdout test part, then a validation part of the training rows (same grouping).
+    by = _split_by(cfg.data.split)
+    is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+    train_idx = np.flatnonzero(~is_test)
+    train_idx, val_idx = validation_split(table, train_idx, fraction=cfg.data.val_fraction,
+                                          seed=cfg.seed, by=by)
+    test_idx = np.flatnonzero(is_test)
+    part = np.full(len(table), "train", dtype=object)
+    part[val_idx], part[test_idx] = "val", "test"
+    pd.DataFrame({"image_id": table["image_id"], "part": part}).to_csv(run_dir / "split.csv", index=False)
+
+    size = image_size_for(cfg)
+    cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
+    encoder = MetadataEncoder().fit(table.iloc[train_idx])
+    meta = encoder.transform(table)
+    spec = model_spec(cfg.model.name)
+    if not spec.uses_meta:
+        meta = np.zeros((len(table), 0), np.float32)
+    meta_dim = meta.shape[1]
+
+    images = cache.images
+    cam_model = None
+    cam_info: dict[str, Any] = {}
+    if cfg.model.input != "image":
+        from .heatmaps import heatmap_stage
+
+        stage = heatmap_stage(cfg, table, y, classes, images, train_idx, val_idx, run_dir,
+                              cache_key=cache.key, progress=progress)
+        images, cam_model, cam_info = stage.inputs, stage.cam_model, stage.info
+
+    kwargs = model_kwargs(cfg, len(classes), meta_dim)
+    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights, **kwargs)
+    warnings = []
+    if getattr(model, "weights_source", "random") == "random" and spec.uses_image and cfg.model.name != "cnn" \
+            and not (cfg.model.name == "ft_multicnn" and not cfg.model.image_backbone):
+        warnings.append(f"{cfg.model.name}: no pretrained weights available offline; trained from random weights.")
+    for w in warnings:
+        log.warning(w)
+
+    def ds(idx: np.ndarray) -> ArrayDataset:
+        return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y[idx])
+
+    fit_res: FitResult = fit(model, ds(train_idx), ds(val_idx), cfg.train, classes,
+                             run_dir=run_dir, resume=resume, progress=progress)
+    proba = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta)
+    metrics = compute_metrics(y[test_idx], proba, classes)
+    metrics["split"] = split_label(cfg.data.split)
+    metrics["weights_source"] = getattr(model, "weights_source", "random")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
+
+    bundle = save_bundle(
+        run_dir / "bundle", model=model, model_name=cfg.model.name, model_kwargs=kwargs,
+        classes=classes, encoder=encoder, image_size=size, resize_method=cfg.data.resize_method,
+        input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
+        cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.model.cam_method,
+        metrics={k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro",
+                                         "ece", "melanoma_sensitivity", "n_images", "split")},
+        training_data={"path": str(cfg.data.path), "format": cohort.read.format,
+                       "synthetic": cohort.synthetic, "n_train": int(len(train_idx)),
+                       "n_val": int(len(val_idx))},
+    )
+    _holdout_report(run_dir, cfg, cohort, fit_res.history, metrics, y[test_idx], proba,
+                    n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=warnings,
+                    seconds=time.time() - t0)
+    return RunResult(run_dir, metrics, bundle, fit_res.history)
+
+
+def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list[dict], metrics: dict,
+                    y_test: np.ndarray, proba: np.ndarray, n_parts: tuple[int, int, int],
+                    warnings: list[str], seconds: float) -> Path:
+    from .plots import (fig_to_png_bytes, plot_confusion, plot_history, plot_reliability,
+                        plot_roc, save_figure)
+
+    classes = cohort.classes
+    cm = np.asarray(metrics["confusion_matrix"])
+    figs = {
+        "curves": plot_history(history),
+        "confusion_counts": plot_confusion(cm, classes, normalize=False),
+        "confusion_normalized": plot_confusion(cm, classes, normalize=True),
+        "roc": plot_roc(y_test, proba, classes),
+        "reliability": plot_reliability(y_test, proba),
+    }
+    png = {}
+    for name, fig in figs.items():
+        png[name] = fig_to_png_bytes(fig)
+        (run_dir / "plots" / f"{name}.png").write_bytes(png[name])
+    summary = cohort.summary
+    data_rows = [("format", summary["format"]), ("images", summary["images"]),
+                 ("lesions", summary["lesions"]), ("patients", summary["patients"]),
+                 ("train / val / test images", " / ".join(map(str, n_parts))),
+                 ("split", split_label(cfg.data.split))]
+    sections = [
+        Section("Data", table_html(data_rows, ("", "")) +
+                table_html(sorted(summary["classes"].items(), key=lambda kv: -kv[1]), ("class", "images"))),
+        Section("Cleaning report", table_html(sorted(cohort.report.counts.items()), ("dropped: reason", "rows")) +
+                table_html(sorted(cohort.report.fixed.items()), ("fixed (row kept)", "rows")) +
+                table_html(sorted(summary["missing"].items()), ("missing after cleaning", "rows"))),
+        Section("Test metrics", metrics_table_html(metrics)),
+        Section("Training curves", figure_html(png["curves"], "training and validation accuracy and loss")),
+        Section("Confusion matrix", "<div class='figs'>" + figure_html(png["confusion_counts"], "counts") +
+                figure_html(png["confusion_normalized"], "row-normalised (recall)") + "</div>"),
+        Section("ROC and calibration", "<div class='figs'>" + figure_html(png["roc"], "one-vs-rest ROC") +
+                figure_html(png["reliability"], "reliability diagram") + "</div>"),
+        Section("Config", json_block(config_to_dict(cfg))),
+    ]
+    banners = []
+    if cohort.synthetic:
+        banners.append("SYNTHETIC DATA — generated by dermfuse for demonstration; these numbers say nothing about real lesions.")
+    if cfg.data.split == "image":
+        banners.append("Split: image-level (leaky) — images of one lesion can be in train and test; metrics are inflated.")
+    return write_report(
+        run_dir / "report.html", f"dermfuse — {cfg.model.name} ({cfg.model.input} input)",
+        sections, subtitle=f"{cfg.data.path} · {seconds / 60:.1f} min · dermfuse {__version__}",
+        banners=banners, warnings=warnings)
+
+
+def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str | None = None,
+                    progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """Score a bundle on every clean row of a data set; returns the metrics dict (and writes
+    predictions.csv + metrics.json into ``out`` when given)."""
+    from .predict import predict_arrays
+
+    bundle = load_bundle(bundle_path)
+    cohort = load_cohort(data_path, format, True, progress)
+    unknown = sorted(set(cohort.classes) - set(bundle.classes))
+    if unknown and (cohort.table["label"].isin(unknown)).any():
+        raise ValueError(f"data set has classes the bundle does not know: {unknown}; bundle classes: {bundle.classes}")
+    y = cohort.table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
+    cache = build_cache(cohort.table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
+    meta = bundle.encode_table(cohort.table)
+    proba = predict_arrays(bundle, cache.images, meta, progress=progress)
+    metrics = compute_metrics(y, proba, bundle.classes)
+    metrics["unseen_categories"] = bundle.encoder.unseen_counts
+    metrics["cleaning"] = cohort.report.counts
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _write_predictions(out / "predictions.csv", cohort.table, bundle.classes, y, proba)
+    return metrics

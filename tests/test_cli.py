@@ -1,0 +1,94 @@
+"""The CLI: bad input gives a clear message and a non-zero exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dermfuse.cli import main
+
+
+@pytest.fixture(scope="module")
+def bundle(synth_small, tmp_path_factory):
+    from dermfuse.config import RunConfig
+    from dermfuse.experiment import train_run
+
+    cfg = RunConfig()
+    cfg.data.path, cfg.data.image_size = str(synth_small), 32
+    cfg.model.name, cfg.model.pretrained = "ft_multicnn", False
+    cfg.train.epochs, cfg.out = 1, str(tmp_path_factory.mktemp("cli") / "run")
+    return train_run(cfg, progress=False).bundle
+
+
+@pytest.fixture
+def image(synth_small):
+    return str(next((synth_small / "images").glob("*.jpg")))
+
+
+def _run(args, capsys):
+    code = main(["-q", *args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_predict_json(bundle, image, capsys):
+    code, out, _ = _run(["predict", str(bundle), image, "--age", "50", "--sex", "male", "--site", "back", "--json"], capsys)
+    assert code == 0
+    d = json.loads(out)
+    assert abs(sum(d["probabilities"].values()) - 1) < 1e-5 and d["top_class"] in d["probabilities"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--age", "-3", "--sex", "male", "--site", "back"], "-3"),
+    (["--age", "abc", "--sex", "male", "--site", "back"], "abc"),
+    (["--age", "50", "--sex", "male", "--site", "moon"], "moon"),
+    (["--age", "50", "--sex", "robot", "--site", "back"], "robot"),
+])
+def test_predict_bad_metadata(bundle, image, capsys, args, needle):
+    code, _, err = _run(["predict", str(bundle), image, *args], capsys)
+    assert code != 0 and needle in err and "Traceback" not in err
+
+
+def test_predict_corrupt_image(bundle, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    code, _, err = _run(["predict", str(bundle), str(bad), "--age", "50", "--sex", "male", "--site", "back"], capsys)
+    assert code != 0 and "bad.jpg" in err and "Traceback" not in err
+
+
+def test_predict_missing_bundle_subprocess(tmp_path, image):
+    r = subprocess.run([sys.executable, "-m", "dermfuse", "predict", str(tmp_path / "nobundle"), image,
+                        "--age", "50", "--sex", "male", "--site", "back"], capture_output=True, text=True)
+    assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_data_check_json(synth_small, capsys):
+    code, out, _ = _run(["data", "check", str(synth_small), "--json"], capsys)
+    d = json.loads(out)
+    assert code == 0 and d["format"] == "ham10000"
+    for k in ("images", "lesions", "patients", "classes", "missing", "dropped"):
+        assert k in d
+    assert sum(d["classes"].values()) == d["images"]
+
+
+def test_data_check_wrong_columns(tmp_path, capsys):
+    (tmp_path / "metadata.csv").write_text("foo,bar\n1,2\n")
+    code, _, err = _run(["data", "check", str(tmp_path)], capsys)
+    assert code != 0 and "foo" in err and "Traceback" not in err
+
+
+def test_data_plot(synth_small, tmp_path, capsys):
+    code, _, _ = _run(["data", "plot", str(synth_small), "--out", str(tmp_path / "c.png")], capsys)
+    assert code == 0 and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_cam_command(bundle, image, tmp_path, capsys):
+    code, _, _ = _run(["cam", str(bundle), image, "--out", str(tmp_path / "cams")], capsys)
+    assert code == 0 and len(list((tmp_path / "cams").glob("*.png"))) == 1
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    code, _, err = _run(["cam", str(bundle), str(bad), "--out", str(tmp_path / "cams")], capsys)
+    assert code != 0 and "bad.png" in err

@@ -1,0 +1,30 @@
+import pytest
+
+from dermfuse.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config, save_config
+from dermfuse.errors import ConfigError
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = RunConfig()
+    cfg.model.name = "cnn"
+    cfg.train.epochs = 3
+    save_config(cfg, tmp_path / "c.yaml")
+    assert config_to_dict(load_config(tmp_path / "c.yaml")) == config_to_dict(cfg)
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match="epoch"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="unknown"):
+        config_from_dict({"nonsense": {}})
+
+
+def test_overrides_parse_types():
+    cfg = apply_overrides(RunConfig(), ["train.epochs=7", "train.lr=0.01", "model.use_meta=false", "data.format=ham10000"])
+    assert cfg.train.epochs == 7 and cfg.train.lr == 0.01 and cfg.model.use_meta is False
+    assert cfg.data.format == "ham10000"
+    with pytest.raises(ConfigError):
+        apply_overrides(RunConfig(), ["train.nope=1"])
+    with pytest.raises(ConfigError):
+        apply_overrides(RunConfig(), ["model.use_meta=maybe"])

@@ -71,7 +71,8 @@ def test_data_check_json(synth_small, capsys):
     assert code == 0 and d["format"] == "ham10000"
     for k in ("images", "lesions", "patients", "classes", "missing", "dropped"):
         assert k in d
-    assert sum(d["classes"].values()) == d["images"]
+    assert sum(d["after_cleaning"]["classes"].values()) == d["after_cleaning"]["images"]
+    assert d["images"] - d["after_cleaning"]["images"] == sum(d["dropped"].values())
 
 
 def test_data_check_wrong_columns(tmp_path, capsys):

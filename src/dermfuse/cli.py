@@ -159,7 +159,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     read = read_dataset(args.path, format=args.format)
     check = not getattr(args, "no_image_check", False)
     table, report = clean(read, check_images=check, progress=not args.quiet)
-    summary = summarize(table, report, read.format)
+    summary = summarize(table, report, read.format, raw=read.table)
     if args.data_command == "check":
         if args.report:
             report.save_json(args.report)
@@ -197,6 +197,8 @@ def _print_summary(summary: dict, report) -> None:
     t.add_column("value", justify="right")
     for k in ("images", "lesions", "patients"):
         t.add_row(k, str(summary[k]))
+    if "after_cleaning" in summary:
+        t.add_row("images after cleaning", str(summary["after_cleaning"]["images"]))
     for k, v in summary["missing"].items():
         t.add_row(f"missing {k}", str(v))
     out.print(t)

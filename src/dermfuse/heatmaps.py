@@ -56,7 +56,12 @@ def compute_maps(cam_model: nn.Module, images: np.ndarray, method: str = "gradca
             m = cam(x, None)
             maps[s:s + len(x)] = m.detach().cpu().numpy() if torch.is_tensor(m) else m
             bar.advance(task, len(x))
-    return maps
+    return _quantize(maps)
+
+
+def _quantize(maps: np.ndarray) -> np.ndarray:
+    """Maps on the 256 levels they are cached at, so fresh and cached maps are identical."""
+    return np.rint(maps * 255).astype(np.float32) / 255.0
 
 
 def render_input(mode: str, images: np.ndarray, maps: np.ndarray) -> np.ndarray:
@@ -97,7 +102,7 @@ def cached_maps(cam_model: nn.Module, images: np.ndarray, image_cache_key: str, 
     tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
     np.save(tmp, np.rint(maps * 255).astype(np.uint8))
     os.replace(tmp, path)
-    return np.rint(maps * 255).astype(np.float32) / 255.0, key, False
+    return maps, key, False
 
 
 @dataclass

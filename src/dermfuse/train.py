@@ -1,0 +1,439 @@
+"""The training loop: ``fit()`` runs ``train_one_epoch()`` then ``evaluate()`` each epoch.
+
+Adam + cross entropy, class balancing (weighted loss, over- or undersampling), an lr
+schedule with linear warmup, early stopping on the validation part with the best weights
+restored, AMP on CUDA, and an atomic ``checkpoint.pt`` after every epoch from which
+``resume=True`` continues exactly. DistributedDataParallel switches on when the
+environment says ``WORLD_SIZE`` > 1 (as ``torchrun`` does); then only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ._distributed import (all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed,
+                           is_main_process)
+from .config import TrainConfig
+from .errors import ConfigError
+from .metrics import balanced_accuracy
+from .transforms import to_input, train_augmentation
+
+__all__ = [
+    "ArrayDataset",
+    "EpochSampler",
+    "FitResult",
+    "class_weights",
+    "dist_info",
+    "epoch_indices",
+    "evaluate",
+    "fit",
+    "is_main_process",
+    "predict_proba",
+    "train_one_epoch",
+]
+
+BALANCE_MODES = ("weighted-loss", "oversample", "undersample", "none")
+SCHEDULES = ("none", "cosine", "plateau")
+EARLY_STOPPING = ("balanced_accuracy", "loss", "none")
+console = Console(stderr=True)  # progress bars and epoch summaries
+
+
+class ArrayDataset(Dataset):
+    """Images, metadata and labels held in arrays; a memmap stays on disk (one image is
+    read per item).
+
+    images: uint8 (N, H, W, 3); meta: float32 (N, D), D may be 0; labels: int64 (N,).
+    Item i: (image uint8 tensor (3, H, W) after ``transform``, meta float32 (D,), label int).
+    """
+
+    def __init__(self, images: np.ndarray, meta: np.ndarray, labels: np.ndarray,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        meta = np.asarray(meta, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.int64)
+        if meta.ndim != 2 or len(meta) != len(images):
+            raise ValueError(f"meta: expected ({len(images)}, D), got {meta.shape}")
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels: expected ({len(images)},), got {labels.shape}")
+        self.images, self.meta, self.labels, self.transform = images, meta, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1).contiguous()  # (3, H, W)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, torch.from_numpy(self.meta[i]), int(self.labels[i])
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]  # one row per epoch, see fit()
+    best_epoch: int  # epoch whose weights the model holds at the end
+    best_score: float | None  # its early-stopping score (None without early stopping)
+    stopped_early: bool
+
+
+# --- class balance ------------------------------------------------------------------------
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency loss weights (C,), mean 1 over the classes present; 0 for absent ones."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0)
+    return torch.tensor(w * (counts > 0).sum() / w.sum(), dtype=torch.float32)
+
+
+def epoch_indices(labels: np.ndarray, balance: str, seed: int, epoch: int) -> np.ndarray:
+    """Training rows of one epoch in order, drawn from (seed, epoch) alone, so every rank
+    (and a resumed run) builds the same list.
+
+    none / weighted-loss: a permutation of all N rows. oversample: N rows drawn with
+    replacement, each class equally likely (WeightedRandomSampler's draw). undersample:
+    min-count rows of each present class without replacement, shuffled (C * min_count rows).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    counts = np.bincount(labels)
+    if balance in ("none", "weighted-loss"):
+        return rng.permutation(len(labels))
+    if balance == "oversample":
+        p = 1.0 / counts[labels]
+        return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+    if balance == "undersample":
+        k = counts[counts > 0].min()
+        rows = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c in np.flatnonzero(counts)]
+        return rng.permutation(np.concatenate(rows))
+    raise ValueError(f"balance: expected one of {BALANCE_MODES}, got {balance!r}")
+
+
+class EpochSampler(DistributedSampler):
+    """A DistributedSampler whose epoch is ``epoch_indices(labels, balance, seed, epoch)``:
+    rank r takes every world-th row from position r, the list padded by wrapping so that
+    all ranks take the same number. Call ``set_epoch(epoch)`` before each epoch."""
+
+    def __init__(self, labels: np.ndarray, balance: str, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        super().__init__(labels, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.labels, self.balance = np.asarray(labels), balance
+        counts = np.bincount(self.labels)
+        length = len(counts[counts > 0]) * counts[counts > 0].min() if balance == "undersample" else len(labels)
+        self.num_samples = math.ceil(length / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def __iter__(self):
+        rows = np.resize(epoch_indices(self.labels, self.balance, self.seed, self.epoch), self.total_size)
+        return iter(rows[self.rank :: self.num_replicas].tolist())
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, mode: str) -> Any:
+    """cosine / none: a LambdaLR (linear warmup, then cosine or flat), stepped per epoch.
+    plateau: ReduceLROnPlateau (halve after patience // 2 flat epochs); fit() warms it up."""
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5,
+                                                          patience=max(1, cfg.patience // 2))
+    warm, total = cfg.warmup_epochs, cfg.epochs
+
+    def factor(epoch: int) -> float:
+        if epoch < warm:
+            return (epoch + 1) / (warm + 1)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (epoch - warm) / max(1, total - warm)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --- one epoch ----------------------------------------------------------------------------
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, device: torch.device, amp: bool = False,
+                    max_steps: int | None = None, bar: Progress | None = None) -> dict[str, float]:
+    """One pass over ``loader`` (at most ``max_steps`` batches); returns {"loss", "acc"}
+    averaged over every sample all ranks saw."""
+    model.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    task = bar.add_task("train", total=steps, stats="") if bar is not None else None
+    for step, (images, meta, labels) in enumerate(loader):
+        x = to_input(images.to(device, non_blocking=True))  # (B, 3, H, W) float in [0, 1]
+        meta, labels = meta.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(x, meta)  # (B, C)
+        loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        totals[0] += loss.detach() * len(labels)
+        totals[1] += (logits.argmax(1) == labels).sum()
+        totals[2] += len(labels)
+        if bar is not None:
+            loss_avg, acc = (totals[:2] / totals[2]).tolist()
+            bar.update(task, advance=1, stats=f"loss {loss_avg:.4f}  acc {acc:.3f}")
+        if step + 1 >= steps:
+            break
+    totals = all_reduce_sum(totals)
+    return {"loss": (totals[0] / totals[2]).item(), "acc": (totals[1] / totals[2]).item()}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False) -> dict[str, float]:
+    """Unweighted cross entropy, accuracy and balanced accuracy over every rank's share of
+    ``loader``: {"loss", "acc", "balanced_accuracy"}."""
+    model.eval()
+    loss_sum, ys, preds = torch.zeros(1, dtype=torch.float64, device=device), [], []
+    for images, meta, labels in loader:
+        x = to_input(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(x, meta.to(device, non_blocking=True)).float()  # (B, C)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        ys.append(labels.cpu().numpy())
+        preds.append(logits.argmax(1).cpu().numpy())
+    gathered = all_gather_objects((np.concatenate(ys or [np.zeros(0, np.int64)]),
+                                   np.concatenate(preds or [np.zeros(0, np.int64)])))
+    y = np.concatenate([g[0] for g in gathered])
+    pred = np.concatenate([g[1] for g in gathered])
+    loss = all_reduce_sum(loss_sum).item() / max(1, len(y))
+    return {"loss": loss, "acc": float((y == pred).mean()), "balanced_accuracy": float(balanced_accuracy(y, pred))}
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's torch / CUDA / numpy / python RNG states as tensors and plain numbers."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+        "numpy_gauss": (int(np_state[3]), float(np_state[4])),
+        "python": torch.tensor(py_state[1], dtype=torch.int64), "python_gauss": py_state[2],
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], *s["numpy_gauss"]))
+    random.setstate((3, tuple(s["python"].tolist()), s["python_gauss"]))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary file beside ``path`` and rename it over ``path``: a kill at any
+    moment leaves the previous complete file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device='cuda' but no CUDA device is available")
+        return torch.device("cuda", dist_info()[2])
+    if name != "cpu":
+        raise ConfigError(f"train.device: expected auto, cpu or cuda, got {name!r}")
+    return torch.device("cpu")
+
+
+def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
+    for key, allowed in (("balance", BALANCE_MODES), ("schedule", SCHEDULES), ("early_stopping", EARLY_STOPPING)):
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"train.{key}: expected one of {allowed}, got {getattr(cfg, key)!r}")
+    if len(train) == 0:
+        raise ValueError("fit: the training set is empty")
+    if train.labels.min() < 0 or train.labels.max() >= len(classes):
+        raise ValueError(f"fit: labels must be in 0..{len(classes) - 1} ({len(classes)} classes), "
+                         f"got {train.labels.min()}..{train.labels.max()}")
+
+
+# --- fit ----------------------------------------------------------------------------------
+
+
+def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: TrainConfig, classes: list[str],
+        run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train ``model`` (forward(image (B,3,H,W) float [0,1], meta (B,D)) -> logits (B,C)) in place.
+
+    Each epoch appends {epoch, train_loss, train_acc, val_loss, val_acc,
+    val_balanced_accuracy, lr, seconds} to the history (val_* None without ``val``). With
+    ``val`` and ``cfg.early_stopping`` != "none", training stops after ``cfg.patience``
+    epochs without improvement and the best epoch's weights are loaded back; otherwise the
+    model keeps the last epoch's weights. With ``run_dir``, rank 0 writes checkpoint.pt and
+    history.json after every epoch; ``resume=True`` continues from checkpoint.pt there.
+    """
+    _check(cfg, train, list(classes))
+    device = _resolve_device(cfg.device)
+    rank, world = init_distributed(device)
+    main = rank == 0
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ValueError("fit: resume=True needs a run_dir")
+    _seed_everything(cfg.seed + rank)
+    amp = cfg.amp and device.type == "cuda"
+    monitor = cfg.early_stopping if val is not None and len(val) and cfg.early_stopping != "none" else None
+    higher_is_better = monitor == "balanced_accuracy"
+
+    model.to(device)
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.augment and train.transform is None:
+        train = copy.copy(train)  # shares the arrays
+        train.transform = train_augmentation(tuple(train.images.shape[1:3]))
+    sampler = EpochSampler(train.labels, cfg.balance, seed=cfg.seed, num_replicas=world, rank=rank)
+    # Own generators, reseeded per epoch: loader and worker seeds come from (seed, epoch, rank)
+    # alone and the global RNG (augmentation, dropout) is drawn from by nothing else.
+    loader_rng = torch.Generator()
+    loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    train_loader = DataLoader(train, sampler=sampler, generator=loader_rng, **loader_kw)
+    val_loader = None
+    if val is not None and len(val):  # rank r evaluates rows r, r + world, ...
+        val_loader = DataLoader(val, sampler=range(rank, len(val), world), generator=torch.Generator(), **loader_kw)
+
+    weight = class_weights(train.labels, len(classes)).to(device) if cfg.balance == "weighted-loss" else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = _make_scheduler(optimizer, cfg, "max" if higher_is_better else "min")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": None,
+                             "bad_epochs": 0, "stopped_early": False}
+    best_weights: dict[str, torch.Tensor] | None = None
+    ckpt_path = run_dir / "checkpoint.pt" if run_dir is not None else None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain types only
+        for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            obj.load_state_dict(ckpt[name])
+        state, best_weights = {k: ckpt[k] for k in state}, ckpt["best_weights"]
+        if rank < len(ckpt["rng"]):
+            _set_rng_state(ckpt["rng"][rank])  # last, so nothing above shifts the random streams
+    if main and run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    show = progress and main
+    for epoch in range(state["epoch"], cfg.epochs):
+        if state["stopped_early"]:
+            break
+        start = time.perf_counter()
+        sampler.set_epoch(epoch)
+        loader_rng.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank]).generate_state(1)[0]))
+        if cfg.schedule == "plateau" and epoch <= cfg.warmup_epochs:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+        lr = optimizer.param_groups[0]["lr"]
+
+        columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True, disable=not show) as bar:
+            tr = train_one_epoch(net, train_loader, criterion, optimizer, scaler, device, amp,
+                                 cfg.max_steps_per_epoch, bar if show else None)
+        broadcast_buffers(model)
+        va = evaluate(model, val_loader, device, amp) if val_loader is not None else {}
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va.get("loss"),
+               "val_acc": va.get("acc"), "val_balanced_accuracy": va.get("balanced_accuracy"),
+               "lr": lr, "seconds": time.perf_counter() - start}
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+
+        if cfg.schedule != "plateau":
+            scheduler.step()
+        elif epoch >= cfg.warmup_epochs:
+            scheduler.step(va.get("balanced_accuracy" if higher_is_better else "loss", tr["loss"]))
+        if monitor is not None:
+            score = va["balanced_accuracy"] if higher_is_better else va["loss"]
+            best = state["best_score"]
+            if best is None or (score > best if higher_is_better else score < best):
+                state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                state["bad_epochs"] += 1
+                state["stopped_early"] = state["bad_epochs"] >= cfg.patience and epoch + 1 < cfg.epochs
+
+        rng = all_gather_objects(_rng_state())  # every rank's, so each resumes its own streams
+        if main and run_dir is not None:
+            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "best_weights": best_weights, "rng": rng, "config": dataclasses.asdict(cfg),
+                    "classes": list(classes), **state}
+            _atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+            history_json = json.dumps(state["history"], indent=2)
+            _atomic_write(run_dir / "history.json", lambda tmp: tmp.write_text(history_json))
+        if show:
+            console.print(_summary(row, cfg.epochs), soft_wrap=True, highlight=False)
+
+    if monitor is not None and best_weights is not None:
+        model.load_state_dict(best_weights)
+    else:
+        state["best_epoch"] = len(state["history"]) - 1
+    return FitResult(state["history"], state["best_epoch"], state["best_score"], state["stopped_early"])
+
+
+def _summary(row: dict[str, Any], epochs: int) -> str:
+    text = f"epoch {row['epoch'] + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+    if row["val_loss"] is not None:
+        text += (f"  | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
+                 f" bal acc {row['val_balanced_accuracy']:.3f}")
+    return text + f"  | lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+
+
+# --- inference ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, data: ArrayDataset, batch_size: int = 64, tta: bool = False,
+                  progress: bool = False) -> np.ndarray:
+    """Class probabilities float32 (N, C) in ``data`` order, on the model's device in eval
+    mode. ``tta`` averages the softmax over identity, h-flip, v-flip, hv-flip and, for
+    square images, the transpose."""
+    if len(data) == 0:
+        raise ValueError("predict_proba: the data set is empty")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    model.eval()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    out = []
+    with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), console=console, transient=True,
+                  disable=not progress) as bar:
+        for images, meta, _ in bar.track(loader):
+            x = to_input(images.to(device))  # (B, 3, H, W)
+            meta = meta.to(device)
+            views = [x]
+            if tta:
+                views += [x.flip(-1), x.flip(-2), x.flip(-2, -1)]
+                if x.shape[-1] == x.shape[-2]:
+                    views.append(x.transpose(-2, -1))
+            proba = torch.stack([model(v, meta).float().softmax(1) for v in views]).mean(0)  # (B, C)
+            out.append(proba.cpu())
+    return torch.cat(out).numpy().astype(np.float32)

@@ -1,0 +1,359 @@
+"""dermfuse.train: learning, class balance, early stopping, kill-and-resume, DDP, predict_proba.
+
+Tiny CPU-only data: 16x16 images whose class is their dominant colour channel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from dermfuse.config import TrainConfig
+from dermfuse.train import (ArrayDataset, EpochSampler, class_weights, epoch_indices, fit, predict_proba)
+
+CLASSES = ["red", "green", "blue"]
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: cheap on a shared CPU, and bitwise-repeatable across processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_task(n: int, seed: int, size: int = 16, meta_dim: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """images uint8 (n, size, size, 3) whose brightest channel is the label; noise metadata."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    images = rng.integers(0, 90, size=(n, size, size, 3))
+    images[np.arange(n), :, :, labels] += 120
+    meta = rng.normal(size=(n, meta_dim)).astype(np.float32)
+    return images.astype(np.uint8), meta, labels.astype(np.int64)
+
+
+class TinyNet(nn.Module):
+    """1x1 conv + global average pool (so flip/transpose invariant) + batch norm + metadata
+    -> logits (B, 3)."""
+
+    def __init__(self, meta_dim: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, kernel_size=1)
+        self.norm = nn.BatchNorm1d(8)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(8 + meta_dim, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        x = self.norm(torch.relu(self.conv(image * 4 - 2)).mean(dim=(2, 3)))  # (B, 8)
+        return self.head(self.drop(torch.cat([x, meta], dim=1)))  # (B, 3)
+
+
+def random_flip(image: torch.Tensor) -> torch.Tensor:
+    """A transform that draws from torch's global RNG, as the real augmentation does."""
+    return image.flip(-1) if torch.rand(1).item() < 0.5 else image
+
+
+class LoggedDataset(ArrayDataset):
+    """Appends every training index it serves to a text file (one per line), optionally slowly."""
+
+    def __init__(self, *arrays, log: str | Path, delay: float = 0.0, **kw) -> None:
+        super().__init__(*arrays, **kw)
+        self.log, self.delay = Path(log), delay
+
+    def __getitem__(self, i: int):
+        time.sleep(self.delay)
+        with open(self.log, "a") as f:
+            f.write(f"{i}\n")
+        return super().__getitem__(i)
+
+
+def _lines(path: Path) -> list[int]:
+    return [int(s) for s in path.read_text().split()] if path.exists() else []
+
+
+def _strip_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+# --- (1) it learns ------------------------------------------------------------------------
+
+
+def test_fit_learns_colour_task_and_writes_history(tmp_path, capsys):
+    train, val = ArrayDataset(*make_task(48, seed=0)), ArrayDataset(*make_task(24, seed=1))
+    torch.manual_seed(0)
+    model = TinyNet()
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=1, augment=True,
+                      early_stopping="none", device="cpu")
+    res = fit(model, train, val, cfg, CLASSES, run_dir=tmp_path, progress=True)
+
+    assert [r["epoch"] for r in res.history] == [0, 1, 2, 3]
+    assert set(res.history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc",
+                                   "val_balanced_accuracy", "lr", "seconds"}
+    assert res.history[-1]["val_acc"] >= 0.8  # chance is 1/3
+    assert res.history[-1]["val_balanced_accuracy"] >= 0.8
+    assert res.best_epoch == 3 and not res.stopped_early
+    assert json.loads((tmp_path / "history.json").read_text()) == res.history
+    assert (tmp_path / "checkpoint.pt").exists() and not list(tmp_path.glob("*.tmp"))
+    out = capsys.readouterr().err
+    assert sum("train loss" in line for line in out.splitlines()) == 4 and "epoch 4/4" in out
+
+
+def test_lr_schedules_follow_warmup_then_cosine_or_plateau():
+    train = ArrayDataset(*make_task(12, seed=0))
+    cfg = TrainConfig(epochs=5, batch_size=4, lr=0.3, schedule="cosine", warmup_epochs=2, augment=False,
+                      device="cpu", max_steps_per_epoch=1)
+    lrs = [r["lr"] for r in fit(TinyNet(), train, None, cfg, CLASSES, progress=False).history]
+    cosine = [0.1, 0.2, 0.3, 0.3 * 0.5 * (1 + math.cos(math.pi / 3)), 0.3 * 0.5 * (1 + math.cos(2 * math.pi / 3))]
+    assert lrs == pytest.approx(cosine)
+    cfg.schedule = "plateau"
+    lrs = [r["lr"] for r in fit(TinyNet(), train, None, cfg, CLASSES, progress=False).history]
+    assert lrs[:3] == pytest.approx([0.1, 0.2, 0.3]) and all(lr <= 0.3 for lr in lrs)
+
+
+# --- (2) class balance --------------------------------------------------------------------
+
+
+def test_balance_helpers_give_expected_class_counts_and_weights():
+    labels = np.array([0] * 20 + [1] * 5 + [2] * 10)
+
+    w = class_weights(labels, num_classes=4).numpy()  # class 3 absent
+    assert w[3] == 0 and w[:3].mean() == pytest.approx(1.0)
+    assert w[1] / w[0] == pytest.approx(4.0) and w[2] / w[0] == pytest.approx(2.0)
+
+    perm = epoch_indices(labels, "none", seed=0, epoch=0)
+    assert sorted(perm) == list(range(35))
+    assert np.array_equal(perm, epoch_indices(labels, "weighted-loss", seed=0, epoch=0))
+    assert not np.array_equal(perm, epoch_indices(labels, "none", seed=0, epoch=1))
+
+    for epoch in range(3):
+        under = epoch_indices(labels, "undersample", seed=0, epoch=epoch)
+        assert len(under) == 15 and len(set(under)) == 15
+        assert np.bincount(labels[under]).tolist() == [5, 5, 5]
+    assert set(epoch_indices(labels, "undersample", 0, 0)) != set(epoch_indices(labels, "undersample", 0, 1))
+
+    over = np.concatenate([epoch_indices(labels, "oversample", seed=0, epoch=e) for e in range(60)])
+    assert len(over) == 60 * 35
+    share = np.bincount(labels[over]) / len(over)
+    assert share == pytest.approx([1 / 3] * 3, abs=0.03)
+
+    for mode, length in [("none", 35), ("oversample", 35), ("undersample", 15)]:
+        shards = [EpochSampler(labels, mode, seed=0, num_replicas=2, rank=r) for r in (0, 1)]
+        for s in shards:
+            s.set_epoch(4)
+        a, b = (list(s) for s in shards)
+        assert len(a) == len(b) == len(shards[0]) == math.ceil(length / 2)
+        rows = np.resize(epoch_indices(labels, mode, seed=0, epoch=4), 2 * len(a))
+        assert a == rows[0::2].tolist() and b == rows[1::2].tolist()
+
+
+# --- (3) early stopping -------------------------------------------------------------------
+
+
+def test_early_stopping_stops_and_restores_best_weights():
+    train = ArrayDataset(*make_task(48, seed=0))
+    images, meta, labels = make_task(24, seed=1)
+    val = ArrayDataset(images, meta, (labels + 1) % 3)  # learning the task makes val loss worse
+    torch.manual_seed(0)
+    model = TinyNet()
+    cfg = TrainConfig(epochs=15, batch_size=8, lr=0.05, early_stopping="loss", patience=2, augment=False,
+                      balance="none", device="cpu")
+    res = fit(model, train, val, cfg, CLASSES, progress=False)
+
+    losses = [r["val_loss"] for r in res.history]
+    assert res.stopped_early and len(losses) == res.best_epoch + 1 + cfg.patience < cfg.epochs
+    assert res.best_epoch == int(np.argmin(losses)) and res.best_score == losses[res.best_epoch]
+    proba = predict_proba(model, val)
+    restored_loss = float(-np.log(proba[np.arange(len(proba)), val.labels]).mean())
+    assert restored_loss == pytest.approx(losses[res.best_epoch], rel=1e-5)
+    assert restored_loss != pytest.approx(losses[-1], rel=1e-3)
+
+
+# --- (4) kill and resume ------------------------------------------------------------------
+
+RESUME_CFG = dict(epochs=4, batch_size=8, lr=0.02, schedule="cosine", warmup_epochs=1, balance="oversample",
+                  early_stopping="loss", patience=10, augment=False, device="cpu", seed=7)
+N_RESUME = 32
+
+
+def run_resumable(run_dir: str | Path, log: str | Path | None = None, delay: float = 0.0,
+                  resume: bool = False):
+    """The run the resume test interrupts: dropout, a random transform and oversampling all
+    draw random numbers, so an exact resume needs every RNG restored."""
+    images, meta, labels = make_task(N_RESUME, seed=0)
+    if log is None:
+        train = ArrayDataset(images, meta, labels, transform=random_flip)
+    else:
+        train = LoggedDataset(images, meta, labels, transform=random_flip, log=log, delay=delay)
+    val = ArrayDataset(*make_task(12, seed=1))
+    torch.manual_seed(0)
+    model = TinyNet(dropout=0.3)
+    res = fit(model, train, val, TrainConfig(**RESUME_CFG), CLASSES, run_dir=Path(run_dir), resume=resume,
+              progress=False)
+    return model, res
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "seen.txt"
+    script = (f"import sys, torch; torch.set_num_threads(1); sys.path.insert(0, {str(TESTS)!r}); "
+              f"import test_train as t; t.run_resumable({str(run_dir)!r}, log={str(log)!r}, delay=0.03)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while True:  # kill once >= 1 epoch is saved and the next one is a few items in
+        assert proc.poll() is None, f"training finished or failed before the kill:\n{proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "no complete epoch within 90 s"
+        history_file = run_dir / "history.json"
+        done = len(json.loads(history_file.read_text())) if history_file.exists() else 0
+        seen = len(_lines(log))
+        if done >= 1 and done * N_RESUME + 2 <= seen <= (done + 1) * N_RESUME - 4:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed_history = json.loads((run_dir / "history.json").read_text())
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == len(killed_history) == done  # only the epoch in flight is lost
+    assert done < RESUME_CFG["epochs"]
+
+    resumed_log = tmp_path / "resumed.txt"
+    model, res = run_resumable(run_dir, log=resumed_log, resume=True)
+    assert [r["epoch"] for r in res.history] == list(range(RESUME_CFG["epochs"]))
+    assert res.history[:done] == killed_history
+    assert len(_lines(resumed_log)) == (RESUME_CFG["epochs"] - done) * N_RESUME  # no saved epoch redone
+
+    ref_model, ref = run_resumable(tmp_path / "reference")  # the same run, never interrupted
+    assert _strip_seconds(res.history) == _strip_seconds(ref.history)
+    assert res.best_epoch == ref.best_epoch
+    for (name, a), b in zip(model.state_dict().items(), ref_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    again_model, again = run_resumable(run_dir, log=resumed_log, resume=True)  # a finished run: nothing to do
+    assert again.history == res.history and len(_lines(resumed_log)) == (RESUME_CFG["epochs"] - done) * N_RESUME
+    assert all(torch.equal(a, b) for a, b in zip(again_model.state_dict().values(), model.state_dict().values()))
+
+
+# --- (5) DDP ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from dermfuse.train import dist_info, is_main_process
+
+    images, meta, labels = make_task(24, seed=0)
+    train = LoggedDataset(images, meta, labels, log=root / f"seen{rank}.txt")
+    val = ArrayDataset(*make_task(10, seed=1))
+    torch.manual_seed(rank)  # different initial weights per rank: DDP must start from rank 0's
+    model = TinyNet()
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=0.05, augment=False, device="cpu", balance="weighted-loss")
+    res = fit(model, train, val, cfg, CLASSES, run_dir=root / f"run{rank}", progress=False)
+    (root / f"result{rank}.json").write_text(json.dumps({
+        "history": _strip_seconds(res.history), "dist_info": list(dist_info()), "main": is_main_process(),
+        "weights": [v.double().sum().item() for v in model.state_dict().values()]}))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_ranks_train_disjoint_shards_and_only_rank0_writes(tmp_path):
+    workers = torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=False)
+    deadline = time.monotonic() + 150
+    while not workers.join(timeout=1):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for proc in workers.processes:
+                proc.kill()
+            pytest.fail("the two DDP workers did not finish within 150 s")
+
+    seen = [_lines(tmp_path / f"seen{r}.txt") for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 2 * 12  # two epochs of 24 rows over 2 ranks
+    labels = make_task(24, seed=0)[2]
+    for epoch in (0, 1):
+        a, b = (s[epoch * 12:(epoch + 1) * 12] for s in seen)
+        assert not set(a) & set(b) and sorted(a + b) == list(range(24))
+        rows = epoch_indices(labels, "weighted-loss", seed=0, epoch=epoch)
+        assert a == rows[0::2].tolist() and b == rows[1::2].tolist()
+    assert seen[0][:12] != seen[0][12:]  # set_epoch reshuffles
+
+    assert sorted(p.name for p in (tmp_path / "run0").iterdir()) == ["checkpoint.pt", "history.json"]
+    assert not (tmp_path / "run1").exists()
+    r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
+    assert r0["dist_info"] == [0, 2, 0] and r1["dist_info"] == [1, 2, 1]
+    assert r0["main"] and not r1["main"]
+    assert r0["history"] == r1["history"] and len(r0["history"]) == 2  # metrics reduced over ranks
+    assert r0["weights"] == r1["weights"]  # averaged gradients, rank 0's BatchNorm statistics
+    ckpt = torch.load(tmp_path / "run0" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and len(ckpt["rng"]) == 2
+
+
+# --- (6) predict_proba --------------------------------------------------------------------
+
+
+class CountingNet(TinyNet):
+    def __init__(self) -> None:
+        super().__init__(meta_dim=0)
+        self.calls = 0
+
+    def forward(self, image, meta):
+        self.calls += 1
+        return super().forward(image, meta)
+
+
+def test_predict_proba_rows_sum_to_one_and_tta_views():
+    images, _, labels = make_task(10, seed=0)
+    data = ArrayDataset(images, np.zeros((10, 0), np.float32), labels)  # D = 0
+    torch.manual_seed(0)
+    model = CountingNet()
+    p = predict_proba(model, data, batch_size=4)
+    assert p.shape == (10, 3) and p.dtype == np.float32
+    assert np.allclose(p.sum(1), 1.0, atol=1e-5) and model.calls == 3
+
+    model.calls = 0
+    p_tta = predict_proba(model, data, batch_size=4, tta=True)
+    assert p_tta.shape == (10, 3) and np.allclose(p_tta.sum(1), 1.0, atol=1e-5)
+    assert model.calls == 3 * 5  # identity, hflip, vflip, hvflip, transpose (square)
+    assert np.allclose(p_tta, p, atol=1e-5)  # TinyNet is flip invariant
+
+    model.calls = 0
+    wide = ArrayDataset(np.ascontiguousarray(images[:, :12]), np.zeros((10, 0), np.float32), labels)
+    assert predict_proba(model, wide, batch_size=10, tta=True).shape == (10, 3)
+    assert model.calls == 4  # no transpose for a non-square image
+    assert not model.training
+
+
+def test_array_dataset_items_and_memmap(tmp_path):
+    images, meta, labels = make_task(6, seed=0)
+    mm = np.memmap(tmp_path / "img.u8", dtype=np.uint8, mode="w+", shape=images.shape)
+    mm[:] = images
+    mm.flush()
+    ro = np.memmap(tmp_path / "img.u8", dtype=np.uint8, mode="r", shape=images.shape)
+    ds = ArrayDataset(ro, meta, labels)
+    img, m, y = ds[4]
+    assert img.dtype == torch.uint8 and img.shape == (3, 16, 16)
+    assert torch.equal(img, torch.from_numpy(images[4]).permute(2, 0, 1))
+    assert m.shape == (2,) and y == labels[4] and isinstance(ds.images, np.memmap)
+    with pytest.raises(ValueError, match="labels"):
+        ArrayDataset(images, meta, labels[:3])

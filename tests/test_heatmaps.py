@@ -46,12 +46,12 @@ def test_heatmap_cache_reused(cohort):
 
     table = cohort.table
     cache = build_cache(table, size=32, progress=False)
-    model = create_model("cnn", num_classes=7, pretrained=False).eval()
+    model = create_model("cnn", num_classes=7, pretrained=False, input_size=32).eval()
     m1, key1, reused1 = cached_maps(model, cache.images, cache.key, "gradcam", progress=False)
     m2, key2, reused2 = cached_maps(model, cache.images, cache.key, "gradcam", progress=False)
     assert key1 == key2 and not reused1 and reused2
     assert np.array_equal(m1, m2)
-    other = create_model("cnn", num_classes=7, pretrained=False).eval()  # other weights → other key
+    other = create_model("cnn", num_classes=7, pretrained=False, input_size=32).eval()  # other weights → other key
     _, key3, _ = cached_maps(other, cache.images[:4], cache.key, "gradcam", progress=False)
     assert key3 != key1
 

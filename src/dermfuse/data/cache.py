@@ -1,0 +1,343 @@
+"""Decode images once, resize them, and keep them on disk as one uint8 array.
+
+`load_image` and `resize_image` are the single source of decoding and resizing that the
+cache, `predict` and `serve` share, so a model sees the same pixels in training and at
+inference time. `build_cache` turns a table (one row per image, columns `image_id`,
+`path`, optionally `sha1`) into a memory-mapped array `(N, H, W, 3)` uint8 stored under
+`<cache root>/images/<key>.npy`, where the key hashes the images' ids and bytes, the size,
+the resize method and the cache format version. A second call with the same inputs maps
+the stored array and decodes nothing.
+
+Cache root: `cache_dir` if given, else env `DERMFUSE_CACHE`, else `~/.cache/dermfuse`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from dermfuse.errors import DataError, InputError
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "MAX_IMAGE_PIXELS",
+    "RESIZE_METHODS",
+    "CachedImages",
+    "build_cache",
+    "cache_root",
+    "cache_key",
+    "decode_count",
+    "load_image",
+    "resize_image",
+]
+
+CACHE_FORMAT_VERSION = 1
+"""Bump when the stored layout or the decode/resize code changes the pixels."""
+
+MAX_IMAGE_PIXELS = 40_000_000
+"""Images with more pixels than this (40 megapixels) are refused as decompression bombs."""
+
+RESIZE_METHODS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+_decode_total = 0
+_decode_lock = threading.Lock()
+_open_lock = threading.Lock()
+
+
+def decode_count() -> int:
+    """Number of images `load_image` has decoded in this process (for tests and logs)."""
+    return _decode_total
+
+
+def _count_decode() -> None:
+    global _decode_total
+    with _decode_lock:
+        _decode_total += 1
+
+
+def _input_error(message: str, reason: str) -> InputError:
+    """An InputError with a `reason` attribute that matches the cleaning report's reasons."""
+    err = InputError(message)
+    err.reason = reason  # type: ignore[attr-defined]
+    return err
+
+
+def load_image(path_or_bytes: ImageSource) -> Image.Image:
+    """Decode one image file (path or raw bytes) into an RGB PIL image.
+
+    EXIF orientation is applied, alpha is dropped, palette and grey images become RGB.
+    Raises `InputError` naming the file and the reason for a missing, empty, unreadable,
+    truncated or oversized (more than `MAX_IMAGE_PIXELS`, a decompression bomb) file; the
+    error's `reason` attribute is one of `missing_image_file`, `empty_image`,
+    `unreadable_image`, `truncated_image`, `image_too_large`.
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        name = "<uploaded bytes>"
+        data = bytes(path_or_bytes)
+    else:
+        path = Path(path_or_bytes)
+        name = str(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise _input_error(f"image file {name!r} not found", "missing_image_file") from None
+        except OSError as exc:
+            raise _input_error(f"image file {name!r} cannot be read: {exc}", "unreadable_image") from exc
+    if len(data) == 0:
+        raise _input_error(f"image file {name!r} is empty (0 bytes)", "empty_image")
+
+    try:
+        # Header only. PIL warns (and only warns) between its own limit and twice it: make that
+        # an error. catch_warnings is process-wide, hence the lock; the decode below runs outside it.
+        with _open_lock, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise _input_error(
+                f"image file {name!r} is {w}x{h} = {w * h:,} pixels, more than the limit of "
+                f"{MAX_IMAGE_PIXELS:,} (possible decompression bomb)",
+                "image_too_large",
+            )
+        if ImageFile.LOAD_TRUNCATED_IMAGES and img.format == "JPEG" and b"\xff\xd9" not in data[-4096:]:
+            # someone told Pillow to pad truncated files silently; a JPEG must still end (EOI)
+            raise _input_error(f"image file {name!r} is truncated: JPEG has no end marker", "truncated_image")
+        img.load()  # full decode: truncation shows only here
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _input_error(
+            f"image file {name!r} is too large (possible decompression bomb): {exc}", "image_too_large"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise _input_error(
+            f"image file {name!r} is not a readable image ({len(data)} bytes, format not recognised)",
+            "unreadable_image",
+        ) from exc
+    except Exception as exc:  # any decoder failure means the file cannot be used
+        text = f"{type(exc).__name__}: {exc}"
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            raise _input_error(f"image file {name!r} is truncated: {text}", "truncated_image") from exc
+        raise _input_error(f"image file {name!r} cannot be decoded: {text}", "unreadable_image") from exc
+    if img.width == 0 or img.height == 0:
+        raise _input_error(f"image file {name!r} has no pixels ({img.width}x{img.height})", "empty_image")
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block: keep the pixels as stored
+        pass
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    _count_decode()
+    return img
+
+
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        h = w = int(size)
+    else:
+        try:
+            h, w = (int(s) for s in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"size must be an int or (height, width), got {size!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+def resize_image(
+    img: Image.Image | np.ndarray, size: int | tuple[int, int], method: str = "bilinear"
+) -> np.ndarray:
+    """Squash-resize an RGB image (aspect ratio not kept, like the paper's 128x128).
+
+    img: PIL image or uint8 array (H, W, 3). size: int (square) or (height, width).
+    method: "bilinear", "bicubic", "nearest" or "lanczos" (PIL, antialiased when shrinking).
+    Returns a C-contiguous uint8 array (h, w, 3).
+    """
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"resize method {method!r} unknown; expected one of {sorted(RESIZE_METHODS)}")
+    h, w = _size_hw(size)
+    if isinstance(img, np.ndarray):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"image array must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
+        img = Image.fromarray(img)
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (w, h):
+        img = img.resize((w, h), resample=RESIZE_METHODS[method])
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir` if given, else env `DERMFUSE_CACHE`, else `~/.cache/dermfuse`."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("DERMFUSE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "dermfuse"
+
+
+def _file_sha1(path: str) -> str:
+    h = hashlib.sha1()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise _input_error(f"image file {path!r} not found", "missing_image_file") from None
+    return h.hexdigest()
+
+
+def _check_table(table: pd.DataFrame) -> None:
+    missing = [c for c in ("image_id", "path") if c not in table.columns]
+    if missing:
+        raise DataError(f"image cache needs the columns image_id and path; missing {missing}")
+    if len(table) == 0:
+        raise DataError("image cache: the table has no rows")
+    no_path = table["path"].isna()
+    if no_path.any():
+        ids = table.loc[no_path, "image_id"].astype(str).tolist()
+        raise DataError(
+            f"image cache: {len(ids)} row(s) have no image file, e.g. image_id {ids[0]!r}; "
+            "drop them first (dermfuse.data.clean does)"
+        )
+
+
+def cache_key(table: pd.DataFrame, size: int | tuple[int, int] = 128, method: str = "bilinear") -> str:
+    """sha256 hex of the format version, size, method and every row's image_id + sha1.
+
+    Uses the table's `sha1` column where present, else hashes each file's bytes.
+    """
+    _check_table(table)
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"resize method {method!r} unknown; expected one of {sorted(RESIZE_METHODS)}")
+    h, w = _size_hw(size)
+    digest = hashlib.sha256(f"dermfuse-image-cache v{CACHE_FORMAT_VERSION}\n{h}x{w}\n{method}\n".encode())
+    sha1s = table["sha1"] if "sha1" in table.columns else pd.Series([None] * len(table), index=table.index)
+    for image_id, path, sha1 in zip(table["image_id"], table["path"], sha1s):
+        if not isinstance(sha1, str) or not sha1:
+            sha1 = _file_sha1(str(path))
+        digest.update(f"{image_id}\0{sha1}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class CachedImages:
+    """Images of a table, decoded and resized, in table row order.
+
+    images: read-only np.memmap uint8 (N, H, W, 3). key: the cache key (sha256 hex).
+    decoded: images decoded by this call (0 when the cache was reused). path: the .npy file.
+    """
+
+    images: np.ndarray
+    key: str
+    decoded: int
+    path: Path
+    image_ids: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _load_existing(npy: Path, meta: Path, image_ids: list[str], shape: tuple[int, ...]) -> np.ndarray | None:
+    """The stored array if both files exist and agree with the request, else None."""
+    if not (npy.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        arr = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if info.get("image_ids") != image_ids or arr.shape != shape or arr.dtype != np.uint8:
+        return None
+    return arr
+
+
+def build_cache(
+    table: pd.DataFrame,
+    size: int | tuple[int, int] = 128,
+    method: str = "bilinear",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> CachedImages:
+    """Decode and resize every row's image once; reuse the stored array on later calls.
+
+    table: rows with `image_id`, `path` (and optionally `sha1`). size: int or (h, w).
+    Returns `CachedImages` with `images` uint8 (N, h, w, 3) in table row order. The array
+    is written under a temporary name and renamed, then the `<key>.json` index is written
+    the same way, so an interrupted build never looks complete. Raises `DataError` for
+    rows without a path and `InputError` (naming the file) for an image that cannot be read.
+    """
+    h, w = _size_hw(size)
+    key = cache_key(table, (h, w), method)
+    folder = cache_root(cache_dir) / "images"
+    npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    image_ids = [str(i) for i in table["image_id"]]
+    shape = (len(table), h, w, 3)
+
+    existing = _load_existing(npy, meta, image_ids, shape)
+    if existing is not None:
+        return CachedImages(existing, key, 0, npy, tuple(image_ids))
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npy.tmp"
+    paths = [str(p) for p in table["path"]]
+
+    def work(i: int) -> np.ndarray:
+        try:
+            return resize_image(load_image(paths[i]), (h, w), method)
+        except InputError as exc:
+            reason = getattr(exc, "reason", "unreadable_image")
+            raise _input_error(f"{exc} (row {i}, image_id {image_ids[i]!r})", reason) from exc
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    workers = max(1, min(8, os.cpu_count() or 1))
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        pool = ThreadPoolExecutor(workers)  # PIL decodes and resizes without holding the GIL
+        try:
+            with Progress(*columns, disable=not progress, transient=True) as bar:
+                task = bar.add_task(f"caching {len(table)} images at {h}x{w} ({method})", total=len(table))
+                for i, arr in enumerate(pool.map(work, range(len(table)))):
+                    out[i] = arr
+                    bar.advance(task)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on error: stop, don't decode the rest
+        out.flush()
+        del out
+        os.replace(tmp, npy)
+        info = {
+            "format_version": CACHE_FORMAT_VERSION,
+            "key": key,
+            "size": [h, w],
+            "method": method,
+            "n": len(table),
+            "image_ids": image_ids,
+        }
+        tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp_meta.write_text(json.dumps(info))
+        os.replace(tmp_meta, meta)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return CachedImages(np.load(npy, mmap_mode="r"), key, len(table), npy, tuple(image_ids))

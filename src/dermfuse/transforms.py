@@ -1,0 +1,312 @@
+"""The paper's augmentation recipe on torchvision.transforms.v2, and the eval preprocessing.
+
+Pure pixel functions (`adjust_brightness`, `adjust_contrast`, `transpose`, `gaussian_blur`)
+do the work; thin `v2.Transform` classes sample their parameters (the only place with
+randomness, drawn from torch's global generator, so `torch.manual_seed` makes a run
+repeatable) and call them. Every training transform takes and returns a uint8 tensor
+`(3, H, W)`.
+
+`to_input` is THE preprocessing that training, evaluation, Grad-CAM, predict and serve
+call: uint8 images -> float `(B, 3, H, W)` in [0, 1] (the paper's Normalize, /255). Models
+hold their own mean/std and normalise inside `forward`.
+
+`PAPER_AUGMENTATION` lists, for each transform the paper names, what we use and with
+which parameters (see also `docs/architecture.md`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+__all__ = [
+    "PAPER_AUGMENTATION",
+    "AugmentationStep",
+    "GaussianBlur",
+    "RandomBrightness",
+    "RandomContrast",
+    "Rotate",
+    "Transpose",
+    "adjust_brightness",
+    "adjust_contrast",
+    "gaussian_blur",
+    "plot_augmentations",
+    "to_input",
+    "train_augmentation",
+    "transpose",
+]
+
+
+# --- pure pixel functions ---------------------------------------------------------------
+
+
+def _finish(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Round and clip float results back to the input's dtype and range."""
+    if like.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.clamp_(0.0, 1.0).to(like.dtype)
+
+
+def adjust_brightness(img: torch.Tensor, beta: float) -> torch.Tensor:
+    """Paper's RandomBrightness: I' = I + beta, with I the intensity in [0, 1].
+
+    img: uint8 (..., H, W) in 0..255 (then beta is scaled by 255, i.e. I' = I + 255*beta,
+    rounded and clipped to 0..255) or float in [0, 1] (clipped to [0, 1]). Same dtype out.
+    This is also what albumentations' RandomBrightness (brightness_by_max) computes.
+    """
+    max_value = 255.0 if img.dtype == torch.uint8 else 1.0
+    return _finish(img.to(torch.float32) + float(beta) * max_value, img)
+
+
+def adjust_contrast(img: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Paper's RandomContrast: I' = alpha * (I - mu) + mu, mu the image's mean intensity.
+
+    img: uint8 (..., C, H, W) 0..255 or float in [0, 1]; mu is the mean over all pixels
+    and channels of each image (the last three axes). Rounded and clipped to the input's
+    range; same dtype out.
+    """
+    x = img.to(torch.float32)
+    mu = x.mean(dim=(-3, -2, -1), keepdim=True)
+    return _finish(float(alpha) * (x - mu) + mu, img)
+
+
+def transpose(img: torch.Tensor) -> torch.Tensor:
+    """Swap the H and W axes: (..., H, W) -> (..., W, H); I'(y, x) = I(x, y)."""
+    return img.transpose(-2, -1).contiguous()
+
+
+def gaussian_blur(img: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Gaussian blur with an odd kernel; sigma from the kernel as OpenCV does for sigma=0.
+
+    sigma = 0.3 * ((kernel_size - 1) / 2 - 1) + 0.8 (albumentations' GaussianBlur default).
+    """
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be an odd positive int, got {kernel_size!r}")
+    sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8
+    return F.gaussian_blur(img, kernel_size=[kernel_size, kernel_size], sigma=[sigma, sigma])
+
+
+# --- thin transforms: sample parameters, call a pixel function ----------------------------
+
+
+class _PixelTransform(v2.Transform):
+    """Applies `_apply(img, **params)` with probability p to tensor images only."""
+
+    _transformed_types = (torch.Tensor,)
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p!r}")
+        self.p = p
+
+    def _sample(self) -> dict[str, Any]:
+        return {}
+
+    def _apply(self, img: torch.Tensor, **params: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if torch.rand(1).item() >= self.p:
+            return {"apply": False}
+        return {"apply": True, **self._sample()}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"]:
+            return inpt
+        kwargs = {k: v for k, v in params.items() if k != "apply"}
+        out = self._apply(inpt.as_subclass(torch.Tensor), **kwargs)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return float(torch.empty(1).uniform_(lo, hi).item())
+
+
+class Transpose(_PixelTransform):
+    """Swap H and W with probability p. A non-square (3, H, W) image comes out (3, W, H)."""
+
+    def _apply(self, img: torch.Tensor) -> torch.Tensor:
+        return transpose(img)
+
+
+class RandomBrightness(_PixelTransform):
+    """I' = I + beta, beta ~ U(brightness_range) (default (-0.2, 0.2)), with probability p."""
+
+    def __init__(self, brightness_range: tuple[float, float] = (-0.2, 0.2), p: float = 0.5) -> None:
+        super().__init__(p)
+        self.brightness_range = tuple(brightness_range)
+
+    def _sample(self) -> dict[str, Any]:
+        return {"beta": _uniform(*self.brightness_range)}
+
+    def _apply(self, img: torch.Tensor, beta: float) -> torch.Tensor:
+        return adjust_brightness(img, beta)
+
+
+class RandomContrast(_PixelTransform):
+    """I' = alpha (I - mu) + mu, alpha ~ U(contrast_range) (default (0.8, 1.2)), with probability p."""
+
+    def __init__(self, contrast_range: tuple[float, float] = (0.8, 1.2), p: float = 0.5) -> None:
+        super().__init__(p)
+        self.contrast_range = tuple(contrast_range)
+
+    def _sample(self) -> dict[str, Any]:
+        return {"alpha": _uniform(*self.contrast_range)}
+
+    def _apply(self, img: torch.Tensor, alpha: float) -> torch.Tensor:
+        return adjust_contrast(img, alpha)
+
+
+class GaussianBlur(_PixelTransform):
+    """Gaussian blur with a kernel drawn from the odd sizes in kernel_range (default 3 or 5)."""
+
+    def __init__(self, kernel_range: tuple[int, int] = (3, 5), p: float = 0.25) -> None:
+        super().__init__(p)
+        self.kernel_range = tuple(kernel_range)
+        self._sizes = [k for k in range(self.kernel_range[0], self.kernel_range[1] + 1) if k % 2 == 1]
+        if not self._sizes:
+            raise ValueError(f"kernel_range {kernel_range!r} holds no odd kernel size")
+
+    def _sample(self) -> dict[str, Any]:
+        return {"kernel_size": self._sizes[int(torch.randint(len(self._sizes), (1,)).item())]}
+
+    def _apply(self, img: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        return gaussian_blur(img, kernel_size)
+
+
+class Rotate(_PixelTransform):
+    """Rotate by angle ~ U(angle_range) degrees (default ±90, counter-clockwise positive),
+    bilinear, same canvas size, corners filled with `fill` (0 = black), with probability p."""
+
+    def __init__(self, angle_range: tuple[float, float] = (-90.0, 90.0), p: float = 0.5, fill: int = 0) -> None:
+        super().__init__(p)
+        self.angle_range = tuple(angle_range)
+        self.fill = fill
+
+    def _sample(self) -> dict[str, Any]:
+        return {"angle": _uniform(*self.angle_range)}
+
+    def _apply(self, img: torch.Tensor, angle: float) -> torch.Tensor:
+        return F.rotate(img, angle, interpolation=v2.InterpolationMode.BILINEAR, fill=self.fill)
+
+
+# --- the recipe ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AugmentationStep:
+    """One row of the paper's recipe: its name and parameters, and what implements it."""
+
+    paper: str  # the paper's (albumentations) name
+    ours: str  # what dermfuse uses
+    params: dict[str, Any] = field(default_factory=dict)
+    p: float = 1.0
+    note: str = ""
+
+
+PAPER_AUGMENTATION: tuple[AugmentationStep, ...] = (
+    AugmentationStep("Transpose", "dermfuse.transforms.Transpose", {}, 0.5,
+                     "swaps H and W; a non-square image changes shape (H, W) -> (W, H)"),
+    AugmentationStep("VerticalFlip", "v2.RandomVerticalFlip", {}, 0.5),
+    AugmentationStep("HorizontalFlip", "v2.RandomHorizontalFlip", {}, 0.5),
+    AugmentationStep("Rotate", "dermfuse.transforms.Rotate", {"angle_range": (-90.0, 90.0), "fill": 0}, 0.5,
+                     "albumentations' default limit ±90°; border constant 0 (albumentations defaults to reflect)"),
+    AugmentationStep("RandomBrightness", "dermfuse.transforms.RandomBrightness",
+                     {"brightness_range": (-0.2, 0.2)}, 0.5, "I' = I + beta, I in [0, 1] (uint8: + 255*beta)"),
+    AugmentationStep("RandomContrast", "dermfuse.transforms.RandomContrast",
+                     {"contrast_range": (0.8, 1.2)}, 0.5,
+                     "I' = alpha (I - mu) + mu as the paper writes (albumentations scales around 0)"),
+    AugmentationStep("GaussianBlur", "dermfuse.transforms.GaussianBlur", {"kernel_range": (3, 5)}, 0.25,
+                     "blur_limit=5: kernel 3 or 5, sigma from the kernel size"),
+    AugmentationStep("ShiftScaleRotate", "v2.RandomApply([v2.RandomAffine])",
+                     {"translate": (0.1, 0.1), "scale": (0.9, 1.1), "degrees": 15, "fill": 0}, 0.85,
+                     "shift ±10% of the size, scale 0.9..1.1, rotate ±15°, border constant 0"),
+    AugmentationStep("Normalize", "dermfuse.transforms.to_input", {"max_pixel_value": 255.0}, 1.0,
+                     "/255 to [0, 1], applied to every image at train and eval time, not at random"),
+)
+"""The paper's augmentation, transform by transform (Section 3.2.3), as dermfuse implements it."""
+
+
+def train_augmentation(size: int | tuple[int, int] | None = None) -> v2.Compose:
+    """The paper's training augmentation: uint8 tensor (3, H, W) -> uint8 tensor (3, h, w).
+
+    Order as the paper lists it: Transpose, VerticalFlip, HorizontalFlip, Rotate,
+    RandomBrightness, RandomContrast, GaussianBlur, ShiftScaleRotate. Without `size` the
+    output has the input's shape, except that Transpose swaps H and W of a non-square
+    image; with `size` (int or (h, w)) a final bilinear resize makes every output that size.
+    Normalize (/255) is not here: `to_input` does it for training and evaluation alike.
+    """
+    steps: list[v2.Transform] = [
+        Transpose(p=0.5),
+        v2.RandomVerticalFlip(p=0.5),
+        v2.RandomHorizontalFlip(p=0.5),
+        Rotate(angle_range=(-90.0, 90.0), p=0.5, fill=0),
+        RandomBrightness(brightness_range=(-0.2, 0.2), p=0.5),
+        RandomContrast(contrast_range=(0.8, 1.2), p=0.5),
+        GaussianBlur(kernel_range=(3, 5), p=0.25),
+        v2.RandomApply(
+            [v2.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1),
+                             interpolation=v2.InterpolationMode.BILINEAR, fill=0)],
+            p=0.85,
+        ),
+    ]
+    if size is not None:
+        hw = [int(size), int(size)] if isinstance(size, (int, np.integer)) else [int(s) for s in size]
+        steps.append(v2.Resize(hw, interpolation=v2.InterpolationMode.BILINEAR, antialias=True))
+    return v2.Compose(steps)
+
+
+def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Eval preprocessing (the paper's Normalize): uint8 images -> float32 (B, 3, H, W) in [0, 1].
+
+    images: numpy uint8 (B, H, W, 3) (e.g. the image cache) or torch uint8 (B, 3, H, W)
+    (e.g. a batch of augmented images; stays on its device). Anything else is a ValueError,
+    so nothing gets divided by 255 twice.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"to_input expects a uint8 tensor (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        return images.to(torch.float32).div_(255.0)
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+        raise ValueError(f"to_input expects a uint8 array (B, H, W, 3), got {arr.dtype} {arr.shape}")
+    x = torch.from_numpy(arr.astype(np.float32))  # copy: the cache's memmap stays read-only
+    return x.permute(0, 3, 1, 2).div_(255.0).contiguous()
+
+
+def plot_augmentations(images: np.ndarray, n_variants: int = 5, seed: int = 0):
+    """Figure of the training augmentation: one row per image, the original then n_variants.
+
+    images: uint8 (N, H, W, 3). Uses its own torch RNG state (seed), leaving the global
+    one as it was. Returns a matplotlib Figure titled "Augmented samples".
+    """
+    from matplotlib.figure import Figure
+
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+        raise ValueError(f"plot_augmentations expects uint8 (N, H, W, 3), got {arr.dtype} {arr.shape}")
+    n, cols = len(arr), 1 + int(n_variants)
+    aug = train_augmentation()
+    fig = Figure(figsize=(1.6 * cols, 1.6 * n + 0.4), constrained_layout=True)
+    axes = fig.subplots(n, cols, squeeze=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for r in range(n):
+            img = torch.from_numpy(np.ascontiguousarray(arr[r])).permute(2, 0, 1)  # (3, H, W)
+            for c in range(cols):
+                out = img if c == 0 else aug(img)
+                ax = axes[r, c]
+                ax.imshow(out.permute(1, 2, 0).numpy())
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=8)
+    fig.suptitle("Augmented samples")
+    return fig

@@ -1,0 +1,141 @@
+"""The paper's augmentation recipe and the eval preprocessing."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from dermfuse.transforms import (
+    PAPER_AUGMENTATION,
+    GaussianBlur,
+    RandomBrightness,
+    Rotate,
+    Transpose,
+    adjust_brightness,
+    adjust_contrast,
+    gaussian_blur,
+    plot_augmentations,
+    to_input,
+    train_augmentation,
+)
+
+
+def _image(h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+
+
+def test_augmentation_keeps_shape_and_dtype():
+    aug = train_augmentation()
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = aug(_image())
+        assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
+
+
+def test_non_square_images_transpose_unless_a_size_is_given():
+    aug = train_augmentation()
+    torch.manual_seed(0)
+    shapes = {tuple(aug(_image(24, 40)).shape) for _ in range(30)}
+    assert shapes == {(3, 24, 40), (3, 40, 24)}
+    sized = train_augmentation(size=32)
+    assert {tuple(sized(_image(24, 40)).shape) for _ in range(10)} == {(3, 32, 32)}
+
+
+def test_brightness_is_the_papers_formula():
+    img = torch.tensor([0, 100, 250], dtype=torch.uint8).view(1, 1, 3)
+    # I' = I + beta on intensities in [0, 1]: +0.2 is +51 on 0..255, clipped
+    assert adjust_brightness(img, 0.2).flatten().tolist() == [51, 151, 255]
+    assert adjust_brightness(img, -0.2).flatten().tolist() == [0, 49, 199]
+    assert adjust_brightness(img, 0.2).dtype == torch.uint8
+    as_float = torch.tensor([0.1, 0.5, 0.95])
+    torch.testing.assert_close(adjust_brightness(as_float, 0.1), torch.tensor([0.2, 0.6, 1.0]))
+
+
+def test_contrast_is_the_papers_formula():
+    img = torch.tensor([[[0, 100]], [[50, 150]], [[100, 200]]], dtype=torch.uint8)  # (3, 1, 2), mean 100
+    # I' = alpha (I - mu) + mu with mu = 100, alpha = 1.5; clipped to 0..255
+    assert adjust_contrast(img, 1.5).flatten().tolist() == [0, 100, 25, 175, 100, 250]
+    assert torch.equal(adjust_contrast(img, 1.0), img)
+    assert adjust_contrast(img, 0.0).unique().tolist() == [100]
+    assert adjust_contrast(img, 0.8).dtype == torch.uint8
+
+
+def test_transpose_swaps_axes():
+    img = _image(4, 6)
+    out = Transpose(p=1.0)(img)
+    assert out.shape == (3, 6, 4)
+    assert torch.equal(out, img.permute(0, 2, 1))
+    assert torch.equal(Transpose(p=0.0)(img), img)
+
+
+def test_random_brightness_adds_one_offset_within_the_limit():
+    img = torch.full((3, 8, 8), 128, dtype=torch.uint8)
+    torch.manual_seed(1)
+    for _ in range(10):
+        diff = RandomBrightness(p=1.0)(img).to(torch.int16) - 128
+        assert diff.unique().numel() == 1 and abs(diff[0, 0, 0].item()) <= 51
+
+
+def test_blur_and_rotate_keep_a_flat_image_flat():
+    flat = torch.full((3, 16, 16), 90, dtype=torch.uint8)
+    assert torch.equal(gaussian_blur(flat, 5), flat)
+    torch.manual_seed(0)
+    assert torch.equal(GaussianBlur(p=1.0)(flat), flat)
+    rotated = Rotate(angle_range=(45.0, 45.0), p=1.0)(flat)
+    assert rotated[:, 0, 0].tolist() == [0, 0, 0] and rotated[:, 8, 8].tolist() == [90, 90, 90]
+
+
+def test_augmentation_is_deterministic_under_manual_seed():
+    aug, img = train_augmentation(), _image()
+    torch.manual_seed(123)
+    first = [aug(img) for _ in range(5)]
+    torch.manual_seed(123)
+    second = [aug(img) for _ in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert any(not torch.equal(a, img) for a in first)
+
+
+def test_recipe_has_the_papers_parameters():
+    names = [step.paper for step in PAPER_AUGMENTATION]
+    assert names == ["Transpose", "VerticalFlip", "HorizontalFlip", "Rotate", "RandomBrightness",
+                     "RandomContrast", "GaussianBlur", "ShiftScaleRotate", "Normalize"]
+    steps = train_augmentation().transforms
+    assert [getattr(t, "p", None) for t in steps] == [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25, 0.85]
+    affine = steps[-1].transforms[0]
+    assert isinstance(affine, v2.RandomAffine)
+    assert list(affine.degrees) == [-15.0, 15.0] and tuple(affine.translate) == (0.1, 0.1)
+    assert tuple(affine.scale) == (0.9, 1.1) and affine.fill == 0
+    assert steps[3].angle_range == (-90.0, 90.0)
+
+
+def test_to_input_from_numpy_and_torch():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    arr.setflags(write=False)  # like the cache's read-only memmap
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = to_input(arr)
+    assert x.shape == (2, 3, 5, 7) and x.dtype == torch.float32 and x.is_contiguous()
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x[1, 2, 4, 6].item() == pytest.approx(arr[1, 4, 6, 2] / 255.0)
+    t = torch.from_numpy(arr.copy()).permute(0, 3, 1, 2)
+    torch.testing.assert_close(to_input(t), x)
+    with pytest.raises(ValueError, match="uint8"):
+        to_input(x)
+    with pytest.raises(ValueError, match="uint8"):
+        to_input(arr[0])
+
+
+def test_plot_augmentations_figure():
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    state = torch.get_rng_state()
+    fig = plot_augmentations(images, n_variants=4, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert len(fig.axes) == 3 * 5
+    assert fig._suptitle.get_text() == "Augmented samples"
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), images[0])

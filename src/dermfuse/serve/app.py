@@ -1,0 +1,427 @@
+"""HTTP API and web page for one bundle (FastAPI + uvicorn).
+
+Endpoints::
+
+    POST /predict      multipart: image (file), age, sex, site  ->  probabilities, top_class,
+                       heatmap_png (base64 PNG of the Grad-CAM overlay), model_id, disclaimer
+    GET  /health       liveness, the model id and the batcher's counters
+    GET  /model        model card, classes, accepted sexes and sites, age range, metrics
+    GET  /openapi.json the OpenAPI spec (no /docs or /redoc: those pages load from a CDN)
+    GET  /             the web page (static files under /static, no asset from the internet)
+
+Every bad input is a 4xx with ``{"detail": "<message that names the problem>"}``: 413 for
+a body or image over ``MAX_UPLOAD_BYTES`` (the body is read as it streams and refused as
+soon as it passes the limit), 422 for an input the bundle refuses (not an image, corrupt,
+a decompression bomb, age not a number or outside 0..120, unknown sex or site, missing
+form field), 400 for a request that is not valid multipart.
+
+Inference runs in one worker thread that owns torch. Requests that arrive while it is busy
+are grouped into one batch (up to ``max_batch``) and go through ``predict_arrays`` and
+``explain_arrays`` together, so the answers equal ``predict_one``'s and concurrent clients
+share forward passes. Decoding and metadata checks run in the request threadpool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import math
+import queue
+import threading
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import CLASS_NAMES, __version__
+from ..bundle import Bundle, load_bundle
+from ..data.encode import AGE_RANGE
+from ..errors import InputError
+from ..predict import explain_arrays, predict_arrays, prepare_image
+
+__all__ = ["create_app", "run_server", "MAX_UPLOAD_BYTES", "DISCLAIMER", "PredictResponse"]
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+"""Largest accepted image file (20 MB); a request body may be ``_FORM_OVERHEAD`` larger."""
+
+_FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the age/sex/site fields
+_DRAIN_AFTER_413 = 64 * 1024 * 1024  # read (and drop) this much more so clients see the 413
+STATIC_DIR = Path(__file__).parent / "static"
+OVERLAY_ALPHA = 0.4
+
+DISCLAIMER = (
+    "Research use only. This is not a diagnosis and not a medical device: the scores come "
+    "from a machine-learning model and can be wrong. Ask a doctor about any skin lesion "
+    "that worries you."
+)
+
+_PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class PredictResponse(BaseModel):
+    """What ``POST /predict`` returns."""
+
+    probabilities: dict[str, float] = Field(description="class -> probability; sums to 1")
+    top_class: str
+    heatmap_png: str | None = Field(
+        description="Grad-CAM overlay on the preprocessed image, base64 PNG (None: model has no image branch)"
+    )
+    model_id: str
+    disclaimer: str
+
+
+class _Error(BaseModel):
+    detail: str
+
+
+# --- the micro-batcher -------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    image: np.ndarray  # (S, S, 3) uint8
+    meta: np.ndarray  # (D,) float32
+    future: Future
+
+
+class _Batcher:
+    """One worker thread runs every forward pass; jobs waiting when it gets free form one batch.
+
+    There is no waiting window: a lone request runs at once, and under load the batch is
+    whatever queued up during the previous forward pass (at most ``max_batch``)."""
+
+    def __init__(self, bundle: Bundle, max_batch: int = 8) -> None:
+        self.bundle = bundle
+        self.max_batch = max_batch
+        self.batches = 0  # forward passes run
+        self.items = 0  # images predicted
+        self.largest_batch = 0
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="dermfuse-infer", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+        self._thread = None
+
+    def submit(self, image: np.ndarray, meta: np.ndarray) -> Future:
+        self.start()
+        job = _Job(image, meta, Future())
+        self._queue.put(job)
+        return job.future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            while len(jobs) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:  # stop after this batch
+                    self._queue.put(None)
+                    break
+                jobs.append(nxt)
+            jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+            if jobs:
+                self._process(jobs)
+
+    def _process(self, jobs: list[_Job]) -> None:
+        try:
+            results = _infer(self.bundle, np.stack([j.image for j in jobs]), np.stack([j.meta for j in jobs]))
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
+            if len(jobs) > 1:  # one at a time, so a failure stays with the request that caused it
+                for j in jobs:
+                    self._process([j])
+                return
+            jobs[0].future.set_exception(exc)
+            return
+        self.batches += 1
+        self.items += len(jobs)
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        for j, r in zip(jobs, results):
+            j.future.set_result(r)
+
+
+def _infer(bundle: Bundle, images: np.ndarray, meta: np.ndarray) -> list[tuple[np.ndarray, str | None]]:
+    """Probabilities and base64 overlay PNG for a batch. images: (B, S, S, 3) uint8; meta: (B, D)."""
+    from ..cam import overlay
+
+    proba = predict_arrays(bundle, images, meta, batch_size=len(images))  # (B, C)
+    pngs: list[str | None] = [None] * len(images)
+    if bundle.input_mode != "image" or getattr(bundle.model, "cam_layer", None) is not None:
+        targets = [int(i) for i in proba.argmax(axis=1)]  # explain the predicted class
+        heat = explain_arrays(bundle, images, meta, targets=targets)  # (B, S, S) in [0, 1]
+        pngs = [_png_base64(o) for o in overlay(images, heat, alpha=OVERLAY_ALPHA)]
+    return list(zip(proba, pngs))
+
+
+def _png_base64(rgb: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=False, compress_level=6)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --- request size limit ------------------------------------------------------------------
+
+
+class _BodyLimit:
+    """ASGI middleware: buffer request bodies of at most ``limit`` bytes; answer 413 as soon
+    as a Content-Length header or the bytes received so far pass it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _send_json(send, 400, f"Content-Length header {declared.decode('latin-1')!r} is not a number")
+                return
+            if int(declared) > self.limit:
+                await self._refuse(receive, send, f"{int(declared):,} bytes")
+                return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                await self._refuse(receive, send, f"more than {self.limit:,} bytes")
+                return
+            chunks.append(body)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, receive: Receive, send: Send, what: str) -> None:
+        await _send_json(
+            send, 413,
+            f"upload too large: the request body is {what}; the limit for an image is "
+            f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB",
+        )
+        dropped = 0  # read a bounded amount more so the client is not reset mid-upload
+        while dropped < _DRAIN_AFTER_413:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
+async def _send_json(send: Send, status: int, detail: str) -> None:
+    response = JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+# --- request parsing ---------------------------------------------------------------------
+
+
+def _check_age(age: str | None) -> str | None:
+    """Refuse 'nan' (the encoder would read it as 'unknown') and very long text; the range
+    and the rest are the encoder's job."""
+    if age is not None:
+        if len(age) > 32:
+            raise InputError(f"age {age[:12] + '…'!r} ({len(age)} characters) is not a number; "
+                             "expected a number in 0..120 or empty for unknown")
+        try:
+            value = float(age.strip())
+        except ValueError:
+            return age
+        if math.isnan(value):
+            raise InputError(f"age {age!r} is not a number; expected a number in 0..120 or empty for unknown")
+    return age
+
+
+def _prepare(bundle: Bundle, data: bytes, filename: str, age: str | None, sex: str | None,
+             site: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the image and encode the metadata → ((S, S, 3) uint8, (D,) float32); InputError if bad."""
+    meta = bundle.encoder.encode_one(_check_age(age), sex, site)[: bundle.model_meta_dim]
+    name = repr(filename) if filename else "(no name)"
+    try:
+        image = prepare_image(bundle, data)
+    except InputError as exc:
+        raise InputError(str(exc).replace("'<uploaded bytes>'", name)) from None
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on odd bytes is still a bad upload
+        log.warning("decoding upload %s failed unexpectedly", name, exc_info=True)
+        raise InputError(f"image file {name} cannot be decoded ({type(exc).__name__}: {exc})") from None
+    return image, meta.astype(np.float32)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "form")]
+        field = ".".join(loc) or "request"
+        if err.get("type") == "missing":
+            hint = "attach an image file (JPEG or PNG)" if field == "image" else "send it as a form field"
+            parts.append(f"form field {field!r} is missing; {hint}")
+        elif field == "image":
+            parts.append("form field 'image' must be a file (a multipart part with a filename), not text")
+        else:
+            parts.append(f"form field {field!r}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+# --- the app -----------------------------------------------------------------------------
+
+
+def create_app(bundle_or_path: Bundle | str | Path, max_batch: int = 8) -> FastAPI:
+    """The FastAPI app serving one bundle (a loaded ``Bundle`` or a bundle directory)."""
+    bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
+    batcher = _Batcher(bundle, max_batch=max_batch)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        batcher.stop()
+
+    app = FastAPI(
+        title="dermfuse",
+        version=__version__,
+        description=f"Skin-lesion classifier (image + age, sex, body site) with Grad-CAM. {DISCLAIMER}",
+        lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load their assets from a CDN; the spec is at /openapi.json
+        redoc_url=None,
+    )
+    app.state.bundle = bundle
+    app.state.batcher = batcher
+    app.add_middleware(_BodyLimit, limit=MAX_UPLOAD_BYTES + _FORM_OVERHEAD)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error while serving a request")
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
+                            status_code=500)
+
+    errors = {413: {"model": _Error, "description": "image over 20 MB"},
+              422: {"model": _Error, "description": "bad image, age, sex or site"}}
+
+    @app.post("/predict", response_model=PredictResponse, responses=errors)
+    async def predict(
+        image: UploadFile = File(..., description="dermoscopic image (JPEG, PNG, ...), at most 20 MB"),
+        age: str | None = Form(None, description="years, 0..120; empty for unknown"),
+        sex: str | None = Form(None, description="one of /model's sexes; empty for unknown"),
+        site: str | None = Form(None, description="body site, one of /model's sites; empty for unknown"),
+    ) -> dict[str, Any]:
+        """Classify one lesion image with its metadata and explain it with a Grad-CAM overlay."""
+        data = await image.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise StarletteHTTPException(
+                413, f"upload too large: image {image.filename!r} is over the {MAX_UPLOAD_BYTES // (1024 * 1024)} MB limit"
+            )
+        img, meta = await run_in_threadpool(_prepare, bundle, data, image.filename or "", age, sex, site)
+        proba, png = await asyncio.wrap_future(batcher.submit(img, meta))
+        return {
+            "probabilities": {c: float(p) for c, p in zip(bundle.classes, proba)},
+            "top_class": bundle.classes[int(np.argmax(proba))],
+            "heatmap_png": png,
+            "model_id": bundle.model_id,
+            "disclaimer": DISCLAIMER,
+        }
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: the server is up and holds a model."""
+        return {"status": "ok", "model_id": bundle.model_id, "version": __version__,
+                "inference": {"requests": batcher.items, "batches": batcher.batches,
+                              "largest_batch": batcher.largest_batch}}
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        """What the model is and which inputs it accepts."""
+        info = bundle.info
+        return {
+            "model_id": bundle.model_id,
+            "architecture": info.get("model", {}).get("name"),
+            "classes": list(bundle.classes),
+            "class_names": {c: CLASS_NAMES.get(c, c) for c in bundle.classes},
+            "sexes": list(bundle.encoder.sexes),
+            "sites": list(bundle.encoder.sites),
+            "age_range": list(AGE_RANGE),
+            "image_size": bundle.image_size,
+            "input_mode": bundle.input_mode,
+            "max_upload_bytes": MAX_UPLOAD_BYTES,
+            "metrics": info.get("metrics", {}),
+            "model_card": info.get("model_card", {}),
+            "training_data": info.get("training_data", {}),
+            "preprocessing": info.get("preprocessing", {}),
+            "disclaimer": DISCLAIMER,
+        }
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def run_server(bundle_path: Bundle | str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Load the bundle and serve it until interrupted (``dermfuse serve``)."""
+    import uvicorn
+
+    app = create_app(bundle_path)
+    print(f"dermfuse: serving model {app.state.bundle.model_id} at http://{host}:{port}/ "
+          f"(research use only, not a diagnosis)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,139 @@
+"""End to end in a real headless Chromium: the page loads from a live uvicorn server on
+127.0.0.1, takes an image (picked, and dragged), shows a validation error, then the
+probability bars, the heatmap beside the original and the disclaimer.
+
+Needs Debian's chromium (/usr/bin/chromium) and the playwright Python package (never
+``playwright install``). Set ``DERMFUSE_SCREENSHOT=docs/img/web_page.png`` to also write
+the screenshot there (it always goes to the test's tmp folder).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from _bundles import jpeg_bytes, lesion_image, make_bundle, png_bytes
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} not found (apt-get install -y chromium)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    import uvicorn
+
+    from dermfuse.serve.app import create_app
+
+    # A low temperature spreads the random model's near-uniform scores, so the bars differ.
+    app = create_app(make_bundle(tmp_path_factory.mktemp("bundle") / "b", temperature=0.04))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _shrink_png(path: Path) -> None:
+    """Re-save a screenshot as a 256-colour PNG (a few tens of kB)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        small = img.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
+def test_page_uploads_and_shows_result_and_heatmap(server_url, tmp_path):
+    requests: list[str] = []
+    problems: list[str] = []
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(jpeg_bytes(lesion_image(7, size=(300, 225))))
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 940, "height": 900})
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(server_url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+            assert page.locator("#disclaimer").inner_text().startswith("Research use only")
+            sites = page.locator("#site option").all_inner_texts()
+            assert "back" in sites and "unknown" in sites
+
+            # drag and drop puts a file in the form
+            page.evaluate(
+                """(b64) => {
+                    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                    const dt = new DataTransfer();
+                    dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+                    document.getElementById('drop').dispatchEvent(
+                        new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+                }""",
+                base64.b64encode(png_bytes(lesion_image(8))).decode(),
+            )
+            assert "dropped.png" in page.locator("#drop-text").inner_text()
+
+            # pick a file; a bad age shows the server's message, not a result
+            page.set_input_files("#image", str(image))
+            assert "lesion.jpg" in page.locator("#drop-text").inner_text()
+            page.fill("#age", "200")
+            page.select_option("#sex", "female")
+            page.select_option("#site", "back")
+            page.click("#submit")
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "outside 0..120" in page.locator("#error").inner_text()
+            assert page.locator("#result").is_hidden()
+
+            page.fill("#age", "52")
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            page.wait_for_function(
+                "['original', 'overlay'].every(id => document.getElementById(id).complete"
+                " && document.getElementById(id).naturalWidth > 0)", timeout=15_000)
+            assert page.locator("#error").is_hidden()
+            assert page.locator("#bars li").count() == 7
+            assert page.locator("#bars li.top").count() == 1
+            top = page.locator("#bars li.top").get_attribute("data-cls")
+            assert top in page.locator("#top-class").inner_text()
+            assert page.evaluate("document.getElementById('overlay').naturalWidth") == 64
+            assert page.evaluate("document.getElementById('original').naturalWidth") == 300
+            assert "not a diagnosis" in page.locator("#result-disclaimer").inner_text()
+
+            shot = tmp_path / "web_page.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+    _shrink_png(shot)
+    if os.environ.get("DERMFUSE_SCREENSHOT"):
+        target = Path(os.environ["DERMFUSE_SCREENSHOT"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
+    problems = [p for p in problems if "status of 422" not in p]  # the bad age, on purpose
+    assert not problems, f"browser console errors: {problems}"
+    foreign = [u for u in requests if not u.startswith((server_url, "data:", "blob:"))]
+    assert not foreign, f"the page fetched from outside the server: {foreign}"

@@ -139,6 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--alpha", type=float, default=0.4)
 
+    # --- cv / ablate (dermfuse.cv, dermfuse.ablate) ------------------------------------
+    p = sub.add_parser("cv", help="k-fold cross-validation of several models on the same folds")
+    p.add_argument("data", nargs="?", help="data set (omit with --collect)")
+    p.add_argument("--models", default="cnn,resnet50,inception_v3,ft_multicnn:heatmap",
+                   help="comma-separated NAME or NAME:INPUT (default: %(default)s)")
+    p.add_argument("--folds", type=int, help="number of folds (default: data.folds, 5)")
+    p.add_argument("--fold", type=int, help="run fold K only, as an independent job (no report)")
+    p.add_argument("--protocol-gap", action="store_true",
+                   help="also run each model on image-level folds and report how much that inflates the metrics")
+    p.add_argument("--collect", metavar="RUN_DIR", help="merge the finished folds of RUN_DIR into its report")
+    p.add_argument("--resume", action="store_true", help="continue unfinished folds from their checkpoints")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt when it finishes")
+    _add_train_options(p)
+    p = sub.add_parser("ablate", help="FT-MultiCNN ablation: input {heatmap,image,overlay} x metadata {with,without}")
+    p.add_argument("data", nargs="?", help="data set (omit with --collect)")
+    p.add_argument("--folds", type=int, help="number of folds (default: data.folds, 5)")
+    p.add_argument("--fold", type=int, help="run fold K only, as an independent job (no report)")
+    p.add_argument("--collect", metavar="RUN_DIR", help="merge the finished folds of RUN_DIR into its report")
+    p.add_argument("--resume", action="store_true", help="continue unfinished folds from their checkpoints")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt when it finishes")
+    _add_train_options(p)
+    # --- end cv / ablate -----------------------------------------------------------------
+
     p = sub.add_parser("serve", help="HTTP API and web page for a bundle")
     p.add_argument("bundle")
     p.add_argument("--host", default="127.0.0.1")
@@ -286,6 +309,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         for path in cam_figures(args.bundle, args.images, args.out, alpha=args.alpha):
             err.print(f"wrote {path}")
         return 0
+    if args.command in ("cv", "ablate"):  # --- cv / ablate ---
+        from .cv import collect, render_summary, run_cv
+        from .errors import ConfigError
+
+        if args.collect:
+            out.print(render_summary(collect(args.collect, progress=progress)))
+            return 0
+        if not args.data:
+            raise ConfigError(f"{args.command}: give a data set, or --collect RUN_DIR")
+        cfg = _run_config(args, args.data, None)
+        if args.out is None and cfg.out == f"runs/{cfg.model.name}":
+            cfg.out = f"runs/{args.command}"
+        kw = dict(folds=args.folds, fold=args.fold, progress=progress, resume=args.resume,
+                  keep_checkpoints=args.keep_checkpoints)
+        if args.command == "cv":
+            run_dir = run_cv(cfg, args.models, protocol_gap=args.protocol_gap, **kw)
+        else:
+            from .ablate import run_ablation
+
+            run_dir = run_ablation(cfg, **kw)
+        if args.fold is None:
+            out.print(render_summary(json.loads((run_dir / "summary.json").read_text())))
+        err.print(f"run directory: {run_dir}")
+        return 0  # --- end cv / ablate ---
     if args.command == "serve":
         from .serve.app import run_server
 

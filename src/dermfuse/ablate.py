@@ -1,0 +1,64 @@
+"""Ablation of the FT-MultiCNN: image-branch input {heatmap, image, overlay} x metadata
+{with, without}, six variants on the same folds and seeds, compared fold by fold with the
+paper's configuration (``heatmap+meta``).
+
+The CAM backbone is fine-tuned once per fold on that fold's training rows; the heatmap and
+overlay variants of the fold render their inputs from the same maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import RunConfig
+from .cv import Variant, run_plan
+from .cv_report import mean_std
+from .errors import ConfigError
+
+__all__ = ["ABLATION_INPUTS", "REFERENCE", "ablation_variants", "run_ablation", "paired_differences"]
+
+ABLATION_INPUTS = ("heatmap", "image", "overlay")
+REFERENCE = "heatmap+meta"
+"""The paper's configuration: jet-coloured Grad-CAM heatmap + metadata branch."""
+
+
+def ablation_variants(cfg: RunConfig) -> list[Variant]:
+    """``<input>+meta`` and ``<input>-only`` for each input, the reference first."""
+    return [Variant(f"{inp}+meta" if meta else f"{inp}-only", "ft_multicnn", inp, meta, cfg.data.split)
+            for inp in ABLATION_INPUTS for meta in (True, False)]
+
+
+def run_ablation(cfg: RunConfig, folds: int | None = None, fold: int | None = None, progress: bool = True,
+                 resume: bool = False, keep_checkpoints: bool = False) -> Path:
+    """Run the six variants on ``folds`` folds (default ``cfg.data.folds``) into
+    ``cfg.out``; ``fold=K`` runs one fold only. The FT-MultiCNN's architecture options
+    (``image_backbone``, dropout, ...) and the CAM settings come from ``cfg``. Returns the
+    run directory (with report.html and ablation.csv unless ``fold`` is given)."""
+    if cfg.model.name != "ft_multicnn":
+        raise ConfigError(f"ablate varies the FT-MultiCNN's inputs; model.name must be 'ft_multicnn', "
+                          f"got {cfg.model.name!r}")
+    return run_plan(cfg, "ablate", ablation_variants(cfg), folds, fold, progress, resume, keep_checkpoints,
+                    reference=REFERENCE)
+
+
+def paired_differences(per_fold: Sequence[dict[str, Any]], reference: str, metrics: Sequence[str],
+                       variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-fold differences variant − reference on the folds both finished, and their
+    mean ± std per metric.
+
+    per_fold: rows with variant, fold and one value per metric; variants: the order of the
+    rows (default: as they appear in per_fold), the reference left out. Returns {"reference",
+    "rows": [{variant, n_pairs, metric: {mean, std, n}}], "per_fold": [{variant, fold,
+    metric: difference}]}."""
+    ref = {r["fold"]: r for r in per_fold if r["variant"] == reference}
+    if variants is None:
+        variants = list(dict.fromkeys(r["variant"] for r in per_fold))
+    variants = [v for v in variants if v != reference]
+    rows, diffs = [], []
+    for v in variants:
+        pairs = [(r, ref[r["fold"]]) for r in per_fold if r["variant"] == v and r["fold"] in ref]
+        d = [{"variant": v, "fold": r["fold"],
+              **{m: None if r[m] is None or b[m] is None else r[m] - b[m] for m in metrics}} for r, b in pairs]
+        diffs += d
+        rows.append({"variant": v, "n_pairs": len(d), **{m: mean_std([x[m] for x in d]) for m in metrics}})
+    return {"reference": reference, "rows": rows, "per_fold": diffs}

@@ -1,0 +1,362 @@
+"""Cross-validation: several variants (models, input modes, split protocols) on the same
+folds and seeds, one fold at a time, resumable and parallel-safe.
+
+Run directory::
+
+    RUN_DIR/config.yaml        the base config (a fold job with another config is refused)
+    RUN_DIR/plan.json          kind (cv | ablate), folds, variants, data summary
+    RUN_DIR/folds.csv          image_id, fold [, fold_image]: computed once from the seed
+    RUN_DIR/_cam/<split>-fold<K>-<size>px/   the fold's CAM backbone and maps.npy (uint8)
+    RUN_DIR/<variant>/fold<K>/ metrics.json, predictions.csv (out-of-fold), history.json,
+                               checkpoint.pt while it runs (removed once DONE unless
+                               keep_checkpoints), DONE (written last, atomically)
+    RUN_DIR/summary.json, summary.csv, per_fold.csv, report.html   (`collect`)
+
+A variant is a model name for ``cv`` (``cnn``; ``ft_multicnn+heatmap`` for another input;
+``cnn@image`` for the image-level split of the protocol gap) or an input/metadata
+combination for ``ablate`` (``heatmap+meta``). Folds whose DONE exists are skipped, so a
+rerun continues; ``fold=K`` runs one fold as an independent job."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+from rich.console import Console
+
+from . import __version__
+from .config import RunConfig, config_to_dict, save_config
+from .cv_report import atomic_write_text, collect, render_summary, tmp_path
+from .data.cache import CachedImages, build_cache
+from .data.encode import MetadataEncoder
+from .data.splits import kfold, validation_split
+from .errors import ConfigError, DataError
+from .experiment import (Cohort, _split_by, _write_predictions, image_size_for, load_cohort, model_kwargs,
+                         split_label)
+from .heatmaps import INPUT_MODES, render_input
+from .metrics import compute_metrics
+from .models import create_model, list_models, model_spec
+from .train import ArrayDataset, fit, is_main_process, predict_proba
+
+__all__ = ["Variant", "parse_models", "run_cv", "run_protocol_gap", "run_plan", "collect", "render_summary",
+           "DEFAULT_MODELS"]
+
+DEFAULT_MODELS = ("cnn", "resnet50", "inception_v3", "ft_multicnn:heatmap")
+"""The paper's comparison (Fig. 8): three baselines and the heatmap-guided FT-MultiCNN."""
+LEAKY_SPLIT = "image"
+_IGNORED_CONFIG = {("out",), ("data", "path"), ("data", "check_images"), ("train", "device"),
+                   ("train", "num_workers"), ("train", "amp")}  # may differ between fold jobs
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of a comparison: a model, what its image branch sees, whether it gets
+    metadata, and the split protocol its folds come from."""
+
+    name: str  # directory name and table label
+    model: str
+    input: str = "image"
+    use_meta: bool = True
+    split: str = "lesion"
+
+    def config(self, cfg: RunConfig) -> RunConfig:
+        """A copy of ``cfg`` set up for this variant."""
+        out = copy.deepcopy(cfg)
+        out.model.name, out.model.input, out.model.use_meta = self.model, self.input, self.use_meta
+        out.data.split = self.split
+        return out
+
+
+def parse_models(models: Sequence[str] | str, cfg: RunConfig) -> list[Variant]:
+    """Variants from model specs ``NAME`` (input ``cfg.model.input``) or ``NAME:INPUT``
+    (e.g. ``ft_multicnn:heatmap``, the paper's method). Metadata-only models always get
+    input 'image' (they ignore it); ``use_meta`` is ``cfg.model.use_meta`` for the
+    FT-MultiCNN and whether the model takes metadata at all for the others."""
+    if isinstance(models, str):
+        models = models.split(",")
+    out: list[Variant] = []
+    for spec in (m.strip() for m in models):
+        name, sep, inp = spec.replace("+", ":").partition(":")
+        if name not in list_models():
+            raise ConfigError(f"model {name!r} in {spec!r} is not registered; known: {', '.join(list_models())}")
+        inp = inp if sep else cfg.model.input
+        if inp not in INPUT_MODES:
+            raise ConfigError(f"input {inp!r} in {spec!r}: expected one of {', '.join(INPUT_MODES)}")
+        ms = model_spec(name)
+        if not ms.uses_image:
+            inp = "image"
+        label = f"{name}+{inp}" if sep and ms.uses_image else name
+        use_meta = cfg.model.use_meta if name == "ft_multicnn" else ms.uses_meta
+        out.append(Variant(label, name, inp, use_meta, cfg.data.split))
+    names = [v.name for v in out]
+    if not out or len(set(names)) != len(names):
+        raise ConfigError(f"models: expected distinct model names, got {list(models)!r}")
+    return out
+
+
+def run_cv(cfg: RunConfig, models: Sequence[str] | str = DEFAULT_MODELS, folds: int | None = None,
+           fold: int | None = None, progress: bool = True, resume: bool = False,
+           protocol_gap: bool = False, keep_checkpoints: bool = False) -> Path:
+    """Cross-validate ``models`` on the same ``folds`` (default ``cfg.data.folds``) into
+    ``cfg.out``. ``fold=K`` runs fold K only (no report; merge with `collect`); otherwise
+    every unfinished fold runs and the report is written. ``protocol_gap`` also runs every
+    model on image-level folds (variant ``NAME@image``). Returns the run directory."""
+    variants = parse_models(models, cfg)
+    if protocol_gap:
+        if cfg.data.split == LEAKY_SPLIT:
+            raise ConfigError("protocol gap compares a grouped split with the image-level one; "
+                              "use --split lesion (or patient), not image")
+        variants += [Variant(f"{v.name}@{LEAKY_SPLIT}", v.model, v.input, v.use_meta, LEAKY_SPLIT) for v in variants]
+    return run_plan(cfg, "cv", variants, folds, fold, progress, resume, keep_checkpoints)
+
+
+def run_protocol_gap(cfg: RunConfig, models: Sequence[str] | str, folds: int | None = None,
+                     fold: int | None = None, progress: bool = True, resume: bool = False) -> Path:
+    """The same models under the grouped split (``cfg.data.split``) and the image-level
+    split; the report's 'Protocol gap' section says how much the leaky split inflates
+    each metric. ``run_cv(..., protocol_gap=True)``."""
+    return run_cv(cfg, models, folds, fold, progress, resume, protocol_gap=True)
+
+
+def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | None, fold: int | None,
+             progress: bool = True, resume: bool = False, keep_checkpoints: bool = False,
+             reference: str | None = None) -> Path:
+    """Run ``variants`` on every unfinished fold (or fold ``fold`` only) of ``cfg.out``;
+    the shared engine of `run_cv` and `run_ablation`. Writes the report unless ``fold``."""
+    cfg = copy.deepcopy(cfg)
+    cfg.data.folds = int(folds if folds is not None else cfg.data.folds)
+    k = cfg.data.folds
+    if fold is not None and not 0 <= fold < k:
+        raise ConfigError(f"fold={fold}: expected 0..{k - 1} for {k} folds")
+    run_dir = Path(cfg.out)
+    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress)
+    runner = _Runner(cfg, cohort, run_dir, progress, resume, keep_checkpoints)
+    runner.prepare(kind, variants, reference)
+    for f in [fold] if fold is not None else range(k):
+        runner.run_fold(f, variants)
+    if fold is not None:
+        if progress:
+            console.print(f"fold {fold} finished; merge finished folds with `dermfuse cv --collect {run_dir}`")
+        return run_dir
+    collect(run_dir, progress=progress)
+    return run_dir
+
+
+# --- the run directory --------------------------------------------------------------------
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = (*prefix, key)
+        if path in _IGNORED_CONFIG:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, path)
+        elif va != vb:
+            out.append(f"{'.'.join(path)}: {va!r} in the run directory, {vb!r} now")
+    return out
+
+
+class _Runner:
+    """State of one job: the cohort, its folds, image caches and the current fold's maps."""
+
+    def __init__(self, cfg: RunConfig, cohort: Cohort, run_dir: Path, progress: bool, resume: bool,
+                 keep_checkpoints: bool) -> None:
+        self.cfg, self.cohort, self.run_dir = cfg, cohort, run_dir
+        self.progress, self.resume, self.keep = progress, resume, keep_checkpoints
+        self.main = is_main_process()
+        self.folds: dict[str, np.ndarray] = {}
+        self._caches: dict[int, CachedImages] = {}
+        self._maps: dict[tuple[str, int, int], np.ndarray] = {}
+
+    # -- set-up: config.yaml, plan.json, folds.csv; the same in every fold job
+    def prepare(self, kind: str, variants: list[Variant], reference: str | None) -> None:
+        cfg, run_dir = self.cfg, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = run_dir / "config.yaml"
+        if cfg_path.exists():
+            diff = _config_diff(yaml.safe_load(cfg_path.read_text()) or {}, config_to_dict(cfg))
+            if diff:
+                raise ConfigError(f"{run_dir} was started with another config ({'; '.join(diff)}); "
+                                  f"use the same options or another --out")
+        elif self.main:
+            tmp = tmp_path(cfg_path)
+            save_config(cfg, tmp)
+            os.replace(tmp, cfg_path)
+        self._prepare_folds({v.split for v in variants})
+        if self.main:
+            self._write_plan(kind, variants, reference)
+
+    def _fold_column(self, split: str) -> str:
+        return "fold" if split == self.cfg.data.split else f"fold_{split}"
+
+    def _prepare_folds(self, splits: set[str]) -> None:
+        table, k, seed = self.cohort.table, self.cfg.data.folds, self.cfg.seed
+        ids = table["image_id"].astype(str).to_numpy()
+        fresh = pd.DataFrame({"image_id": ids})
+        for split in [self.cfg.data.split, *sorted(splits - {self.cfg.data.split})]:  # "fold" first
+            self.folds[split] = kfold(table, k, seed=seed, by=_split_by(split))
+            fresh[self._fold_column(split)] = self.folds[split]
+        path = self.run_dir / "folds.csv"
+        if path.exists():
+            saved = pd.read_csv(path, dtype={"image_id": str})
+            shared = [c for c in fresh.columns if c in saved.columns and c != "image_id"]
+            same = (len(saved) == len(fresh) and (saved["image_id"].to_numpy() == ids).all()
+                    and all((saved[c].to_numpy() == fresh[c].to_numpy()).all() for c in shared))
+            if not same:
+                raise DataError(f"{path}: the saved folds differ from those recomputed from the data set "
+                                f"({self.cfg.data.path}, {len(fresh)} clean images) and seed {seed}; the data or "
+                                f"its cleaning changed since the run began. Use the same data or another --out.")
+            extra = [c for c in fresh.columns if c not in saved.columns]
+            if not extra:
+                return
+            fresh = saved.assign(**{c: fresh[c].to_numpy() for c in extra})
+        if self.main:
+            tmp = tmp_path(path)
+            fresh.to_csv(tmp, index=False)
+            os.replace(tmp, path)
+
+    def _write_plan(self, kind: str, variants: list[Variant], reference: str | None) -> None:
+        path = self.run_dir / "plan.json"
+        old = json.loads(path.read_text()) if path.exists() else None
+        known = {v["name"]: v for v in (old or {}).get("variants", [])}
+        if old and (old["kind"] != kind or old["folds"] != self.cfg.data.folds):
+            raise ConfigError(f"{self.run_dir} holds a {old['kind']} run with {old['folds']} folds; this is a "
+                              f"{kind} run with {self.cfg.data.folds} folds: use another --out")
+        for v in variants:
+            if v.name in known and known[v.name] != asdict(v):
+                raise ConfigError(f"variant {v.name!r} in {self.run_dir} was {known[v.name]}, now {asdict(v)}")
+            known[v.name] = asdict(v)
+        c = self.cohort
+        plan = {
+            "kind": kind, "folds": self.cfg.data.folds, "seed": self.cfg.seed, "split": self.cfg.data.split,
+            "split_label": split_label(self.cfg.data.split), "reference": reference,
+            "variants": list(known.values()),
+            "data": {"path": str(self.cfg.data.path), "format": c.read.format, "n_images": int(len(c.table)),
+                     "classes": list(c.classes), "synthetic": bool(c.synthetic), "summary": c.summary},
+            "dermfuse": __version__,
+        }
+        atomic_write_text(path, json.dumps(plan, indent=2, default=str))
+
+    # -- inputs shared by the variants of one fold
+    def cache(self, size: int) -> CachedImages:
+        if size not in self._caches:
+            self._caches[size] = build_cache(self.cohort.table, size=size, method=self.cfg.data.resize_method,
+                                             progress=self.progress)
+        return self._caches[size]
+
+    def split_rows(self, split: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(train, val, test) positions of fold ``k`` under ``split``; val is carved out of
+        the training rows with the same grouping and seed for every variant."""
+        folds = self.folds[split]
+        train = np.flatnonzero(folds != k)
+        train, val = validation_split(self.cohort.table, train, fraction=self.cfg.data.val_fraction,
+                                      seed=self.cfg.seed, by=_split_by(split))
+        return train, val, np.flatnonzero(folds == k)
+
+    def maps(self, split: str, k: int, size: int) -> np.ndarray:
+        """The fold's heatmaps (N, H, W) in [0, 1]: the CAM backbone is fine-tuned on this
+        fold's training rows only, once per fold; maps.npy keeps them for later jobs."""
+        key = (split, k, size)
+        if key in self._maps:
+            return self._maps[key]
+        from .heatmaps import heatmap_stage
+
+        folder = self.run_dir / "_cam" / f"{split}-fold{k}-{size}px"
+        path = folder / "maps.npy"
+        if path.exists():
+            maps = np.load(path).astype(np.float32) / 255.0
+        else:
+            cache = self.cache(size)
+            train, val, _ = self.split_rows(split, k)
+            stage_cfg = copy.deepcopy(self.cfg)
+            stage_cfg.model.input = "image"  # render nothing here: each variant renders its own mode
+            stage_cfg.data.image_size = size
+            if self.progress:
+                console.print(f"[bold]fold {k}[/bold]: fine-tuning CAM backbone {self.cfg.model.cam_backbone} "
+                              f"on {len(train)} training images")
+            stage = heatmap_stage(stage_cfg, self.cohort.table, self.cohort.labels, self.cohort.classes,
+                                  cache.images, train, val, folder, cache_key=cache.key, progress=self.progress)
+            maps = stage.maps
+            if self.main:
+                tmp = tmp_path(path).with_suffix(".tmp.npy")  # np.save appends .npy otherwise
+                np.save(tmp, np.rint(maps * 255).astype(np.uint8))
+                os.replace(tmp, path)
+                if not self.keep:
+                    (folder / "cam_backbone" / "checkpoint.pt").unlink(missing_ok=True)
+        self._maps[key] = maps
+        return maps
+
+    # -- one fold
+    def run_fold(self, k: int, variants: list[Variant]) -> None:
+        self._maps.clear()  # one fold's maps in memory at a time
+        for v in variants:
+            folder = self.run_dir / v.name / f"fold{k}"
+            if (folder / "DONE").exists():
+                if self.progress:
+                    console.print(f"{v.name} fold {k}: done already, skipped")
+                continue
+            if self.progress:
+                console.print(f"[bold]{v.name}[/bold] fold {k + 1}/{self.cfg.data.folds} "
+                              f"({v.model}, input {v.input}, {'with' if v.use_meta else 'without'} metadata, "
+                              f"{split_label(v.split)})")
+            self.run_variant(v, k, folder)
+
+    def run_variant(self, v: Variant, k: int, folder: Path) -> dict[str, Any]:
+        """Train variant ``v`` on fold ``k``'s training rows and score its test rows."""
+        t0 = time.time()
+        cfg, table, y, classes = v.config(self.cfg), self.cohort.table, self.cohort.labels, self.cohort.classes
+        cfg.out = str(folder)
+        train, val, test = self.split_rows(v.split, k)
+        spec = model_spec(v.model)
+        size = image_size_for(cfg)
+        images = self.cache(size).images
+        if v.input != "image" and spec.uses_image:
+            images = render_input(v.input, np.asarray(images), self.maps(v.split, k, size))
+        meta = MetadataEncoder().fit(table.iloc[train]).transform(table)
+        if not (spec.uses_meta and v.use_meta):
+            meta = np.zeros((len(table), 0), np.float32)
+        kwargs = model_kwargs(cfg, len(classes), meta.shape[1])
+        model = create_model(v.model, pretrained=cfg.model.pretrained, weights=cfg.model.weights, **kwargs)
+        warnings = []
+        source = getattr(model, "weights_source", "random")
+        own_blocks = v.model == "cnn" or (v.model == "ft_multicnn" and not cfg.model.image_backbone)
+        if cfg.model.pretrained and source == "random" and spec.uses_image and not own_blocks:
+            warnings.append(f"{v.model}: no pretrained weights available offline; trained from random weights.")
+
+        def ds(idx: np.ndarray) -> ArrayDataset:
+            return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y[idx])
+
+        folder.mkdir(parents=True, exist_ok=True)
+        res = fit(model, ds(train), ds(val), cfg.train, classes, run_dir=folder, resume=self.resume,
+                  progress=self.progress)
+        proba = predict_proba(model, ds(test), batch_size=64, tta=cfg.train.tta)
+        metrics = compute_metrics(y[test], proba, classes)
+        metrics.update(variant=v.name, fold=k, model=v.model, input=v.input, use_meta=v.use_meta,
+                       split=split_label(v.split), n_train=int(len(train)), n_val=int(len(val)),
+                       n_test=int(len(test)), best_epoch=res.best_epoch, weights_source=source,
+                       warnings=warnings, seconds=time.time() - t0)
+        if self.main:
+            atomic_write_text(folder / "history.json", json.dumps(res.history, indent=2))
+            atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
+            _write_predictions(folder / "predictions.csv", table.iloc[test], classes, y[test], proba,
+                               extra={"fold": k})
+            atomic_write_text(folder / "DONE", json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                      "seconds": metrics["seconds"]}))
+            if not self.keep:
+                (folder / "checkpoint.pt").unlink(missing_ok=True)
+        if self.progress:
+            console.print(f"{v.name} fold {k}: balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+                          f"accuracy {metrics['accuracy']:.4f} ({metrics['seconds']:.0f} s)")
+        return metrics

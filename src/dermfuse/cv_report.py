@@ -1,0 +1,361 @@
+"""`collect`: merge the finished folds of a cv / ablate run directory into per-fold
+tables, mean ± std per metric, pooled out-of-fold metrics, the ablation's paired
+differences, the protocol gap, and one report.html (figures embedded).
+
+Reads only the run directory (plan.json, <variant>/fold<K>/), so it runs on any machine
+that can see it, while other folds are still running elsewhere."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import DataError
+from .metrics import compute_metrics
+from .report import Section, figure_html, json_block, table_html, write_report
+
+__all__ = ["METRICS", "collect", "mean_std", "render_summary", "protocol_gap", "atomic_write_text", "tmp_path"]
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece", "log_loss")
+"""Metrics in the tables; ece and log_loss are lower-is-better."""
+COMPARISON_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")  # the paper's Fig. 8
+LEAKY = "@image"
+console = Console(stderr=True)
+
+
+def tmp_path(path: Path) -> Path:
+    """A temporary name beside ``path``, unique per host and process (fold jobs on several
+    machines may write into one shared run directory); rename it over ``path``."""
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
+    tmp = tmp_path(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
+    """{"mean", "std" (sample, ddof=1; None for fewer than 2 values), "n"} over the values
+    that are not None/NaN."""
+    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    return {"mean": float(v.mean()) if len(v) else None,
+            "std": float(v.std(ddof=1)) if len(v) > 1 else None, "n": int(len(v))}
+
+
+def _pm(s: dict[str, Any] | None, signed: bool = False) -> str:
+    if not s or s.get("mean") is None:
+        return "–"
+    text = f"{s['mean']:+.4f}" if signed else f"{s['mean']:.4f}"
+    return text + (f" ± {s['std']:.4f}" if s.get("std") is not None else "")
+
+
+def protocol_gap(stats: dict[str, dict[str, dict]], pooled: dict[str, dict], metrics: Sequence[str] = METRICS
+                 ) -> list[dict[str, Any]]:
+    """One row per (variant with an ``@image`` twin, metric): grouped and image-level mean
+    ± std over folds, ``inflation`` = image mean − grouped mean (and the same for the
+    pooled out-of-fold values). Folds differ between protocols, so nothing is paired."""
+    rows = []
+    for name in stats:
+        twin = name + LEAKY
+        if name.endswith(LEAKY) or twin not in stats:
+            continue
+        for m in metrics:
+            g, i = stats[name][m], stats[twin][m]
+            pg, pi = (pooled.get(name) or {}).get(m), (pooled.get(twin) or {}).get(m)
+            rows.append({"variant": name, "metric": m, "grouped": g, "image": i,
+                         "inflation": None if g["mean"] is None or i["mean"] is None else i["mean"] - g["mean"],
+                         "pooled_grouped": pg, "pooled_image": pi,
+                         "pooled_inflation": None if pg is None or pi is None else pi - pg})
+    return rows
+
+
+def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict, list[str]]:
+    """per-fold rows, histories, predictions and missing folds per variant, warnings."""
+    rows, histories, preds, missing, warnings = [], {}, {}, {}, []
+    for v in (v["name"] for v in plan["variants"]):
+        histories[v], preds[v], missing[v] = [], [], []
+        for k in range(plan["folds"]):
+            folder = run_dir / v / f"fold{k}"
+            if not (folder / "DONE").exists():
+                missing[v].append(k)
+                continue
+            m = json.loads((folder / "metrics.json").read_text())
+            rows.append({"variant": v, "fold": k, **{key: m.get(key) for key in METRICS},
+                         "n_images": m["n_images"], "seconds": m.get("seconds")})
+            hist = folder / "history.json"
+            histories[v].append(json.loads(hist.read_text()) if hist.exists() else [])
+            preds[v].append(pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}))
+            warnings += [w for w in m.get("warnings", []) if w not in warnings]
+    return rows, histories, preds, missing, warnings
+
+
+def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Merge whatever folds have finished. Returns (and writes as summary.json) a dict with
+    kind, folds, variants, per_fold (rows), stats (variant -> metric -> mean/std/n),
+    pooled (variant -> compute_metrics of the concatenated out-of-fold predictions),
+    missing (variant -> folds), complete, best, gap and, for ablate, ablation. Also writes
+    summary.csv, per_fold.csv, ablation.csv / gap.csv where they apply, plots/ and
+    report.html."""
+    run_dir = Path(run_dir)
+    plan_path = run_dir / "plan.json"
+    if not plan_path.is_file():
+        raise DataError(f"{run_dir}: no plan.json; expected a run directory of `dermfuse cv` or `dermfuse ablate`")
+    plan = json.loads(plan_path.read_text())
+    classes = plan["data"]["classes"]
+    per_fold, histories, preds, missing, warnings = _read_folds(run_dir, plan)
+    names = [v["name"] for v in plan["variants"]]
+    stats = {v: {m: mean_std([r[m] for r in per_fold if r["variant"] == v]) for m in METRICS} for v in names}
+    pooled: dict[str, dict | None] = {}
+    for v in names:
+        if not preds[v]:
+            pooled[v] = None
+            continue
+        df = pd.concat(preds[v], ignore_index=True)
+        y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+        pooled[v] = compute_metrics(y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64), classes)
+        pooled[v]["n_folds"] = len(preds[v])
+    ranked = [v for v in names if stats[v]["balanced_accuracy"]["mean"] is not None]
+    best = max(ranked, key=lambda v: stats[v]["balanced_accuracy"]["mean"]) if ranked else None
+    result: dict[str, Any] = {
+        "kind": plan["kind"], "run_dir": str(run_dir), "folds": plan["folds"], "split": plan["split_label"],
+        "variants": plan["variants"], "per_fold": per_fold, "stats": stats, "pooled": pooled,
+        "missing": {v: f for v, f in missing.items() if f}, "complete": not any(missing.values()),
+        "best": best, "gap": protocol_gap(stats, pooled), "warnings": warnings,
+    }
+    if plan.get("reference"):
+        from .ablate import paired_differences
+
+        result["ablation"] = paired_differences(per_fold, plan["reference"], METRICS, names)
+    _write_tables(run_dir, result)
+    _report(run_dir, plan, result, histories, preds)
+    if progress:
+        for v, f in result["missing"].items():
+            console.print(f"[yellow]missing[/yellow] {v}: fold(s) {', '.join(map(str, f))} not finished")
+        console.print(f"report: {run_dir / 'report.html'}")
+    return result
+
+
+def _write_tables(run_dir: Path, result: dict[str, Any]) -> None:
+    def save_csv(df: pd.DataFrame, name: str) -> None:
+        tmp = tmp_path(run_dir / name)
+        df.to_csv(tmp, index=False, float_format="%.6f")
+        os.replace(tmp, run_dir / name)
+
+    rows = []
+    for v in result["variants"]:
+        name, pooled = v["name"], result["pooled"][v["name"]] or {}
+        row = {"variant": name, "model": v["model"], "input": v["input"], "metadata": v["use_meta"],
+               "split": v["split"], "n_folds": result["stats"][name]["accuracy"]["n"]}
+        for m in METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = result["stats"][name][m]["mean"], result["stats"][name][m]["std"]
+        row.update({f"pooled_{m}": pooled.get(m) for m in METRICS})
+        row["pooled_n_images"] = pooled.get("n_images")
+        rows.append(row)
+    save_csv(pd.DataFrame(rows), "summary.csv")
+    save_csv(pd.DataFrame(result["per_fold"], columns=["variant", "fold", *METRICS, "n_images", "seconds"]),
+             "per_fold.csv")
+    if "ablation" in result:
+        ab = result["ablation"]
+        flat = [{"variant": r["variant"], "reference": ab["reference"], "n_pairs": r["n_pairs"],
+                 **{f"{m}_diff_{s}": r[m][s] for m in METRICS for s in ("mean", "std")}} for r in ab["rows"]]
+        save_csv(pd.DataFrame(flat), "ablation.csv")
+    if result["gap"]:
+        save_csv(pd.DataFrame([{"variant": r["variant"], "metric": r["metric"],
+                                "grouped_mean": r["grouped"]["mean"], "grouped_std": r["grouped"]["std"],
+                                "image_mean": r["image"]["mean"], "image_std": r["image"]["std"],
+                                "inflation": r["inflation"], "pooled_grouped": r["pooled_grouped"],
+                                "pooled_image": r["pooled_image"], "pooled_inflation": r["pooled_inflation"]}
+                               for r in result["gap"]]), "gap.csv")
+    atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2, default=str))
+
+
+def _mean_history(histories: list[list[dict]]) -> list[dict]:
+    """Per epoch (numbered from 1), the mean over the folds that reached it."""
+    out = []
+    for e in range(max((len(h) for h in histories), default=0)):
+        row: dict[str, Any] = {"epoch": e + 1}
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            vals = [h[e][key] for h in histories if len(h) > e and h[e].get(key) is not None]
+            row[key] = float(np.mean(vals)) if vals else None
+        out.append(row)
+    return out
+
+
+def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dict) -> Path:
+    from .plots import fig_to_png_bytes, plot_confusion, plot_history, plot_model_comparison, plot_roc
+
+    classes = plan["data"]["classes"]
+    stats, pooled = result["stats"], result["pooled"]
+    done = [v["name"] for v in plan["variants"] if pooled[v["name"]] is not None]
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+
+    def fig(name: str, figure: Any, caption: str, width: int | None = None) -> str:
+        png = fig_to_png_bytes(figure)
+        (plots / f"{name.replace('@', '_at_').replace('+', '_')}.png").write_bytes(png)
+        return figure_html(png, caption, width)
+
+    by_name = {v["name"]: v for v in plan["variants"]}
+    protocol = [("data", plan["data"]["path"]), ("format", plan["data"]["format"]),
+                ("clean images", plan["data"]["n_images"]), ("folds", plan["folds"]), ("seed", plan["seed"]),
+                ("split", plan["split_label"]),
+                ("finished folds", f"{len(result['per_fold'])} of {plan['folds'] * len(by_name)}")]
+    variant_rows = [(v["name"], v["model"], v["input"], "yes" if v["use_meta"] else "no",
+                     "image-level (leaky)" if v["split"] == "image" else plan["split_label"],
+                     stats[v["name"]]["accuracy"]["n"]) for v in plan["variants"]]
+    sections = [Section("Protocol", table_html(protocol, ("", "")) +
+                        table_html(variant_rows, ("variant", "model", "image input", "metadata", "split", "folds")))]
+    sections.append(Section(
+        "Mean ± std over folds",
+        table_html([(v, *(_pm(stats[v][m]) for m in METRICS)) for v in by_name], ("variant", *METRICS)) +
+        "<p class='muted'>Sample standard deviation (ddof = 1) over the finished folds; "
+        "ece and log_loss are lower-is-better.</p>"))
+    sections.append(Section(
+        "Pooled out-of-fold metrics",
+        table_html([(v, *(pooled[v].get(m) for m in (*METRICS, "n_images"))) for v in done],
+                   ("variant", *METRICS, "n_images")) +
+        "<p class='muted'>Every finished fold's test predictions concatenated, then scored once.</p>"))
+    if done:
+        summary = {v: {m: (stats[v][m]["mean"], stats[v][m]["std"]) for m in COMPARISON_METRICS} for v in done}
+        sections.append(Section("Model comparison", fig(
+            "comparison", plot_model_comparison(summary, COMPARISON_METRICS),
+            "Model comparison (Fig. 8): accuracy, F1 and balanced accuracy, mean ± std over folds")))
+    if "ablation" in result:
+        sections.append(Section("Ablation: paired differences", _ablation_html(result["ablation"], stats)))
+    if result["gap"]:
+        sections.append(Section("Protocol gap", _gap_html(result["gap"], plan["split_label"])))
+    fold_rows = [(r["variant"], r["fold"], *(r[m] for m in METRICS), r["n_images"]) for r in result["per_fold"]]
+    sections.append(Section("Per-fold metrics", table_html(fold_rows, ("variant", "fold", *METRICS, "n_images"))))
+    if done:
+        curves = "".join(fig(f"curves_{v}", plot_history(_mean_history(histories[v]), title=v),
+                             f"{v}: accuracy and loss per epoch, mean over the folds that reached it", 520)
+                         for v in done)
+        sections.append(Section("Training curves", f"<div class='figs'>{curves}</div>"))
+    if result["best"]:
+        b = result["best"]
+        cm = np.asarray(pooled[b]["confusion_matrix"])
+        sections.append(Section(f"Confusion matrix of the best variant: {b}", (
+            "<p class='muted'>Best = highest mean balanced accuracy over folds; pooled out-of-fold "
+            "predictions.</p><div class='figs'>" +
+            fig("confusion_counts", plot_confusion(cm, classes, title=f"{b}: confusion matrix"), "counts", 520) +
+            fig("confusion_normalized", plot_confusion(cm, classes, normalize=True, title=f"{b}: row-normalised"),
+                "row-normalised (recall)", 520) + "</div>")))
+    if done:
+        scored = {}
+        for v in done:
+            df = pd.concat(preds[v], ignore_index=True)
+            y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+            scored[v] = (y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64))
+        rocs = fig("roc_variants", _plot_macro_roc(scored, {v: pooled[v]["auc_macro"] for v in done}),
+                   "macro-average one-vs-rest ROC per variant, pooled out-of-fold", 480)
+        if result["best"]:
+            rocs += fig("roc_best", plot_roc(*scored[result["best"]], classes,
+                                             title=f"{result['best']}: ROC per class"),
+                        f"best variant ({result['best']}), one vs rest per class", 480)
+        sections.append(Section("ROC curves", f"<div class='figs'>{rocs}</div>"))
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        sections.append(Section("Config", f"<pre>{html.escape(cfg_path.read_text())}</pre>"))
+    sections.append(Section("Data summary", json_block(plan["data"]["summary"])))
+
+    banners = []
+    if plan["data"]["synthetic"]:
+        banners.append("SYNTHETIC DATA — generated by dermfuse for demonstration; "
+                       "these numbers say nothing about real lesions.")
+    if plan["split"] == "image":
+        banners.append("Split: image-level (leaky) — images of one lesion can be in train and test folds; "
+                       "metrics are inflated.")
+    elif any(v["split"] == "image" for v in plan["variants"]):
+        banners.append("Variants marked @image use the image-level (leaky) split; they are shown only to measure "
+                       "how much that protocol inflates the metrics.")
+    warnings = [f"Missing folds — {v}: {', '.join(map(str, f))}. Tables cover finished folds only; "
+                f"run them with --fold K, then collect again." for v, f in result["missing"].items()]
+    title = {"cv": "cross-validation", "ablate": "ablation"}.get(plan["kind"], plan["kind"])
+    return write_report(run_dir / "report.html", f"dermfuse — {plan['folds']}-fold {title}", sections,
+                        subtitle=f"{plan['data']['path']} · {plan['split_label']} · dermfuse {__version__}",
+                        banners=banners, warnings=warnings + result["warnings"])
+
+
+def _plot_macro_roc(scored: dict[str, tuple[np.ndarray, np.ndarray]], auc: dict[str, float | None]) -> Any:
+    """One macro-average ROC curve per variant: per-class one-vs-rest TPR interpolated on a
+    common FPR grid and averaged over the classes that have positives and negatives."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+    grid = np.linspace(0.0, 1.0, 201)
+    fig = Figure(figsize=(6, 6), layout="constrained")
+    ax = fig.subplots()
+    for name, (y, proba) in scored.items():
+        tprs = []
+        for k in range(proba.shape[1]):
+            pos = y == k
+            if pos.any() and not pos.all():
+                fpr, tpr, _ = roc_curve(pos, proba[:, k])
+                tprs.append(np.interp(grid, fpr, tpr))
+        if tprs:
+            label = f"{name} (AUC {auc[name]:.3f})" if auc.get(name) is not None else name
+            ax.plot(grid, np.mean(tprs, axis=0), lw=1.5, label=label)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title("ROC, macro average over classes")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def _ablation_html(ab: dict, stats: dict) -> str:
+    ref = ab["reference"]
+    head = ("variant", "folds paired", *(f"Δ {m}" for m in METRICS))
+    rows = [(f"{ref} (reference, absolute)", stats[ref]["accuracy"]["n"], *(_pm(stats[ref][m]) for m in METRICS))]
+    rows += [(r["variant"], r["n_pairs"], *(_pm(r[m], signed=True) for m in METRICS)) for r in ab["rows"]]
+    per = [(r["variant"], r["fold"], *("–" if r[m] is None else f"{r[m]:+.4f}" for m in METRICS))
+           for r in ab["per_fold"]]
+    return (table_html(rows, head) +
+            f"<p class='muted'>Δ = variant − {html.escape(ref)} on the same fold (same rows, seed and CAM "
+            "maps), mean ± std over the folds both finished.</p>" +
+            "<h3>Per-fold paired differences</h3>" +
+            table_html(per, ("variant", "fold", *(f"Δ {m}" for m in METRICS))))
+
+
+def _gap_html(rows: list[dict], grouped_label: str) -> str:
+    body = [(r["variant"], r["metric"], _pm(r["grouped"]), _pm(r["image"]), r["inflation"],
+             r["pooled_grouped"], r["pooled_image"], r["pooled_inflation"]) for r in rows]
+    return (table_html(body, ("model", "metric", grouped_label, "image-level (leaky)", "inflation",
+                              "pooled grouped", "pooled image-level", "pooled inflation")) +
+            "<p class='muted'>Inflation = image-level − grouped: how much letting images of one lesion sit "
+            "in both training and test folds flatters each metric (for ece and log_loss, lower is better, "
+            "so a negative value is the flattering one).</p>")
+
+
+def render_summary(result: dict[str, Any]) -> Table:
+    """The mean ± std table (plus missing folds) for the terminal."""
+    t = Table(title=f"{result['folds']}-fold {result['kind']} ({result['split']})")
+    t.add_column("variant")
+    t.add_column("folds", justify="right")
+    shown = {"accuracy": "accuracy", "balanced_accuracy": "bal. acc.", "macro_f1": "macro F1",
+             "melanoma_sensitivity": "mel. sens.", "auc_macro": "AUC"}
+    for header in shown.values():
+        t.add_column(header, justify="right")
+    for v in result["variants"]:
+        s = result["stats"][v["name"]]
+        t.add_row(v["name"], str(s["accuracy"]["n"]), *(_pm(s[m]) for m in shown))
+    if result["missing"]:
+        t.caption = "missing: " + "; ".join(f"{v} fold {', '.join(map(str, f))}" for v, f in result["missing"].items())
+    return t

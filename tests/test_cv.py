@@ -1,0 +1,164 @@
+"""Cross-validation, fold jobs + collect, the protocol gap and the ablation, on the small
+synthetic set (32 px, 1 epoch, no augmentation: the numbers are meaningless, the tables
+and files are what is checked)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dermfuse.cli import main
+from dermfuse.config import RunConfig
+from dermfuse.cv import collect, run_protocol_gap
+from dermfuse.cv_report import METRICS
+from dermfuse.experiment import load_cohort
+
+TINY = ["--folds", "2", "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--no-pretrained",
+        "--set", "train.augment=false", "--set", "train.max_steps_per_epoch=2",
+        "--set", "model.cam_backbone=cnn", "--set", "model.cam_epochs=1"]
+pytestmark = pytest.mark.filterwarnings("ignore:The least populated class")
+
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    code = main(["-q", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def n_clean(synth_small) -> int:
+    return len(load_cohort(synth_small, progress=False).table)
+
+
+@pytest.fixture(scope="module")
+def cv_run(synth_small, tmp_path_factory):
+    """`cv --fold 0`, collect, `cv --fold 1`, collect: the two summaries and the run dir."""
+    out = tmp_path_factory.mktemp("cv") / "run"
+    args = ["cv", str(synth_small), "--models", "cnn,meta_mlp", *TINY, "--out", str(out)]
+    assert main(["-q", *args, "--fold", "0"]) == 0
+    partial = collect(out, progress=False)
+    partial_html = (out / "report.html").read_text()
+    assert main(["-q", *args, "--fold", "1"]) == 0
+    assert main(["-q", "cv", "--collect", str(out)]) == 0
+    return {"dir": out, "args": args, "partial": partial, "partial_html": partial_html,
+            "full": json.loads((out / "summary.json").read_text())}
+
+
+def test_fold_job_then_collect_names_missing_folds(cv_run):
+    partial = cv_run["partial"]
+    assert partial["missing"] == {"cnn": [1], "meta_mlp": [1]} and not partial["complete"]
+    assert len(partial["per_fold"]) == 2
+    assert "Missing folds" in cv_run["partial_html"] and "cnn: 1" in cv_run["partial_html"]
+
+
+def test_collect_after_every_fold_is_complete(cv_run, n_clean):
+    full, d = cv_run["full"], cv_run["dir"]
+    assert full["complete"] and full["missing"] == {}
+    summary = pd.read_csv(d / "summary.csv")
+    assert list(summary["variant"]) == ["cnn", "meta_mlp"] and (summary["n_folds"] == 2).all()
+    for m in METRICS:
+        assert f"{m}_mean" in summary and f"{m}_std" in summary and f"pooled_{m}" in summary
+    per_fold = pd.read_csv(d / "per_fold.csv")
+    assert per_fold.groupby("variant")["fold"].apply(sorted).to_dict() == {"cnn": [0, 1], "meta_mlp": [0, 1]}
+    for v in ("cnn", "meta_mlp"):
+        assert full["pooled"][v]["n_images"] == n_clean  # every clean image scored once, out of fold
+        assert per_fold.loc[per_fold["variant"] == v, "n_images"].sum() == n_clean
+        mean = per_fold.loc[per_fold["variant"] == v, "accuracy"].mean()
+        assert full["stats"][v]["accuracy"]["mean"] == pytest.approx(mean, abs=1e-6)
+        for k in (0, 1):
+            for name in ("DONE", "metrics.json", "predictions.csv", "history.json"):
+                assert (d / v / f"fold{k}" / name).is_file()
+            assert not (d / v / f"fold{k}" / "checkpoint.pt").exists()
+
+
+def test_folds_are_lesion_grouped_and_shared(cv_run, synth_small):
+    d = cv_run["dir"]
+    folds = pd.read_csv(d / "folds.csv", dtype={"image_id": str})
+    lesions = pd.read_csv(synth_small / "metadata.csv", dtype={"image_id": str}).drop_duplicates("image_id")
+    df = folds.merge(lesions[["image_id", "lesion_id"]], on="image_id")
+    assert (df.groupby("lesion_id")["fold"].nunique() == 1).all()
+    for v in ("cnn", "meta_mlp"):  # both models are tested on the same images in each fold
+        for k in (0, 1):
+            ids = pd.read_csv(d / v / f"fold{k}" / "predictions.csv", dtype={"image_id": str})["image_id"]
+            assert set(ids) == set(folds.loc[folds["fold"] == k, "image_id"])
+
+
+def test_report_holds_the_comparison(cv_run):
+    html = (cv_run["dir"] / "report.html").read_text()
+    assert "Model comparison (Fig. 8)" in html and "Missing folds" not in html
+    for needle in ("SYNTHETIC DATA", "lesion-grouped", "Mean ± std over folds", "Pooled out-of-fold",
+                   "Per-fold metrics", "Training curves", "Confusion matrix of the best variant", "ROC curves"):
+        assert needle in html, needle
+    assert html.count("data:image/png;base64,") >= 7  # comparison, 2 curves, 2 confusion, 2 ROC
+
+
+def test_rerun_skips_finished_folds_and_other_config_is_refused(cv_run, capsys):
+    d = cv_run["dir"]
+    stamp = (d / "cnn" / "fold0" / "DONE").stat().st_mtime_ns
+    code, _ = _cli(capsys, *cv_run["args"])
+    assert code == 0 and (d / "cnn" / "fold0" / "DONE").stat().st_mtime_ns == stamp
+    code, err = _cli(capsys, *cv_run["args"], "--fold", "1", "--seed", "3")
+    assert code == 2 and "seed" in err and "Traceback" not in err
+
+
+def test_fold_job_refuses_changed_folds(cv_run, tmp_path, capsys):
+    d = tmp_path / "copy"
+    d.mkdir()
+    for name in ("config.yaml", "plan.json"):
+        (d / name).write_bytes((cv_run["dir"] / name).read_bytes())
+    folds = pd.read_csv(cv_run["dir"] / "folds.csv", dtype={"image_id": str})
+    folds.loc[0, "fold"] = 1 - folds.loc[0, "fold"]
+    folds.to_csv(d / "folds.csv", index=False)
+    args = [a if a != str(cv_run["dir"]) else str(d) for a in cv_run["args"]]
+    code, err = _cli(capsys, *args, "--fold", "0")
+    assert code == 2 and "folds" in err and not (d / "cnn").exists()
+
+
+def test_collect_on_a_folder_that_is_no_run(tmp_path, capsys):
+    code, err = _cli(capsys, "cv", "--collect", str(tmp_path))
+    assert code == 2 and "plan.json" in err
+
+
+def test_protocol_gap(synth_small, tmp_path):
+    cfg = RunConfig()
+    cfg.data.path, cfg.data.image_size, cfg.out = str(synth_small), 32, str(tmp_path / "gap")
+    cfg.train.epochs, cfg.train.augment, cfg.train.max_steps_per_epoch = 1, False, 2
+    d = run_protocol_gap(cfg, ["meta_mlp"], folds=2, progress=False)
+    s = json.loads((d / "summary.json").read_text())
+    assert [v["name"] for v in s["variants"]] == ["meta_mlp", "meta_mlp@image"]
+    gap = pd.read_csv(d / "gap.csv")
+    assert list(gap["metric"]) == list(METRICS) and (gap["variant"] == "meta_mlp").all()
+    row = gap.set_index("metric").loc["accuracy"]
+    assert row["inflation"] == pytest.approx(row["image_mean"] - row["grouped_mean"])
+    folds = pd.read_csv(d / "folds.csv")
+    assert {"fold", "fold_image"} <= set(folds.columns)
+    html = (d / "report.html").read_text()
+    assert "Protocol gap" in html and "image-level (leaky)" in html
+
+
+def test_ablation(synth_small, tmp_path, capsys, n_clean):
+    out = tmp_path / "ablate"
+    code, _ = _cli(capsys, "ablate", str(synth_small), *TINY, "--out", str(out))
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    names = ["heatmap+meta", "heatmap-only", "image+meta", "image-only", "overlay+meta", "overlay-only"]
+    assert [v["name"] for v in s["variants"]] == names and s["complete"]
+    assert len(pd.read_csv(out / "summary.csv")) == 6 and len(pd.read_csv(out / "per_fold.csv")) == 12
+    ab = pd.read_csv(out / "ablation.csv")
+    assert list(ab["variant"]) == names[1:] and (ab["reference"] == "heatmap+meta").all()
+    assert (ab["n_pairs"] == 2).all()
+    per = pd.DataFrame(s["per_fold"]).set_index(["variant", "fold"])
+    diffs = [per.loc[("image+meta", k), "balanced_accuracy"] - per.loc[("heatmap+meta", k), "balanced_accuracy"]
+             for k in (0, 1)]
+    row = ab.set_index("variant").loc["image+meta"]
+    assert row["balanced_accuracy_diff_mean"] == pytest.approx(np.mean(diffs), abs=1e-6)
+    assert row["balanced_accuracy_diff_std"] == pytest.approx(np.std(diffs, ddof=1), abs=1e-6)
+    assert len(s["ablation"]["per_fold"]) == 10
+    cams = sorted(p.parent.name for p in (out / "_cam").glob("*/maps.npy"))  # one CAM stage per fold
+    assert cams == ["lesion-fold0-32px", "lesion-fold1-32px"]
+    assert all(s["pooled"][n]["n_images"] == n_clean for n in names)
+    html = (out / "report.html").read_text()
+    assert "Ablation: paired differences" in html and "heatmap+meta (reference, absolute)" in html
+    assert "Per-fold paired differences" in html and "SYNTHETIC DATA" in html

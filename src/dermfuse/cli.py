@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import DermfuseError
@@ -127,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on synthetic data (minutes on a CPU)")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--n", type=int, default=800)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--n", type=int, default=600)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("models", help="list registered models")
@@ -341,16 +342,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _error(message: str) -> None:
+    """One unwrapped line (messages hold paths and values that must stay greppable)."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
     except DermfuseError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        _error(str(e))
         return 2
     except FileNotFoundError as e:
-        err.print(f"[red]error:[/red] file not found: {e.filename or e}", highlight=False)
+        _error(f"file not found: {e.filename or e}")
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -34,7 +34,7 @@ def demo_config(data: Path, out: Path, model: str, epochs: int) -> RunConfig:
     return cfg
 
 
-def run_demo(out: str | Path = "demo-out", n: int = 800, epochs: int = 10, seed: int = 0,
+def run_demo(out: str | Path = "demo-out", n: int = 600, epochs: int = 8, seed: int = 0,
              progress: bool = True) -> Path:
     """Run the demo; returns the path of the combined report.html."""
     t0 = time.time()

@@ -95,3 +95,19 @@ def test_cam_command(bundle, image, tmp_path, capsys):
     bad.write_bytes(b"nope")
     code, _, err = _run(["cam", str(bundle), str(bad), "--out", str(tmp_path / "cams")], capsys)
     assert code != 0 and "bad.png" in err
+
+
+def test_cam_on_bundle_without_cam_backbone(tmp_path, image, capsys):
+    """A metadata-only bundle has neither a CAM backbone nor an image branch to explain."""
+    import pandas as pd
+
+    from dermfuse.bundle import save_bundle
+    from dermfuse.data.encode import MetadataEncoder
+    from dermfuse.models import create_model
+
+    enc = MetadataEncoder().fit(pd.DataFrame({"age": [40.0, 60.0], "sex": ["male", "female"], "site": ["back", "face"]}))
+    kw = {"num_classes": 7, "meta_dim": enc.n_features}
+    path = save_bundle(tmp_path / "meta", model=create_model("meta_mlp", pretrained=False, **kw), model_name="meta_mlp",
+                       model_kwargs=kw, classes=["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"], encoder=enc, image_size=32)
+    code, _, err = _run(["cam", str(path), image, "--out", str(tmp_path / "cams")], capsys)
+    assert code != 0 and "no CAM backbone" in err and "Traceback" not in err

@@ -24,7 +24,7 @@ def _table():
 def bundle_dir(tmp_path):
     enc = MetadataEncoder().fit(_table())
     torch.manual_seed(0)
-    kw = {"num_classes": 7, "meta_dim": enc.n_features}
+    kw = {"num_classes": 7, "meta_dim": enc.n_features, "input_size": 32}
     model = create_model("ft_multicnn", pretrained=False, **kw).eval()
     return save_bundle(tmp_path / "b", model=model, model_name="ft_multicnn", model_kwargs=kw,
                        classes=list("abcdefg"), encoder=enc, image_size=32), model, enc

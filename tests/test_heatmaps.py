@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dermfuse.config import RunConfig
 from dermfuse.data.cache import build_cache
@@ -67,3 +68,15 @@ def test_render_modes():
     assert heat.shape == images.shape and not np.array_equal(heat[:, 0], heat[:, 7])
     with pytest.raises(ValueError):
         render_input("sketch", images, maps)
+
+
+def test_weights_digest_handles_batchnorm_counters():
+    """BatchNorm's num_batches_tracked is a 0-dim tensor; the default CAM backbone has 49."""
+    from dermfuse.heatmaps import weights_digest
+    from dermfuse.models import create_model
+
+    torch.manual_seed(0)
+    a = create_model("efficientnet_lite0", num_classes=7, pretrained=False)
+    b = create_model("efficientnet_lite0", num_classes=7, pretrained=False)
+    assert len(weights_digest(a)) == 64 and weights_digest(a) == weights_digest(a)
+    assert weights_digest(a) != weights_digest(b)

@@ -31,7 +31,9 @@ def _cfg(data, out, **model) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def image_run(synth_small, tmp_path_factory):
-    return train_run(_cfg(synth_small, tmp_path_factory.mktemp("run") / "cnn", name="cnn"), progress=False)
+    cfg = _cfg(synth_small, tmp_path_factory.mktemp("run") / "cnn", name="cnn")
+    cfg.train.tta = True
+    return train_run(cfg, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,13 @@ def _first_rows_path(run):
     from pathlib import Path
 
     return next(Path(data, "images").glob(f"{split['image_id'].iloc[0]}.*"))
+
+
+def test_bundle_reproduces_the_runs_reported_predictions(image_run, synth_small, tmp_path):
+    """The run's test predictions (TTA on) come out of the saved bundle unchanged."""
+    evaluate_bundle(image_run.bundle, synth_small, progress=False, out=tmp_path)
+    ours = pd.read_csv(image_run.run_dir / "predictions.csv").set_index("image_id")
+    again = pd.read_csv(tmp_path / "predictions.csv").set_index("image_id").loc[ours.index]
+    cols = [c for c in ours.columns if c.startswith("p_")]
+    assert load_bundle(image_run.bundle).tta
+    assert np.allclose(ours[cols].to_numpy(), again[cols].to_numpy(), atol=1e-5)

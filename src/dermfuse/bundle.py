@@ -61,6 +61,7 @@ class Bundle:
     cam_image_size: int | None = None
     cam_method: str = "gradcam"
     temperature: float = 1.0
+    tta: bool = False  # average predictions over flips (and the transpose for square inputs)
     info: dict[str, Any] = field(default_factory=dict)  # the whole bundle.json
 
     @property
@@ -103,6 +104,7 @@ def save_bundle(
     cam_image_size: int | None = None,
     cam_method: str = "gradcam",
     temperature: float = 1.0,
+    tta: bool = False,
     metrics: dict[str, Any] | None = None,
     training_data: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
@@ -136,6 +138,7 @@ def save_bundle(
             "resize_method": resize_method,
             "scale": "uint8 / 255; the model normalises internally",
             "input": input_mode,
+            "tta": bool(tta),
         },
         "cam": None
         if cam_model is None
@@ -222,20 +225,27 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             raise BundleError(f"{path}: weights do not fit model {name!r}: {str(e)[:500]}") from None
         return net.to(device).eval()
 
-    model = build("model.", info["model"]["name"], info["model"]["kwargs"])
-    cam = info.get("cam")
-    cam_model = build("cam.", cam["name"], cam["kwargs"]) if cam else None
-    pre = info["preprocessing"]
-    return Bundle(
-        model=model,
-        classes=list(info["classes"]),
-        encoder=MetadataEncoder.from_dict(info["encoder"]),
-        image_size=int(pre["image_size"]),
-        resize_method=pre.get("resize_method", "bilinear"),
-        input_mode=pre.get("input", "image"),
-        cam_model=cam_model,
-        cam_image_size=int(cam["image_size"]) if cam else None,
-        cam_method=cam["method"] if cam else "gradcam",
-        temperature=float(info.get("calibration", {}).get("temperature", 1.0)),
-        info=info,
-    )
+    try:
+        model = build("model.", info["model"]["name"], info["model"]["kwargs"])
+        cam = info.get("cam")
+        cam_model = build("cam.", cam["name"], cam["kwargs"]) if cam else None
+        pre = info["preprocessing"]
+        encoder = MetadataEncoder.from_dict(info["encoder"])
+        return Bundle(
+            model=model,
+            classes=list(info["classes"]),
+            encoder=encoder,
+            image_size=int(pre["image_size"]),
+            resize_method=pre.get("resize_method", "bilinear"),
+            input_mode=pre.get("input", "image"),
+            cam_model=cam_model,
+            cam_image_size=int(cam["image_size"]) if cam else None,
+            cam_method=cam["method"] if cam else "gradcam",
+            temperature=float(info.get("calibration", {}).get("temperature", 1.0)),
+            tta=bool(pre.get("tta", False)),
+            info=info,
+        )
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleError(f"{path / META_FILE}: malformed bundle description ({type(e).__name__}: {e})") from None

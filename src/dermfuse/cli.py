@@ -241,10 +241,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     pred = predict_one(bundle, args.image, args.age, args.sex, args.site, explain=bool(args.heatmap) or not args.json)
-    if args.heatmap and pred.overlay is not None:
+    if args.heatmap:
         from PIL import Image
 
-        Image.fromarray(pred.overlay).save(args.heatmap)
+        from .errors import InputError
+
+        if pred.overlay is None:
+            raise InputError(f"this bundle ({bundle.info['model']['name']}) has no image branch: no heatmap to save")
+        try:
+            Image.fromarray(pred.overlay).save(args.heatmap)
+        except (ValueError, OSError) as e:
+            raise InputError(f"--heatmap {args.heatmap}: cannot write a PNG there ({e})") from None
     if args.json:
         print(json.dumps(pred.to_dict(), indent=2))
         return 0

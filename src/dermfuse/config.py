@@ -93,6 +93,25 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the field's default (YAML reads ``1e-3`` as a string)."""
+    if value is None or default is None or dataclasses.is_dataclass(default):
+        return value
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    try:
+        return kind(float(value)) if kind is int and isinstance(value, str) and "." in value else kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
@@ -100,11 +119,14 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    return cls(**values)
+    defaults = cls()
+    return cls(**{k: _coerce(f"{where}.{k}", v, getattr(defaults, k)) for k, v in values.items()})
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from nested dicts; unknown keys raise ConfigError."""
+    """Build a RunConfig from nested dicts; unknown keys and mistyped values raise ConfigError."""
+    if d is not None and not isinstance(d, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(d).__name__}")
     d = dict(d or {})
     sections = {}
     for name, cls in _SECTIONS.items():
@@ -155,7 +177,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> Ru
         current = getattr(target, key)
         if isinstance(value, str) and not isinstance(current, str):
             value = _parse_value(value, current)
-        setattr(target, key, value)
+        default = getattr(type(target)(), key)
+        setattr(target, key, _coerce(dotted, value, default if default is not None else current))
     return cfg
 
 

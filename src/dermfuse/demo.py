@@ -39,7 +39,7 @@ def run_demo(out: str | Path = "demo-out", n: int = 600, epochs: int = 8, seed: 
     """Run the demo; returns the path of the combined report.html."""
     t0 = time.time()
     out = Path(out)
-    data = out / "synthetic-data"
+    data = out / f"synthetic-data-n{n}-seed{seed}"
     if not (data / "metadata.csv").exists():
         console.print(f"[bold]Generating {n} synthetic images[/bold] (SYNTHETIC, not patient data) → {data}")
         make_synthetic(data, n=n, seed=seed, defects=True)

@@ -25,6 +25,7 @@ from .data.clean import CleaningReport, clean, summarize
 from .data.encode import MetadataEncoder
 from .data.formats import ReadResult, read_dataset
 from .data.splits import SPLIT_LABELS, holdout, validation_split
+from .errors import ConfigError, DataError
 from .metrics import compute_metrics
 from .models import create_model, model_spec
 from .report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
@@ -93,11 +94,11 @@ def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, A
     """Keyword arguments that rebuild the configured architecture (weights excluded)."""
     m = cfg.model
     kw: dict[str, Any] = {"num_classes": num_classes, "meta_dim": meta_dim}
-    if m.name == "cnn" or (m.name == "ft_multicnn" and not m.image_backbone):
+    if m.name == "cnn" or (m.name == "ft_multicnn" and m.image_backbone in (None, "", "cnn")):
         kw["input_size"] = image_size_for(cfg)  # the flatten layer fixes the input size
     if m.name == "ft_multicnn":
         kw.update(use_meta=m.use_meta, dropout=m.dropout, batchnorm=m.batchnorm)
-        if m.image_backbone:
+        if m.image_backbone and m.image_backbone != "cnn":
             kw["image_backbone"] = m.image_backbone
     return kw
 
@@ -121,9 +122,31 @@ def _write_predictions(path: Path, table: pd.DataFrame, classes: list[str], y: n
     df.to_csv(path, index=False, float_format="%.6f")
 
 
+def check_config(cfg: RunConfig) -> None:
+    """Fail fast, before any image is decoded, on names and values a run cannot use."""
+    from .heatmaps import CAM_METHODS, INPUT_MODES
+
+    model_spec(cfg.model.name)
+    if cfg.model.image_backbone and cfg.model.image_backbone != "cnn":
+        model_spec(cfg.model.image_backbone)
+    if cfg.model.input not in INPUT_MODES:
+        raise ConfigError(f"model.input {cfg.model.input!r}: expected one of {list(INPUT_MODES)}")
+    if cfg.model.input != "image":
+        model_spec(cfg.model.cam_backbone)
+        if cfg.model.cam_method not in CAM_METHODS:
+            raise ConfigError(f"model.cam_method {cfg.model.cam_method!r}: expected one of {sorted(CAM_METHODS)}")
+    if cfg.data.split not in ("lesion", "patient", "auto", "grouped", "image"):
+        raise ConfigError(f"data.split {cfg.data.split!r}: expected lesion, patient or image")
+    if not 0 < cfg.data.test_fraction < 1 or not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError("data.test_fraction must be in (0, 1) and data.val_fraction in [0, 1)")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
+        raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+
+
 def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
     """One holdout run of ``cfg.model`` on ``cfg.data.path``; writes everything into
     ``cfg.out`` and returns the test metrics and the bundle path."""
+    check_config(cfg)
     t0 = time.time()
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,10 +161,13 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
 
     # Split: holdout test part, then a validation part of the training rows (same grouping).
     by = _split_by(cfg.data.split)
-    is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
-    train_idx = np.flatnonzero(~is_test)
-    train_idx, val_idx = validation_split(table, train_idx, fraction=cfg.data.val_fraction,
-                                          seed=cfg.seed, by=by)
+    try:
+        is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+        train_idx = np.flatnonzero(~is_test)
+        train_idx, val_idx = validation_split(table, train_idx, fraction=cfg.data.val_fraction,
+                                              seed=cfg.seed, by=by)
+    except ValueError as e:
+        raise DataError(f"cannot split {cfg.data.path} with --split {cfg.data.split}: {e}") from None
     test_idx = np.flatnonzero(is_test)
     part = np.full(len(table), "train", dtype=object)
     part[val_idx], part[test_idx] = "val", "test"
@@ -159,18 +185,21 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
     images = cache.images
     cam_model = None
     cam_info: dict[str, Any] = {}
-    if cfg.model.input != "image":
+    if cfg.model.input != "image" and spec.uses_image:
         from .heatmaps import heatmap_stage
 
         stage = heatmap_stage(cfg, table, y, classes, images, train_idx, val_idx, run_dir,
-                              cache_key=cache.key, progress=progress)
+                              cache_key=cache.key, progress=progress, resume=resume)
         images, cam_model, cam_info = stage.inputs, stage.cam_model, stage.info
 
     kwargs = model_kwargs(cfg, len(classes), meta_dim)
-    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights, **kwargs)
+    weights, build_kw = cfg.model.weights, dict(kwargs)
+    if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
+        build_kw["backbone_weights"], weights = weights, None  # the file is the backbone's
+    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **build_kw)
     warnings = []
-    if getattr(model, "weights_source", "random") == "random" and spec.uses_image and cfg.model.name != "cnn" \
-            and not (cfg.model.name == "ft_multicnn" and not cfg.model.image_backbone):
+    has_backbone = cfg.model.name in ("resnet50", "inception_v3", "efficientnet_lite0") or "image_backbone" in kwargs
+    if cfg.model.pretrained and has_backbone and getattr(model, "weights_source", "random") == "random":
         warnings.append(f"{cfg.model.name}: no pretrained weights available offline; trained from random weights.")
     for w in warnings:
         log.warning(w)
@@ -192,6 +221,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
         classes=classes, encoder=encoder, image_size=size, resize_method=cfg.data.resize_method,
         input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
         cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.model.cam_method,
+        tta=cfg.train.tta,
         metrics={k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro",
                                          "ece", "melanoma_sensitivity", "n_images", "split")},
         training_data={"path": str(cfg.data.path), "format": cohort.read.format,
@@ -260,10 +290,15 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
     from .predict import predict_arrays
 
     bundle = load_bundle(bundle_path)
+    trained_on = bundle.info.get("training_data", {}).get("path")
+    if trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
+        log.warning("%s is the data set this bundle was trained on: every row is scored, training "
+                    "rows included, so these metrics are optimistic. The held-out numbers are in "
+                    "the run's metrics.json.", data_path)
     cohort = load_cohort(data_path, format, True, progress)
     unknown = sorted(set(cohort.classes) - set(bundle.classes))
     if unknown and (cohort.table["label"].isin(unknown)).any():
-        raise ValueError(f"data set has classes the bundle does not know: {unknown}; bundle classes: {bundle.classes}")
+        raise DataError(f"data set has classes the bundle does not know: {unknown}; bundle classes: {bundle.classes}")
     y = cohort.table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
     cache = build_cache(cohort.table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
     meta = bundle.encode_table(cohort.table)

@@ -35,7 +35,8 @@ def cam_figures(bundle_path: str | Path, images: Sequence[str | Path], out: str 
     out.mkdir(parents=True, exist_ok=True)
     meta = bundle.encoder.encode_one(None, "unknown", "unknown")[None, : bundle.model_meta_dim]
     written = []
-    for src in images:
+    stems = [Path(str(s)).stem for s in images]
+    for i, src in enumerate(images):
         try:
             img = prepare_image(bundle, src)[None]  # (1, S, S, 3)
         except InputError as e:
@@ -44,7 +45,8 @@ def cam_figures(bundle_path: str | Path, images: Sequence[str | Path], out: str 
         maps = explain_arrays(bundle, img, meta)
         top = bundle.classes[int(proba.argmax())]
         title = f"{Path(str(src)).name}: {top} ({proba.max():.2f})"
-        path = out / f"{Path(str(src)).stem}_cam.png"
+        stem = stems[i] if stems.count(stems[i]) == 1 else f"{i:03d}_{stems[i]}"
+        path = out / f"{stem}_cam.png"
         save_figure(plot_triptych(img, maps, titles=[title], alpha=alpha), path)
         written.append(path)
     return written

@@ -83,8 +83,8 @@ def weights_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
-        t = v.detach().cpu().contiguous()
-        h.update(str(tuple(t.shape)).encode())
+        t = v.detach().cpu().contiguous().reshape(-1)  # 1-D: 0-dim tensors cannot be viewed as bytes
+        h.update(str(tuple(v.shape)).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
@@ -115,7 +115,7 @@ class HeatmapStage:
 
 def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], images: np.ndarray,
                   train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path, cache_key: str,
-                  progress: bool = True) -> HeatmapStage:
+                  progress: bool = True, resume: bool = False) -> HeatmapStage:
     """Fine-tune the CAM backbone on ``train_idx`` (early stopping on ``val_idx``, both
     training rows of this split), then heatmaps for every row. Writes
     ``cam_training_ids.csv`` (which image_ids trained the backbone) into ``run_dir``."""
@@ -142,7 +142,7 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
     pd.DataFrame({"image_id": table["image_id"].to_numpy()[np.r_[train_idx, val_idx]],
                   "role": ["train"] * len(train_idx) + ["val"] * len(val_idx)}
                  ).to_csv(run_dir / "cam_training_ids.csv", index=False)
-    fit(cam_model, ds(train_idx), ds(val_idx), tcfg, classes, run_dir=cam_dir, progress=progress)
+    fit(cam_model, ds(train_idx), ds(val_idx), tcfg, classes, run_dir=cam_dir, resume=resume, progress=progress)
     val_metrics = compute_metrics(y[val_idx], predict_proba(cam_model, ds(val_idx)), classes)
     cam_model.eval()
     maps, key, reused = cached_maps(cam_model, images, cache_key, cfg.model.cam_method, progress)

@@ -59,9 +59,15 @@ def predict_arrays(bundle: Bundle, images: np.ndarray, meta: np.ndarray, batch_s
         x = np.ascontiguousarray(images[s:s + batch_size])
         x = _model_view(bundle, x, batch_size)
         m = torch.as_tensor(np.asarray(meta[s:s + batch_size], np.float32), device=device)
+        xs = to_input(x).to(device)  # (B, 3, S, S)
+        views = [xs]
+        if bundle.tta:  # the same views as dermfuse.train.predict_proba(tta=True)
+            views += [xs.flip(-1), xs.flip(-2), xs.flip(-2, -1)]
+            if xs.shape[-1] == xs.shape[-2]:
+                views.append(xs.transpose(-2, -1))
         with torch.inference_mode():
-            logits = model(to_input(x).to(device), m)
-        out.append(torch.softmax(logits.float() / bundle.temperature, dim=1).cpu().numpy())
+            proba = torch.stack([torch.softmax(model(v, m).float() / bundle.temperature, dim=1) for v in views]).mean(0)
+        out.append(proba.cpu().numpy())
     if not out:
         return np.zeros((0, len(bundle.classes)), np.float32)
     return np.concatenate(out).astype(np.float32)

@@ -29,6 +29,7 @@ from .errors import ConfigError, DataError
 from .metrics import compute_metrics
 from .models import create_model, model_spec
 from .report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
+from ._distributed import is_main_process
 from .train import ArrayDataset, FitResult, fit, predict_proba
 
 __all__ = [
@@ -148,14 +149,17 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
     ``cfg.out`` and returns the test metrics and the bundle path."""
     check_config(cfg)
     t0 = time.time()
+    main = is_main_process()  # under torchrun every rank trains; only rank 0 writes
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plots").mkdir(exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plots").mkdir(exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
 
     cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress)
-    cohort.report.save_json(run_dir / "cleaning_report.json")
-    if progress:
+    if main:
+        cohort.report.save_json(run_dir / "cleaning_report.json")
+    if progress and main:
         console.print(cohort.report.render())
     table, classes, y = cohort.table, cohort.classes, cohort.labels
 
@@ -171,7 +175,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
     test_idx = np.flatnonzero(is_test)
     part = np.full(len(table), "train", dtype=object)
     part[val_idx], part[test_idx] = "val", "test"
-    pd.DataFrame({"image_id": table["image_id"], "part": part}).to_csv(run_dir / "split.csv", index=False)
+    if main:
+        pd.DataFrame({"image_id": table["image_id"], "part": part}).to_csv(run_dir / "split.csv", index=False)
 
     size = image_size_for(cfg)
     cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
@@ -213,6 +218,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
     metrics = compute_metrics(y[test_idx], proba, classes)
     metrics["split"] = split_label(cfg.data.split)
     metrics["weights_source"] = getattr(model, "weights_source", "random")
+    if not main:
+        return RunResult(run_dir, metrics, None, fit_res.history)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
 

@@ -126,7 +126,6 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
 
     run_dir = Path(run_dir)
     cam_dir = run_dir / "cam_backbone"
-    cam_dir.mkdir(parents=True, exist_ok=True)
     name = cfg.model.cam_backbone
     kwargs: dict[str, Any] = {"num_classes": len(classes), "meta_dim": 0}
     if name == "cnn":
@@ -139,9 +138,14 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
     def ds(idx: np.ndarray) -> ArrayDataset:
         return ArrayDataset(np.ascontiguousarray(images[idx]), no_meta[idx], y[idx])
 
-    pd.DataFrame({"image_id": table["image_id"].to_numpy()[np.r_[train_idx, val_idx]],
-                  "role": ["train"] * len(train_idx) + ["val"] * len(val_idx)}
-                 ).to_csv(run_dir / "cam_training_ids.csv", index=False)
+    from ._distributed import is_main_process
+
+    main = is_main_process()  # under torchrun only rank 0 writes
+    if main:
+        cam_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"image_id": table["image_id"].to_numpy()[np.r_[train_idx, val_idx]],
+                       "role": ["train"] * len(train_idx) + ["val"] * len(val_idx)}
+                     ).to_csv(run_dir / "cam_training_ids.csv", index=False)
     fit(cam_model, ds(train_idx), ds(val_idx), tcfg, classes, run_dir=cam_dir, resume=resume, progress=progress)
     val_metrics = compute_metrics(y[val_idx], predict_proba(cam_model, ds(val_idx)), classes)
     cam_model.eval()
@@ -150,5 +154,6 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
     info = {"name": name, "kwargs": kwargs, "heatmap_cache_key": key, "reused": reused,
             "method": cfg.model.cam_method, "val_balanced_accuracy": val_metrics["balanced_accuracy"],
             "weights_source": getattr(cam_model, "weights_source", "random")}
-    (cam_dir / "cam_stage.json").write_text(json.dumps(info, indent=2))
+    if main:
+        (cam_dir / "cam_stage.json").write_text(json.dumps(info, indent=2))
     return HeatmapStage(inputs, maps, cam_model, info)

@@ -152,13 +152,6 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def _parse_value(text: str, current: Any) -> Any:
-    value = yaml.safe_load(text)
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise ConfigError(f"expected true/false, got {text!r}")
-    if isinstance(current, float) and isinstance(value, int):
-        value = float(value)
-    return value
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
@@ -176,7 +169,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> Ru
             raise ConfigError(f"unknown config key {dotted!r}")
         current = getattr(target, key)
         if isinstance(value, str) and not isinstance(current, str):
-            value = _parse_value(value, current)
+            value = yaml.safe_load(value)  # "7" -> 7, "false" -> False; _coerce checks the type
         default = getattr(type(target)(), key)
         setattr(target, key, _coerce(dotted, value, default if default is not None else current))
     return cfg

@@ -295,6 +295,8 @@ def _plot_macro_roc(scored: dict[str, tuple[np.ndarray, np.ndarray]], auc: dict[
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
 
+    from .plots import _finish_roc_axes
+
     grid = np.linspace(0.0, 1.0, 201)
     fig = Figure(figsize=(6, 6), layout="constrained")
     ax = fig.subplots()
@@ -308,15 +310,7 @@ def _plot_macro_roc(scored: dict[str, tuple[np.ndarray, np.ndarray]], auc: dict[
         if tprs:
             label = f"{name} (AUC {auc[name]:.3f})" if auc.get(name) is not None else name
             ax.plot(grid, np.mean(tprs, axis=0), lw=1.5, label=label)
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title("ROC, macro average over classes")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    _finish_roc_axes(ax, "ROC, macro average over classes")
     return fig
 
 

@@ -245,7 +245,7 @@ def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list
                     y_test: np.ndarray, proba: np.ndarray, n_parts: tuple[int, int, int],
                     warnings: list[str], seconds: float) -> Path:
     from .plots import (fig_to_png_bytes, plot_confusion, plot_history, plot_reliability,
-                        plot_roc, save_figure)
+                        plot_roc)
 
     classes = cohort.classes
     cm = np.asarray(metrics["confusion_matrix"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from .bundle import load_bundle
 from .cam import plot_triptych

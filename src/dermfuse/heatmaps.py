@@ -25,6 +25,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from .data.cache import cache_root
 from .cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, colorize, overlay
 from .transforms import to_input
 
@@ -36,8 +37,6 @@ OVERLAY_ALPHA = 0.4
 _FORMAT = 1  # bump when the map computation changes
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("DERMFUSE_CACHE", Path.home() / ".cache" / "dermfuse"))
 
 
 def compute_maps(cam_model: nn.Module, images: np.ndarray, method: str = "gradcam",
@@ -93,7 +92,7 @@ def cached_maps(cam_model: nn.Module, images: np.ndarray, image_cache_key: str, 
                 progress: bool = True) -> tuple[np.ndarray, str, bool]:
     """compute_maps with an on-disk uint8 cache. Returns (maps float (N,H,W), key, reused)."""
     key = hashlib.sha256(f"{_FORMAT}|{weights_digest(cam_model)}|{image_cache_key}|{method}".encode()).hexdigest()[:32]
-    folder = _cache_root() / "heatmaps"
+    folder = cache_root() / "heatmaps"
     path = folder / f"{key}.npy"
     if path.exists():
         return np.load(path).astype(np.float32) / 255.0, key, True

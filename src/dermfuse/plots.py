@@ -123,16 +123,21 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], title: str | None 
         fpr, tpr, _ = roc_curve(pos, p[:, k])
         auc = float(_area(fpr, tpr))
         ax.plot(fpr, tpr, color=color, lw=1.5, label=f"{name} (AUC {auc:.3f})")
+    _finish_roc_axes(ax, title or "ROC, one vs rest")
+    return fig
+
+
+def _finish_roc_axes(ax: Any, title: str) -> None:
+    """Chance diagonal, limits, labels and legend shared by the ROC figures."""
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title(title or "ROC, one vs rest")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    return fig
 
 
 def plot_reliability(y_true: Any, proba: Any, n_bins: int = 15, title: str | None = None) -> Figure:

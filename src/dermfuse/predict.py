@@ -18,6 +18,7 @@ from rich.progress import track
 from .bundle import Bundle
 from .data.cache import load_image, resize_image
 from .errors import InputError
+from .train import tta_views
 from .transforms import to_input
 
 __all__ = ["Prediction", "prepare_image", "predict_arrays", "explain_arrays", "predict_one"]
@@ -60,11 +61,7 @@ def predict_arrays(bundle: Bundle, images: np.ndarray, meta: np.ndarray, batch_s
         x = _model_view(bundle, x, batch_size)
         m = torch.as_tensor(np.asarray(meta[s:s + batch_size], np.float32), device=device)
         xs = to_input(x).to(device)  # (B, 3, S, S)
-        views = [xs]
-        if bundle.tta:  # the same views as dermfuse.train.predict_proba(tta=True)
-            views += [xs.flip(-1), xs.flip(-2), xs.flip(-2, -1)]
-            if xs.shape[-1] == xs.shape[-2]:
-                views.append(xs.transpose(-2, -1))
+        views = tta_views(xs) if bundle.tta else [xs]
         with torch.inference_mode():
             proba = torch.stack([torch.softmax(model(v, m).float() / bundle.temperature, dim=1) for v in views]).mean(0)
         out.append(proba.cpu().numpy())

@@ -37,6 +37,7 @@ from .metrics import balanced_accuracy
 from .transforms import to_input, train_augmentation
 
 __all__ = [
+    "tta_views",
     "ArrayDataset",
     "EpochSampler",
     "FitResult",
@@ -411,6 +412,15 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
 # --- inference ----------------------------------------------------------------------------
 
 
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Test-time views of a batch (B, 3, H, W): identity, h-flip, v-flip, hv-flip and, for
+    square images, the transpose. Training, evaluation and bundles all use these."""
+    views = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
+    if x.shape[-1] == x.shape[-2]:
+        views.append(x.transpose(-2, -1))
+    return views
+
+
 @torch.inference_mode()
 def predict_proba(model: nn.Module, data: ArrayDataset, batch_size: int = 64, tta: bool = False,
                   progress: bool = False) -> np.ndarray:
@@ -429,11 +439,7 @@ def predict_proba(model: nn.Module, data: ArrayDataset, batch_size: int = 64, tt
         for images, meta, _ in bar.track(loader):
             x = to_input(images.to(device))  # (B, 3, H, W)
             meta = meta.to(device)
-            views = [x]
-            if tta:
-                views += [x.flip(-1), x.flip(-2), x.flip(-2, -1)]
-                if x.shape[-1] == x.shape[-2]:
-                    views.append(x.transpose(-2, -1))
+            views = tta_views(x) if tta else [x]
             proba = torch.stack([model(v, meta).float().softmax(1) for v in views]).mean(0)  # (B, C)
             out.append(proba.cpu())
     return torch.cat(out).numpy().astype(np.float32)

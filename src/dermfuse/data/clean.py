@@ -21,6 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
+from dermfuse.data.cache import cache_root
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -82,8 +83,6 @@ class CleaningReport:
 
 # --- image checks -------------------------------------------------------------------------
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("DERMFUSE_CACHE") or Path.home() / ".cache" / "dermfuse")
 
 
 @contextmanager
@@ -117,7 +116,7 @@ def _check_file(path: str) -> list[str]:
 
 def _memo_path(root: Path) -> Path:
     digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
-    return _cache_root() / "image_checks" / f"{digest}.json"
+    return cache_root() / "image_checks" / f"{digest}.json"
 
 
 def _load_memo(path: Path) -> dict[str, list[str]]:

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from dermfuse import HAM10000_CLASSES
 from dermfuse.bundle import save_bundle
+from dermfuse.calibrate import Calibration
 from dermfuse.data.encode import MetadataEncoder
 from dermfuse.models import create_model
 
@@ -49,7 +50,7 @@ def make_bundle(out: str | Path, model: str = "ft_multicnn", image_size: int = 6
     net = create_model(model, pretrained=False, **kwargs).eval()
     return save_bundle(
         out, model=net, model_name=model, model_kwargs=kwargs, classes=list(HAM10000_CLASSES),
-        encoder=encoder, image_size=image_size, temperature=temperature,
+        encoder=encoder, image_size=image_size, calibration=Calibration(temperature=temperature),
         metrics={"balanced_accuracy": 0.5, "auc_macro": 0.5, "n_images": 10},
         training_data={"name": "untrained test bundle"},
     )

@@ -86,6 +86,33 @@ def test_evaluate_bundle_on_the_data(image_run, synth_small, tmp_path):
     assert (tmp_path / "predictions.csv").is_file()
 
 
+def test_evaluate_on_the_runs_test_part_reproduces_its_metrics(image_run, synth_small, tmp_path):
+    """`evaluate --split-file RUN/split.csv` scores exactly the held-out rows: the run's own numbers."""
+    split = image_run.run_dir / "split.csv"
+    m = evaluate_bundle(image_run.bundle, synth_small, progress=False, out=tmp_path, split_file=split)
+    ref = json.loads((image_run.run_dir / "metrics.json").read_text())
+    assert m["n_images"] == ref["n_images"] == (pd.read_csv(split)["part"] == "test").sum()
+    for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert m[k] == pytest.approx(ref[k], abs=1e-9)
+    assert m["auc_macro"] == pytest.approx(ref["auc_macro"], abs=1e-4)
+    val = evaluate_bundle(image_run.bundle, synth_small, progress=False, split_file=split, part="val")
+    assert val["n_images"] == (pd.read_csv(split)["part"] == "val").sum()
+
+
+def test_evaluate_split_file_errors(image_run, synth_small, tmp_path):
+    from dermfuse.errors import DataError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,fold\nx,1\n")
+    with pytest.raises(DataError, match="expected columns image_id, part"):
+        evaluate_bundle(image_run.bundle, synth_small, progress=False, split_file=bad)
+    with pytest.raises(DataError, match="no rows in part 'holdout'"):
+        evaluate_bundle(image_run.bundle, synth_small, progress=False, split_file=image_run.run_dir / "split.csv",
+                        part="holdout")
+    with pytest.raises(DataError, match="split file not found"):
+        evaluate_bundle(image_run.bundle, synth_small, progress=False, split_file=tmp_path / "nope.csv")
+
+
 def _first_rows(synth_small, n=4):
     from dermfuse.experiment import load_cohort
 

@@ -23,11 +23,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .calibrate import Calibration
 from .data.encode import MetadataEncoder
 from .errors import BundleError
 from .models import create_model
 
-__all__ = ["Bundle", "save_bundle", "load_bundle", "BUNDLE_FORMAT", "MODEL_CARD"]
+__all__ = ["Bundle", "save_bundle", "load_bundle", "update_bundle_info", "BUNDLE_FORMAT", "MODEL_CARD"]
 
 BUNDLE_FORMAT = "dermfuse-bundle/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -60,7 +61,7 @@ class Bundle:
     cam_model: nn.Module | None = None
     cam_image_size: int | None = None
     cam_method: str = "gradcam"
-    temperature: float = 1.0
+    calibration: Calibration = field(default_factory=Calibration)  # fitted on validation rows
     tta: bool = False  # average predictions over flips (and the transpose for square inputs)
     info: dict[str, Any] = field(default_factory=dict)  # the whole bundle.json
 
@@ -103,7 +104,7 @@ def save_bundle(
     cam_kwargs: dict[str, Any] | None = None,
     cam_image_size: int | None = None,
     cam_method: str = "gradcam",
-    temperature: float = 1.0,
+    calibration: Calibration | None = None,
     tta: bool = False,
     metrics: dict[str, Any] | None = None,
     training_data: dict[str, Any] | None = None,
@@ -148,7 +149,7 @@ def save_bundle(
             "image_size": int(cam_image_size or image_size),
             "method": cam_method,
         },
-        "calibration": {"temperature": float(temperature)},
+        "calibration": (calibration or Calibration()).to_dict(),
         "metrics": metrics or {},
         "training_data": training_data or {},
         "model_card": MODEL_CARD,
@@ -170,6 +171,18 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def update_bundle_info(path: str | Path, **changes: Any) -> dict[str, Any]:
+    """Replace top-level keys of a bundle's ``bundle.json`` (e.g. ``calibration``,
+    ``metrics``) atomically; the weights and their checksum are untouched."""
+    path = Path(path)
+    info = read_bundle_info(path)
+    info.update(changes)
+    tmp = path / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=_json_default))
+    tmp.replace(path / META_FILE)
+    return info
 
 
 def read_bundle_info(path: str | Path) -> dict[str, Any]:
@@ -231,6 +244,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         cam_model = build("cam.", cam["name"], cam["kwargs"]) if cam else None
         pre = info["preprocessing"]
         encoder = MetadataEncoder.from_dict(info["encoder"])
+        calibration = Calibration.from_dict(info.get("calibration"))
+        if not calibration.temperature > 0 or (
+                calibration.prior_shift and len(calibration.log_prior or []) != len(info["classes"])):
+            raise BundleError(f"{path}: calibration needs temperature > 0 and one log_prior entry per class")
         return Bundle(
             model=model,
             classes=list(info["classes"]),
@@ -241,7 +258,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             cam_model=cam_model,
             cam_image_size=int(cam["image_size"]) if cam else None,
             cam_method=cam["method"] if cam else "gradcam",
-            temperature=float(info.get("calibration", {}).get("temperature", 1.0)),
+            calibration=calibration,
             tta=bool(pre.get("tta", False)),
             info=info,
         )

@@ -110,12 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     _add_train_options(p)
 
+    p = sub.add_parser("calibrate", help="fit prior shift + temperature on a finished run's validation part")
+    p.add_argument("run_dir")
+    p.add_argument("--mode", default="prior-temperature", choices=["temperature", "prior-temperature"])
+
     p = sub.add_parser("evaluate", help="score a bundle on a data set")
     p.add_argument("bundle")
     p.add_argument("data")
     p.add_argument("--format")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="write metrics.json and predictions.csv here")
+    p.add_argument("--split-file", help="a run's split.csv: score only the rows it puts in --part")
+    p.add_argument("--part", default="test", help="with --split-file: train, val or test (default test)")
 
     p = sub.add_parser("predict", help="classify one image with its metadata")
     p.add_argument("bundle")
@@ -269,6 +275,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_holdout(name: str, m: dict) -> None:
+    err.print(f"[bold]{name}[/bold] on held-out data: accuracy {m['accuracy']:.4f}, balanced accuracy "
+              f"{m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, melanoma sensitivity "
+              f"{m['melanoma_sensitivity']:.4f}")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.command == "data":
@@ -278,16 +290,30 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = _run_config(args, args.data, args.model)
         res = train_run(cfg, progress=progress, resume=args.resume)
-        m = res.metrics
-        err.print(f"[bold]{cfg.model.name}[/bold] on held-out data ({m['split']}): accuracy {m['accuracy']:.4f}, "
-                  f"balanced accuracy {m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, "
-                  f"melanoma sensitivity {m['melanoma_sensitivity']}")
-        err.print(f"report: {res.run_dir / 'report.html'}\nbundle: {res.bundle}")
+        if res.metrics.get("n_images"):
+            _print_holdout(cfg.model.name, res.metrics)
+            err.print(f"report: {res.run_dir / 'report.html'}")
+        else:
+            err.print(f"[bold]{cfg.model.name}[/bold] trained on all rows but the validation part "
+                      "(data.test_fraction = 0): no held-out metrics")
+        err.print(f"bundle: {res.bundle}")
+        return 0
+    if args.command == "calibrate":
+        from .experiment import calibrate_run
+
+        m = calibrate_run(args.run_dir, mode=args.mode, progress=progress)
+        c = m["calibration"]
+        err.print(f"calibration: prior shift {c['prior_shift']:.2f}, temperature {c['temperature']:.3f} "
+                  f"(fitted on {c['fitted_on']['n']} validation images)")
+        _print_holdout("uncalibrated", m["uncalibrated"])
+        _print_holdout("calibrated", m)
+        err.print(f"report: {Path(args.run_dir) / 'report.html'}\nbundle: {Path(args.run_dir) / 'bundle'}")
         return 0
     if args.command == "evaluate":
         from .experiment import evaluate_bundle
 
-        m = evaluate_bundle(args.bundle, args.data, format=args.format, progress=progress, out=args.out)
+        m = evaluate_bundle(args.bundle, args.data, format=args.format, progress=progress, out=args.out,
+                            split_file=args.split_file, part=args.part)
         if args.json:
             print(json.dumps(m, indent=2))
         else:

@@ -74,6 +74,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap for quick runs (demo, tests)
     label_smoothing: float = 0.0
     tta: bool = False  # average predictions over flips at evaluation
+    calibration: str = "none"  # none | temperature | prior-temperature, fitted on the validation part
 
 
 @dataclass

@@ -18,7 +18,8 @@ import pandas as pd
 from rich.console import Console
 
 from . import __version__
-from .bundle import load_bundle, save_bundle
+from .bundle import load_bundle, save_bundle, update_bundle_info
+from .calibrate import CALIBRATION_MODES, Calibration, fit_calibration
 from .config import RunConfig, config_to_dict, save_config
 from .data.cache import build_cache
 from .data.clean import CleaningReport, clean, summarize
@@ -138,8 +139,13 @@ def check_config(cfg: RunConfig) -> None:
             raise ConfigError(f"model.cam_method {cfg.model.cam_method!r}: expected one of {sorted(CAM_METHODS)}")
     if cfg.data.split not in ("lesion", "patient", "auto", "grouped", "image"):
         raise ConfigError(f"data.split {cfg.data.split!r}: expected lesion, patient or image")
-    if not 0 < cfg.data.test_fraction < 1 or not 0 <= cfg.data.val_fraction < 1:
-        raise ConfigError("data.test_fraction must be in (0, 1) and data.val_fraction in [0, 1)")
+    if not 0 <= cfg.data.test_fraction < 1 or not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError("data.test_fraction (0 = no test part: train on all rows) and data.val_fraction "
+                          "must be in [0, 1)")
+    if cfg.train.calibration not in CALIBRATION_MODES:
+        raise ConfigError(f"train.calibration {cfg.train.calibration!r}: expected one of {list(CALIBRATION_MODES)}")
+    if cfg.train.calibration != "none" and cfg.data.val_fraction == 0:
+        raise ConfigError("train.calibration is fitted on the validation part: set data.val_fraction > 0")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
         raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
 
@@ -166,7 +172,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
     # Split: holdout test part, then a validation part of the training rows (same grouping).
     by = _split_by(cfg.data.split)
     try:
-        is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+        is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+                   if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
         train_idx = np.flatnonzero(~is_test)
         train_idx, val_idx = validation_split(table, train_idx, fraction=cfg.data.val_fraction,
                                               seed=cfg.seed, by=by)
@@ -214,31 +221,56 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
 
     fit_res: FitResult = fit(model, ds(train_idx), ds(val_idx), cfg.train, classes,
                              run_dir=run_dir, resume=resume, progress=progress)
-    proba = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta)
-    metrics = compute_metrics(y[test_idx], proba, classes)
+    calibration = Calibration()
+    if cfg.train.calibration != "none":
+        val_proba = predict_proba(model, ds(val_idx), batch_size=64, tta=cfg.train.tta)
+        calibration = fit_calibration(val_proba, y[val_idx], y[train_idx], cfg.train.calibration)
+        log.info("calibration on %d validation images: prior shift %.2f, temperature %.3f",
+                 len(val_idx), calibration.prior_shift, calibration.temperature)
+    has_test = len(test_idx) > 0
+    raw = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta) if has_test else None
+    if has_test:
+        proba = calibration.apply(raw)
+        metrics = compute_metrics(y[test_idx], proba, classes)
+        if not calibration.is_identity:
+            metrics["uncalibrated"] = _headline(compute_metrics(y[test_idx], raw, classes))
+    else:  # test_fraction 0: everything but the validation part trains; nothing is held out
+        metrics = {"n_images": 0, "note": "no test part (data.test_fraction = 0): trained on all rows but "
+                                          "the validation part; held-out numbers come from a run with a test part"}
     metrics["split"] = split_label(cfg.data.split)
     metrics["weights_source"] = getattr(model, "weights_source", "random")
+    if not calibration.is_identity:
+        metrics["calibration"] = {k: v for k, v in calibration.to_dict().items() if k != "log_prior"}
     if not main:
         return RunResult(run_dir, metrics, None, fit_res.history)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
+    if has_test:
+        _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
 
     bundle = save_bundle(
         run_dir / "bundle", model=model, model_name=cfg.model.name, model_kwargs=kwargs,
         classes=classes, encoder=encoder, image_size=size, resize_method=cfg.data.resize_method,
         input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
         cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.model.cam_method,
-        tta=cfg.train.tta,
-        metrics={k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro",
-                                         "ece", "melanoma_sensitivity", "n_images", "split")},
+        tta=cfg.train.tta, calibration=calibration,
+        metrics={**_headline(metrics), "split": metrics["split"]},
         training_data={"path": str(cfg.data.path), "format": cohort.read.format,
                        "synthetic": cohort.synthetic, "n_train": int(len(train_idx)),
                        "n_val": int(len(val_idx))},
     )
-    _holdout_report(run_dir, cfg, cohort, fit_res.history, metrics, y[test_idx], proba,
-                    n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=warnings,
-                    seconds=time.time() - t0)
+    if has_test:
+        _holdout_report(run_dir, cfg, cohort, fit_res.history, metrics, y[test_idx], proba,
+                        n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=warnings,
+                        seconds=time.time() - t0)
     return RunResult(run_dir, metrics, bundle, fit_res.history)
+
+
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "log_loss",
+            "melanoma_sensitivity", "n_images")
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in HEADLINE if k in metrics}
 
 
 def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list[dict], metrics: dict,
@@ -279,6 +311,8 @@ def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list
                 figure_html(png["reliability"], "reliability diagram") + "</div>"),
         Section("Config", json_block(config_to_dict(cfg))),
     ]
+    if "calibration" in metrics:
+        sections.insert(3, _calibration_section(metrics))
     banners = []
     if cohort.synthetic:
         banners.append("SYNTHETIC DATA — generated by dermfuse for demonstration; these numbers say nothing about real lesions.")
@@ -290,32 +324,136 @@ def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list
         banners=banners, warnings=warnings)
 
 
+def _calibration_section(metrics: dict[str, Any]) -> Section:
+    cal, raw = metrics["calibration"], metrics.get("uncalibrated", {})
+    fitted = cal.get("fitted_on", {})
+    params = [("prior shift tau", cal["prior_shift"]), ("temperature T", cal["temperature"]),
+              ("fitted on", f"{fitted.get('where', '?')} ({fitted.get('n', '?')} images)"),
+              ("validation log loss before / after", f"{fitted.get('val_log_loss_before', float('nan')):.4f} / "
+                                                    f"{fitted.get('val_log_loss_after', float('nan')):.4f}")]
+    rows = [(k, raw.get(k), metrics.get(k)) for k in HEADLINE if k in raw]
+    return Section("Calibration (fitted on validation rows only)",
+                   "<p>p = softmax((log p_model + tau · log prior) / T); tau maximises (accuracy + balanced "
+                   "accuracy) / 2 on the validation part, T minimises its log loss.</p>" +
+                   table_html(params, ("", "")) + table_html(rows, ("test metric", "uncalibrated", "calibrated")))
+
+
+def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress: bool = True) -> dict[str, Any]:
+    """Fit calibration for a finished holdout run (one trained with ``calibration: none``)
+    on its validation part, exactly as ``train.calibration`` does inside ``train_run``;
+    write it into the run's bundle, rescore the saved test predictions, and rewrite
+    metrics.json, predictions.csv (the uncalibrated ones are kept beside it) and the report."""
+    from .config import load_config
+    from .predict import predict_arrays
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "split.csv", "history.json", "bundle"):
+        if not (run_dir / name).exists():
+            raise DataError(f"{run_dir} is not a finished holdout run: {name} is missing")
+    cfg = load_config(run_dir / "config.yaml")
+    if mode not in CALIBRATION_MODES or mode == "none":
+        raise ConfigError(f"calibration {mode!r}: expected temperature or prior-temperature")
+    bundle = load_bundle(run_dir / "bundle")
+    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress)
+    table, classes = cohort.table, cohort.classes
+    if list(classes) != list(bundle.classes):
+        raise DataError(f"classes of {cfg.data.path} {classes} differ from the bundle's {bundle.classes}")
+    part = pd.read_csv(run_dir / "split.csv").set_index("image_id")["part"]
+    where = table["image_id"].map(part)
+    if where.isna().any():
+        raise DataError(f"{where.isna().sum()} images of {cfg.data.path} are not in {run_dir / 'split.csv'}")
+    val_idx = np.flatnonzero(where.to_numpy() == "val")
+    train_idx = np.flatnonzero(where.to_numpy() == "train")
+    y = cohort.labels
+    cache = build_cache(table.iloc[val_idx], size=bundle.image_size, method=bundle.resize_method, progress=progress)
+    val_proba = predict_arrays(bundle, cache.images, bundle.encode_table(table.iloc[val_idx]),
+                               progress=progress, calibrated=False)
+    calibration = fit_calibration(val_proba, y[val_idx], y[train_idx], mode)
+
+    raw_path = run_dir / "predictions_uncalibrated.csv"  # kept, so calibrating twice starts from the same scores
+    if not raw_path.exists():
+        if not (run_dir / "predictions.csv").exists():
+            raise DataError(f"{run_dir} is not a finished holdout run: predictions.csv is missing")
+        (run_dir / "predictions.csv").replace(raw_path)
+    pred = pd.read_csv(raw_path)
+    raw = pred[[f"p_{c}" for c in classes]].to_numpy(np.float64)
+    raw = raw / raw.sum(axis=1, keepdims=True)  # undo the 6-decimal rounding of the csv
+    y_test = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    proba = calibration.apply(raw)
+    metrics = compute_metrics(y_test, proba, classes)
+    metrics["uncalibrated"] = _headline(compute_metrics(y_test, raw, classes))
+    metrics["split"] = split_label(cfg.data.split)
+    metrics["calibration"] = {k: v for k, v in calibration.to_dict().items() if k != "log_prior"}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    test_rows = table.set_index("image_id").loc[pred["image_id"]].reset_index()
+    _write_predictions(run_dir / "predictions.csv", test_rows, classes, y_test, proba)
+    update_bundle_info(run_dir / "bundle", calibration=calibration.to_dict(),
+                       metrics={**_headline(metrics), "split": metrics["split"]})
+    history = json.loads((run_dir / "history.json").read_text())
+    cfg.train.calibration = mode
+    save_config(cfg, run_dir / "config.yaml")
+    _holdout_report(run_dir, cfg, cohort, history, metrics, y_test, proba,
+                    n_parts=(len(train_idx), len(val_idx), len(y_test)), warnings=[],
+                    seconds=sum(h.get("seconds", 0.0) for h in history))
+    return metrics
+
+
+def _select_part(table: pd.DataFrame, split_file: str | Path, part: str) -> np.ndarray:
+    """Positions of the rows that ``split_file`` (a run's split.csv) puts in ``part``."""
+    split_file = Path(split_file)
+    if not split_file.is_file():
+        raise DataError(f"split file not found: {split_file}")
+    try:
+        split = pd.read_csv(split_file)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{split_file}: not a readable CSV ({e})") from None
+    if not {"image_id", "part"} <= set(split.columns):
+        raise DataError(f"{split_file}: expected columns image_id, part (a run's split.csv); found {list(split.columns)}")
+    parts = sorted(split["part"].astype(str).unique())
+    if part not in parts:
+        raise DataError(f"{split_file}: no rows in part {part!r}; parts there: {parts}")
+    chosen = set(split.loc[split["part"] == part, "image_id"].astype(str))
+    idx = np.flatnonzero(table["image_id"].astype(str).isin(chosen).to_numpy())
+    if len(idx) < len(chosen):
+        log.warning("%d of the %d %s images in %s are not among the clean rows of this data set",
+                    len(chosen) - len(idx), len(chosen), part, split_file)
+    if len(idx) == 0:
+        raise DataError(f"none of the {part} images of {split_file} are in this data set")
+    return idx
+
+
 def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str | None = None,
-                    progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
-    """Score a bundle on every clean row of a data set; returns the metrics dict (and writes
+                    progress: bool = True, out: str | Path | None = None,
+                    split_file: str | Path | None = None, part: str = "test") -> dict[str, Any]:
+    """Score a bundle on every clean row of a data set, or with ``split_file`` (a run's
+    split.csv) only on the rows it puts in ``part``; returns the metrics dict (and writes
     predictions.csv + metrics.json into ``out`` when given)."""
     from .predict import predict_arrays
 
     bundle = load_bundle(bundle_path)
     trained_on = bundle.info.get("training_data", {}).get("path")
-    if trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
+    if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
         log.warning("%s is the data set this bundle was trained on: every row is scored, training "
-                    "rows included, so these metrics are optimistic. The held-out numbers are in "
-                    "the run's metrics.json.", data_path)
+                    "rows included, so these metrics are optimistic. Pass --split-file RUN/split.csv "
+                    "to score the held-out rows only.", data_path)
     cohort = load_cohort(data_path, format, True, progress)
+    table = cohort.table
+    if split_file is not None:
+        table = table.iloc[_select_part(table, split_file, part)].reset_index(drop=True)
     unknown = sorted(set(cohort.classes) - set(bundle.classes))
-    if unknown and (cohort.table["label"].isin(unknown)).any():
+    if unknown and (table["label"].isin(unknown)).any():
         raise DataError(f"data set has classes the bundle does not know: {unknown}; bundle classes: {bundle.classes}")
-    y = cohort.table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
-    cache = build_cache(cohort.table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
-    meta = bundle.encode_table(cohort.table)
+    y = table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
+    cache = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
+    meta = bundle.encode_table(table)
     proba = predict_arrays(bundle, cache.images, meta, progress=progress)
     metrics = compute_metrics(y, proba, bundle.classes)
     metrics["unseen_categories"] = bundle.encoder.unseen_counts
     metrics["cleaning"] = cohort.report.counts
+    metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        _write_predictions(out / "predictions.csv", cohort.table, bundle.classes, y, proba)
+        _write_predictions(out / "predictions.csv", table, bundle.classes, y, proba)
     return metrics

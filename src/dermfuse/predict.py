@@ -48,11 +48,13 @@ def _batches(n: int, batch_size: int, progress: bool, what: str):
 
 
 def predict_arrays(bundle: Bundle, images: np.ndarray, meta: np.ndarray, batch_size: int = 64,
-                   progress: bool = False) -> np.ndarray:
+                   progress: bool = False, calibrated: bool = True) -> np.ndarray:
     """Class probabilities for preprocessed images.
 
     images: (N, S, S, 3) uint8 at ``bundle.image_size``; meta: (N, D) float32 from
-    ``bundle.encoder``. Returns (N, C) float32, rows summing to 1 (temperature-scaled)."""
+    ``bundle.encoder``. Returns (N, C) float32, rows summing to 1: the mean over the
+    test-time views where the bundle asks for them, then the bundle's calibration (prior
+    shift and temperature, see ``dermfuse.calibrate``); ``calibrated=False`` skips it."""
     model = bundle.model.eval()
     device = next(model.parameters()).device
     out = []
@@ -63,11 +65,12 @@ def predict_arrays(bundle: Bundle, images: np.ndarray, meta: np.ndarray, batch_s
         xs = to_input(x).to(device)  # (B, 3, S, S)
         views = tta_views(xs) if bundle.tta else [xs]
         with torch.inference_mode():
-            proba = torch.stack([torch.softmax(model(v, m).float() / bundle.temperature, dim=1) for v in views]).mean(0)
+            proba = torch.stack([torch.softmax(model(v, m).float(), dim=1) for v in views]).mean(0)
         out.append(proba.cpu().numpy())
     if not out:
         return np.zeros((0, len(bundle.classes)), np.float32)
-    return np.concatenate(out).astype(np.float32)
+    proba = np.concatenate(out).astype(np.float32)
+    return bundle.calibration.apply(proba) if calibrated else proba
 
 
 def _model_view(bundle: Bundle, images: np.ndarray, batch_size: int) -> np.ndarray:

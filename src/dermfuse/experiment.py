@@ -121,7 +121,7 @@ def _write_predictions(path: Path, table: pd.DataFrame, classes: list[str], y: n
     df["pred"] = [classes[i] for i in proba.argmax(1)]
     for j, c in enumerate(classes):
         df[f"p_{c}"] = proba[:, j]
-    df.to_csv(path, index=False, float_format="%.6f")
+    df.to_csv(path, index=False, float_format="%.8g")  # float32 precision: argmax ties survive a re-read
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -246,6 +246,9 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if has_test:
         _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
+        if not calibration.is_identity:  # `dermfuse calibrate` starts again from these
+            _write_predictions(run_dir / "predictions_uncalibrated.csv", table.iloc[test_idx], classes,
+                               y[test_idx], raw)
 
     bundle = save_bundle(
         run_dir / "bundle", model=model, model_name=cfg.model.name, model_kwargs=kwargs,
@@ -377,7 +380,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
         (run_dir / "predictions.csv").replace(raw_path)
     pred = pd.read_csv(raw_path)
     raw = pred[[f"p_{c}" for c in classes]].to_numpy(np.float64)
-    raw = raw / raw.sum(axis=1, keepdims=True)  # undo the 6-decimal rounding of the csv
+    raw = raw / raw.sum(axis=1, keepdims=True)  # rows sum to 1 up to the csv's rounding
     y_test = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     proba = calibration.apply(raw)
     metrics = compute_metrics(y_test, proba, classes)

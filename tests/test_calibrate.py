@@ -12,7 +12,7 @@ import pytest
 from dermfuse.bundle import load_bundle
 from dermfuse.calibrate import Calibration, fit_calibration, fit_prior_shift, fit_temperature
 from dermfuse.config import RunConfig
-from dermfuse.errors import ConfigError
+from dermfuse.errors import BundleError, ConfigError
 from dermfuse.experiment import calibrate_run, evaluate_bundle, train_run
 from dermfuse.predict import predict_arrays
 
@@ -42,7 +42,8 @@ def test_temperature_recovers_a_known_overconfidence():
 
 def test_prior_shift_undoes_a_balanced_decision():
     """Scores of a model that acts as if classes were equally common (true logits minus the
-    log prior): the shift that restores accuracy is tau = 1, and it is found on the grid."""
+    log prior): the chosen shift is positive, is the scan's best, and buys accuracy at the
+    price of balanced accuracy, as taking back the balancing should."""
     rng = np.random.default_rng(1)
     prior = np.array([0.7, 0.2, 0.07, 0.03])
     n = 30000
@@ -80,8 +81,8 @@ def test_fit_calibration_modes_and_round_trip():
 
 
 def test_bundle_applies_its_calibration(tmp_path):
-    cal = Calibration(temperature=0.5, prior_shift=1.0, log_prior=np.log(np.full(7, 1 / 7) *
-                      np.array([1, 1, 1, 1, 1, 3, 1]) / (9 / 7)).tolist())
+    prior = np.array([1, 1, 1, 1, 1, 3, 1]) / 9  # nv three times as common as each other class
+    cal = Calibration(temperature=0.5, prior_shift=1.0, log_prior=np.log(prior).tolist())
     path = make_bundle(tmp_path / "b")
     info = json.loads((path / "bundle.json").read_text())
     info["calibration"] = cal.to_dict()
@@ -94,7 +95,7 @@ def test_bundle_applies_its_calibration(tmp_path):
     assert np.allclose(predict_arrays(bundle, images, meta), cal.apply(raw), atol=1e-6)
     info["calibration"]["log_prior"] = [0.0, 0.0]  # wrong length
     (path / "bundle.json").write_text(json.dumps(info))
-    with pytest.raises(Exception, match="one log_prior entry per class"):
+    with pytest.raises(BundleError, match="one log_prior entry per class"):
         load_bundle(path)
 
 

@@ -228,19 +228,16 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
         log.info("calibration on %d validation images: prior shift %.2f, temperature %.3f",
                  len(val_idx), calibration.prior_shift, calibration.temperature)
     has_test = len(test_idx) > 0
-    raw = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta) if has_test else None
     if has_test:
-        proba = calibration.apply(raw)
-        metrics = compute_metrics(y[test_idx], proba, classes)
-        if not calibration.is_identity:
-            metrics["uncalibrated"] = _headline(compute_metrics(y[test_idx], raw, classes))
+        raw = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta)
+        proba, metrics = _calibrated_metrics(y[test_idx], raw, calibration, classes)
     else:  # test_fraction 0: everything but the validation part trains; nothing is held out
         metrics = {"n_images": 0, "note": "no test part (data.test_fraction = 0): trained on all rows but "
                                           "the validation part; held-out numbers come from a run with a test part"}
+        if not calibration.is_identity:
+            metrics["calibration"] = _calibration_summary(calibration)
     metrics["split"] = split_label(cfg.data.split)
     metrics["weights_source"] = getattr(model, "weights_source", "random")
-    if not calibration.is_identity:
-        metrics["calibration"] = {k: v for k, v in calibration.to_dict().items() if k != "log_prior"}
     if not main:
         return RunResult(run_dir, metrics, None, fit_res.history)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -274,6 +271,22 @@ HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "lo
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in HEADLINE if k in metrics}
+
+
+def _calibration_summary(calibration: Calibration) -> dict[str, Any]:
+    return {k: v for k, v in calibration.to_dict().items() if k != "log_prior"}
+
+
+def _calibrated_metrics(y: np.ndarray, raw: np.ndarray, calibration: Calibration,
+                        classes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Calibrated probabilities and their metrics; with a non-identity calibration the
+    metrics also hold the uncalibrated headline numbers and the fitted parameters."""
+    proba = calibration.apply(raw)
+    metrics = compute_metrics(y, proba, classes)
+    if not calibration.is_identity:
+        metrics["uncalibrated"] = _headline(compute_metrics(y, raw, classes))
+        metrics["calibration"] = _calibration_summary(calibration)
+    return proba, metrics
 
 
 def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list[dict], metrics: dict,
@@ -368,8 +381,9 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     val_idx = np.flatnonzero(where.to_numpy() == "val")
     train_idx = np.flatnonzero(where.to_numpy() == "train")
     y = cohort.labels
-    cache = build_cache(table.iloc[val_idx], size=bundle.image_size, method=bundle.resize_method, progress=progress)
-    val_proba = predict_arrays(bundle, cache.images, bundle.encode_table(table.iloc[val_idx]),
+    # the run's own cache (same table, size and method): nothing is decoded again
+    images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress).images
+    val_proba = predict_arrays(bundle, np.ascontiguousarray(images[val_idx]), bundle.encode_table(table.iloc[val_idx]),
                                progress=progress, calibrated=False)
     calibration = fit_calibration(val_proba, y[val_idx], y[train_idx], mode)
 
@@ -382,11 +396,8 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     raw = pred[[f"p_{c}" for c in classes]].to_numpy(np.float64)
     raw = raw / raw.sum(axis=1, keepdims=True)  # rows sum to 1 up to the csv's rounding
     y_test = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    proba = calibration.apply(raw)
-    metrics = compute_metrics(y_test, proba, classes)
-    metrics["uncalibrated"] = _headline(compute_metrics(y_test, raw, classes))
+    proba, metrics = _calibrated_metrics(y_test, raw, calibration, classes)
     metrics["split"] = split_label(cfg.data.split)
-    metrics["calibration"] = {k: v for k, v in calibration.to_dict().items() if k != "log_prior"}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     test_rows = table.set_index("image_id").loc[pred["image_id"]].reset_index()
     _write_predictions(run_dir / "predictions.csv", test_rows, classes, y_test, proba)

@@ -156,9 +156,30 @@ def test_ablation(synth_small, tmp_path, capsys, n_clean):
     assert row["balanced_accuracy_diff_mean"] == pytest.approx(np.mean(diffs), abs=1e-6)
     assert row["balanced_accuracy_diff_std"] == pytest.approx(np.std(diffs, ddof=1), abs=1e-6)
     assert len(s["ablation"]["per_fold"]) == 10
+    # pooled paired differences with a lesion-bootstrap interval around them
+    boot = s["ablation"]["bootstrap"]
+    assert boot["resampled"] == "lesion" and [r["variant"] for r in boot["rows"]] == names[1:]
+    folds = pd.read_csv(out / "folds.csv", dtype={"group": str})
+    for r in boot["rows"]:
+        assert r["n_images"] == n_clean and r["n_groups"] == folds["group"].nunique() < n_clean
+        d = r["balanced_accuracy"]
+        assert d["diff"] == pytest.approx(s["pooled"][r["variant"]]["balanced_accuracy"]
+                                          - s["pooled"]["heatmap+meta"]["balanced_accuracy"])
+        assert d["low"] <= d["diff"] <= d["high"]
+    assert row["accuracy_ci_low"] <= row["accuracy_pooled_diff"] <= row["accuracy_ci_high"]
     cams = sorted(p.parent.name for p in (out / "_cam").glob("*/maps.npy"))  # one CAM stage per fold
     assert cams == ["lesion-fold0-32px", "lesion-fold1-32px"]
     assert all(s["pooled"][n]["n_images"] == n_clean for n in names)
     html = (out / "report.html").read_text()
     assert "Ablation: paired differences" in html and "heatmap+meta (reference, absolute)" in html
     assert "Per-fold paired differences" in html and "SYNTHETIC DATA" in html
+    assert "Pooled paired differences with bootstrap intervals" in html and "resamples of whole lesions" in html
+
+    # a run begun before folds.csv had a group column resamples images, and says so;
+    # running a fold job again (every variant DONE: nothing trains) adds the column
+    folds.drop(columns="group").to_csv(out / "folds.csv", index=False)
+    old = collect(out, progress=False)["ablation"]["bootstrap"]
+    assert old["resampled"] == "image" and all(r["n_groups"] == n_clean for r in old["rows"])
+    code, _ = _cli(capsys, "ablate", str(synth_small), *TINY, "--out", str(out), "--fold", "0")
+    assert code == 0 and "group" in pd.read_csv(out / "folds.csv").columns
+    assert collect(out, progress=False)["ablation"]["bootstrap"]["resampled"] == "lesion"

@@ -20,10 +20,12 @@ from dermfuse.metrics import (
     balanced_accuracy,
     compute_metrics,
     confusion_matrix,
+    confusion_metrics,
     expected_calibration_error,
     log_loss,
     macro_f1,
     melanoma_sensitivity,
+    paired_bootstrap,
     per_class_report,
     weighted_f1,
 )
@@ -155,3 +157,63 @@ def test_bad_shapes_are_rejected() -> None:
         balanced_accuracy([0, 1], np.ones((3, 2)) / 2)
     with pytest.raises(ValueError, match="class names"):
         compute_metrics([0, 1], np.ones((2, 2)) / 2, CLASSES)
+
+
+@pytest.mark.parametrize("absent", [None, 3])
+def test_confusion_metrics_equal_compute_metrics(absent: int | None) -> None:
+    """The bootstrap's confusion-matrix formulas agree with the metrics they resample,
+    including a class absent from the labels but present among the predictions."""
+    y, proba = _random_case(seed=5, absent=absent)
+    pred = proba.argmax(1)
+    if absent is not None:
+        pred[-5:] = absent
+    got = confusion_metrics(confusion_matrix(y, pred, C), mel=CLASSES.index("mel"))
+    assert got["accuracy"] == pytest.approx(accuracy(y, pred))
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy(y, pred))
+    assert got["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert got["melanoma_sensitivity"] == pytest.approx(np.mean(pred[y == CLASSES.index("mel")] == CLASSES.index("mel")))
+
+
+def test_paired_bootstrap_same_predictions_differ_by_nothing() -> None:
+    y, proba = _random_case(seed=6)
+    pred = proba.argmax(1)
+    out = paired_bootstrap(y, pred, pred, np.arange(len(y)), CLASSES, n_boot=200)
+    for m in ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity"):
+        assert out[m] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_paired_bootstrap_finds_a_real_improvement_and_its_size() -> None:
+    y, proba = _random_case(n=600, seed=7)
+    ref = proba.argmax(1)
+    better = ref.copy()
+    wrong = np.flatnonzero(ref != y)
+    better[wrong[: len(wrong) // 2]] = y[wrong[: len(wrong) // 2]]  # fix half of the errors
+    out = paired_bootstrap(y, better, ref, np.arange(len(y)), CLASSES, n_boot=500)
+    acc = out["accuracy"]
+    assert acc["diff"] == pytest.approx(accuracy(y, better) - accuracy(y, ref))
+    assert 0 < acc["low"] < acc["diff"] < acc["high"]
+    # the other way round: the same size with the sign flipped, and an interval below 0
+    back = paired_bootstrap(y, ref, better, np.arange(len(y)), CLASSES, n_boot=500)["accuracy"]
+    assert back["diff"] == pytest.approx(-acc["diff"]) and back["high"] < 0
+
+
+def test_paired_bootstrap_resamples_whole_lesions() -> None:
+    """Ten images of one lesion share its outcome: resampling lesions must give a much
+    wider interval than treating the ten copies as independent images."""
+    rng = np.random.default_rng(8)
+    n_lesions = 80
+    y0 = rng.integers(0, C, n_lesions)
+    a0 = np.where(rng.random(n_lesions) < 0.7, y0, (y0 + 1) % C)
+    b0 = np.where(rng.random(n_lesions) < 0.6, y0, (y0 + 2) % C)
+    y, a, b = (np.repeat(v, 10) for v in (y0, a0, b0))
+    lesions = np.repeat(np.arange(n_lesions), 10)
+    by_lesion = paired_bootstrap(y, a, b, lesions, CLASSES, n_boot=600)["accuracy"]
+    by_image = paired_bootstrap(y, a, b, np.arange(len(y)), CLASSES, n_boot=600)["accuracy"]
+    assert by_lesion["diff"] == pytest.approx(by_image["diff"])
+    width = lambda d: d["high"] - d["low"]  # noqa: E731
+    assert width(by_lesion) > 2 * width(by_image)
+
+
+def test_paired_bootstrap_rejects_unpaired_rows() -> None:
+    with pytest.raises(ValueError, match="same, non-empty rows"):
+        paired_bootstrap(np.zeros(4, int), np.zeros(4, int), np.zeros(3, int), np.arange(4), CLASSES)

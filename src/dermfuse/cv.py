@@ -5,7 +5,8 @@ Run directory::
 
     RUN_DIR/config.yaml        the base config (a fold job with another config is refused)
     RUN_DIR/plan.json          kind (cv | ablate), folds, variants, data summary
-    RUN_DIR/folds.csv          image_id, fold [, fold_image]: computed once from the seed
+    RUN_DIR/folds.csv          image_id, group (lesion), fold [, fold_image]: computed once
+                               from the seed
     RUN_DIR/_cam/<split>-fold<K>-<size>px/   the fold's CAM backbone and maps.npy (uint8)
     RUN_DIR/<variant>/fold<K>/ metrics.json, predictions.csv (out-of-fold), history.json,
                                checkpoint.pt while it runs (removed once DONE unless
@@ -37,7 +38,7 @@ from .config import RunConfig, config_to_dict, save_config
 from .cv_report import atomic_write_text, collect, render_summary, tmp_path
 from .data.cache import CachedImages, build_cache
 from .data.encode import MetadataEncoder
-from .data.splits import kfold, validation_split
+from .data.splits import group_ids, kfold, validation_split
 from .errors import ConfigError, DataError
 from .experiment import (Cohort, _split_by, _write_predictions, image_size_for, load_cohort, model_kwargs,
                          split_label)
@@ -204,14 +205,15 @@ class _Runner:
     def _prepare_folds(self, splits: set[str]) -> None:
         table, k, seed = self.cohort.table, self.cfg.data.folds, self.cfg.seed
         ids = table["image_id"].astype(str).to_numpy()
-        fresh = pd.DataFrame({"image_id": ids})
+        # group: lesion (or patient) of each row, what a bootstrap of the results resamples
+        fresh = pd.DataFrame({"image_id": ids, "group": group_ids(table, "auto")})
         for split in [self.cfg.data.split, *sorted(splits - {self.cfg.data.split})]:  # "fold" first
             self.folds[split] = kfold(table, k, seed=seed, by=_split_by(split))
             fresh[self._fold_column(split)] = self.folds[split]
         path = self.run_dir / "folds.csv"
         if path.exists():
             saved = pd.read_csv(path, dtype={"image_id": str})
-            shared = [c for c in fresh.columns if c in saved.columns and c != "image_id"]
+            shared = [c for c in fresh.columns if c in saved.columns and c not in ("image_id", "group")]
             same = (len(saved) == len(fresh) and (saved["image_id"].to_numpy() == ids).all()
                     and all((saved[c].to_numpy() == fresh[c].to_numpy()).all() for c in shared))
             if not same:

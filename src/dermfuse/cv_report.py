@@ -22,7 +22,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import DataError
-from .metrics import compute_metrics
+from .metrics import BOOTSTRAP_METRICS, compute_metrics, paired_bootstrap
 from .report import Section, figure_html, json_block, table_html, write_report
 
 __all__ = ["METRICS", "collect", "mean_std", "render_summary", "protocol_gap", "atomic_write_text", "tmp_path"]
@@ -139,6 +139,7 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         from .ablate import paired_differences
 
         result["ablation"] = paired_differences(per_fold, plan["reference"], METRICS, names)
+        result["ablation"]["bootstrap"] = _pooled_bootstrap(run_dir, plan["reference"], preds, names, classes)
     _write_tables(run_dir, result)
     _report(run_dir, plan, result, histories, preds)
     if progress:
@@ -146,6 +147,36 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
             console.print(f"[yellow]missing[/yellow] {v}: fold(s) {', '.join(map(str, f))} not finished")
         console.print(f"report: {run_dir / 'report.html'}")
     return result
+
+
+def _pooled_bootstrap(run_dir: Path, reference: str, preds: dict[str, list[pd.DataFrame]], names: Sequence[str],
+                      classes: Sequence[str], n_boot: int = 2000, level: float = 0.95) -> dict[str, Any] | None:
+    """Each variant − reference on the pooled out-of-fold rows both scored, with a
+    lesion-bootstrap interval (``dermfuse.ablate.paired_bootstrap``). Unlike the mean ± std
+    over folds, this gives an uncertainty even when only one or two folds have finished.
+    Runs whose folds.csv has no group column (older runs) resample images instead."""
+    if not preds.get(reference):
+        return None
+    folds = pd.read_csv(run_dir / "folds.csv", dtype={"image_id": str, "group": str})
+    grouped = "group" in folds.columns
+    group_of = dict(zip(folds["image_id"], folds["group"])) if grouped else {}
+    cols = [f"p_{c}" for c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    ref = pd.concat(preds[reference], ignore_index=True)[["image_id", *cols]]
+    rows = []
+    for v in names:
+        if v == reference or not preds.get(v):
+            continue
+        df = pd.concat(preds[v], ignore_index=True).merge(ref, on="image_id", suffixes=("", "_ref"))
+        if df.empty:
+            continue
+        groups = df["image_id"].map(group_of).fillna(df["image_id"]) if grouped else df["image_id"]
+        diff = paired_bootstrap(df["label"].map(index).to_numpy(np.int64), df[cols].to_numpy().argmax(1),
+                                df[[f"{c}_ref" for c in cols]].to_numpy().argmax(1), groups.to_numpy(),
+                                classes, n_boot=n_boot, level=level)
+        rows.append({"variant": v, "n_images": len(df), "n_groups": int(groups.nunique()), **diff})
+    return {"reference": reference, "n_boot": n_boot, "level": level,
+            "resampled": "lesion" if grouped else "image", "rows": rows}
 
 
 def _write_tables(run_dir: Path, result: dict[str, Any]) -> None:
@@ -171,6 +202,12 @@ def _write_tables(run_dir: Path, result: dict[str, Any]) -> None:
         ab = result["ablation"]
         flat = [{"variant": r["variant"], "reference": ab["reference"], "n_pairs": r["n_pairs"],
                  **{f"{m}_diff_{s}": r[m][s] for m in METRICS for s in ("mean", "std")}} for r in ab["rows"]]
+        boot = {r["variant"]: r for r in (ab.get("bootstrap") or {}).get("rows", [])}
+        for row in flat:
+            b = boot.get(row["variant"], {})
+            for m in BOOTSTRAP_METRICS:
+                for key, col in (("diff", "pooled_diff"), ("low", "ci_low"), ("high", "ci_high")):
+                    row[f"{m}_{col}"] = b[m][key] if m in b else None
         save_csv(pd.DataFrame(flat), "ablation.csv")
     if result["gap"]:
         save_csv(pd.DataFrame([{"variant": r["variant"], "metric": r["metric"],
@@ -324,8 +361,30 @@ def _ablation_html(ab: dict, stats: dict) -> str:
     return (table_html(rows, head) +
             f"<p class='muted'>Δ = variant − {html.escape(ref)} on the same fold (same rows, seed and CAM "
             "maps), mean ± std over the folds both finished.</p>" +
+            _bootstrap_html(ab.get("bootstrap")) +
             "<h3>Per-fold paired differences</h3>" +
             table_html(per, ("variant", "fold", *(f"Δ {m}" for m in METRICS))))
+
+
+def _bootstrap_html(boot: dict | None) -> str:
+    if not boot or not boot["rows"]:
+        return ""
+
+    def cell(d: dict) -> str:
+        if d["diff"] is None:
+            return "–"
+        ci = "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
+        return f"{d['diff']:+.3f}{ci}"
+
+    body = [(r["variant"], r["n_images"], r["n_groups"], *(cell(r[m]) for m in BOOTSTRAP_METRICS))
+            for r in boot["rows"]]
+    unit = "lesions" if boot["resampled"] == "lesion" else "images"
+    return ("<h3>Pooled paired differences with bootstrap intervals</h3>" +
+            table_html(body, ("variant", "images", unit, *(f"Δ {m}" for m in BOOTSTRAP_METRICS))) +
+            f"<p class='muted'>Δ = variant − {html.escape(boot['reference'])} on the out-of-fold rows both "
+            f"scored; in brackets the {boot['level']:.0%} interval from {boot['n_boot']} resamples of whole "
+            f"{unit} with replacement. An interval that excludes 0 is a difference these rows support; one "
+            f"that spans 0 is not.</p>")
 
 
 def _gap_html(rows: list[dict], grouped_label: str) -> str:

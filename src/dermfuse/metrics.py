@@ -28,6 +28,9 @@ __all__ = [
     "reliability_bins",
     "expected_calibration_error",
     "compute_metrics",
+    "BOOTSTRAP_METRICS",
+    "confusion_metrics",
+    "paired_bootstrap",
 ]
 
 
@@ -248,3 +251,65 @@ def compute_metrics(y_true: Any, proba: Any, classes: Sequence[str]) -> dict[str
             "n_images": int(y.size),
         }
     )
+
+
+BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity")
+"""Decision metrics the paired bootstrap resamples (each is a function of the confusion
+matrix, so thousands of resamples cost one matrix product)."""
+
+
+def confusion_metrics(cm: np.ndarray, mel: int | None = None) -> dict[str, np.ndarray]:
+    """BOOTSTRAP_METRICS of a stack of confusion matrices (..., C, C), rows = true class,
+    with the definitions of ``dermfuse.metrics``: balanced accuracy = mean recall over the
+    classes present; macro F1 = mean F1 over the classes present in the labels or the
+    predictions; melanoma sensitivity = recall of class ``mel`` (NaN without it)."""
+    cm = np.asarray(cm, np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    support, predicted = cm.sum(-1), cm.sum(-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)
+        f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), np.nan)
+        accuracy = tp.sum(-1) / cm.sum((-2, -1))
+        out = {"accuracy": accuracy, "balanced_accuracy": np.nanmean(recall, -1), "macro_f1": np.nanmean(f1, -1)}
+    out["melanoma_sensitivity"] = recall[..., mel] if mel is not None else np.full(accuracy.shape, np.nan)
+    return out
+
+
+def paired_bootstrap(y: np.ndarray, pred: np.ndarray, pred_ref: np.ndarray, groups: np.ndarray,
+                     classes: Sequence[str], n_boot: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> dict[str, dict[str, float | None]]:
+    """Difference ``pred`` − ``pred_ref`` (predicted class indices of two variants on the
+    same rows with labels ``y``) in each BOOTSTRAP_METRICS metric, with a percentile
+    interval from resampling whole groups (lesions) with replacement: images of one lesion
+    are not independent, so resampling rows would make the interval too narrow.
+
+    Returns metric -> {"diff" (on all rows), "low", "high" (the ``level`` interval)}."""
+    y, pred, pred_ref = (np.asarray(a, np.int64) for a in (y, pred, pred_ref))
+    if not (len(y) == len(pred) == len(pred_ref) == len(groups)) or len(y) == 0:
+        raise ValueError("paired_bootstrap needs the same, non-empty rows for labels, both predictions and groups")
+    c = len(classes)
+    mel = list(classes).index("mel") if "mel" in classes else None
+    _, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups = int(gidx.max()) + 1
+    onehot = [np.zeros((len(y), c * c)) for _ in range(2)]
+    for o, p in zip(onehot, (pred, pred_ref)):
+        o[np.arange(len(y)), y * c + p] = 1.0
+    observed = [confusion_metrics(o.sum(0).reshape(c, c), mel) for o in onehot]
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, list[np.ndarray]] = {m: [] for m in BOOTSTRAP_METRICS}
+    for start in range(0, n_boot, 250):  # chunks keep the (boots x rows) weights small
+        counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=min(250, n_boot - start))
+        w = counts[:, gidx].astype(np.float64)  # each row weighted by how often its group was drawn
+        a, b = (confusion_metrics((w @ o).reshape(-1, c, c), mel) for o in onehot)
+        for m in BOOTSTRAP_METRICS:
+            diffs[m].append(a[m] - b[m])
+    tail = (1.0 - level) / 2 * 100
+    out: dict[str, dict[str, float | None]] = {}
+    for m in BOOTSTRAP_METRICS:
+        d = np.concatenate(diffs[m])
+        d = d[~np.isnan(d)]
+        diff = float(observed[0][m] - observed[1][m])
+        out[m] = {"diff": None if np.isnan(diff) else diff,
+                  "low": float(np.percentile(d, tail)) if len(d) else None,
+                  "high": float(np.percentile(d, 100 - tail)) if len(d) else None}
+    return out

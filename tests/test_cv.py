@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from dermfuse.cli import main
 from dermfuse.config import RunConfig
@@ -103,6 +104,24 @@ def test_rerun_skips_finished_folds_and_other_config_is_refused(cv_run, capsys):
     assert code == 2 and "seed" in err and "Traceback" not in err
 
 
+def test_run_from_before_a_config_key_existed_continues(cv_run, tmp_path, capsys):
+    """A run directory whose config.yaml predates a key ran with that key's default:
+    continuing it with the default is no change; asking for another value is one."""
+    d = tmp_path / "old"
+    d.mkdir()
+    for name in ("plan.json", "folds.csv"):
+        (d / name).write_bytes((cv_run["dir"] / name).read_bytes())
+    saved = yaml.safe_load((cv_run["dir"] / "config.yaml").read_text())
+    del saved["train"]["calibration"]  # the default, none
+    (d / "config.yaml").write_text(yaml.safe_dump(saved))
+    args = [a if a != str(cv_run["dir"]) else str(d) for a in cv_run["args"]]
+    code, err = _cli(capsys, *args, "--fold", "0", "--set", "train.calibration=temperature")
+    assert code == 2 and "train.calibration: 'none' in the run directory, 'temperature' now" in err
+    assert not (d / "cnn").exists()
+    code, err = _cli(capsys, *args, "--fold", "0")
+    assert code == 0 and (d / "cnn" / "fold0" / "DONE").is_file()
+
+
 def test_fold_job_refuses_changed_folds(cv_run, tmp_path, capsys):
     d = tmp_path / "copy"
     d.mkdir()
@@ -133,9 +152,15 @@ def test_protocol_gap(synth_small, tmp_path):
     row = gap.set_index("metric").loc["accuracy"]
     assert row["inflation"] == pytest.approx(row["image_mean"] - row["grouped_mean"])
     folds = pd.read_csv(d / "folds.csv")
-    assert {"fold", "fold_image"} <= set(folds.columns)
+    assert {"fold", "fold_image", "group"} <= set(folds.columns)
+    # both protocols scored every row once, so the pooled inflation is paired over the same images
+    (boot,) = s["gap_bootstrap"]["rows"]
+    assert (boot["variant"], boot["reference"], boot["n_images"]) == ("meta_mlp@image", "meta_mlp", len(folds))
+    assert boot["accuracy"]["diff"] == pytest.approx(row["pooled_inflation"], abs=1e-6)
+    assert row["pooled_inflation_ci_low"] <= row["pooled_inflation"] <= row["pooled_inflation_ci_high"]
+    assert gap.set_index("metric").loc["auc_macro", ["pooled_inflation_ci_low"]].isna().all()  # not resampled
     html = (d / "report.html").read_text()
-    assert "Protocol gap" in html and "image-level (leaky)" in html
+    assert "Protocol gap" in html and "image-level (leaky)" in html and "resamples of whole lesions" in html
 
 
 def test_ablation(synth_small, tmp_path, capsys, n_clean):

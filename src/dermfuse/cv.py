@@ -155,6 +155,16 @@ def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | No
 # --- the run directory --------------------------------------------------------------------
 
 
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the keys it lacks taken from ``defaults``: a run directory written
+    before a config key existed ran with what that key's default does now."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        out[key] = (_with_defaults(value, defaults[key]) if isinstance(value, dict) and
+                    isinstance(defaults.get(key), dict) else value)
+    return out
+
+
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
@@ -187,7 +197,8 @@ class _Runner:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = run_dir / "config.yaml"
         if cfg_path.exists():
-            diff = _config_diff(yaml.safe_load(cfg_path.read_text()) or {}, config_to_dict(cfg))
+            saved = _with_defaults(yaml.safe_load(cfg_path.read_text()) or {}, config_to_dict(RunConfig()))
+            diff = _config_diff(saved, config_to_dict(cfg))
             if diff:
                 raise ConfigError(f"{run_dir} was started with another config ({'; '.join(diff)}); "
                                   f"use the same options or another --out")

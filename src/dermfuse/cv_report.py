@@ -139,7 +139,16 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         from .ablate import paired_differences
 
         result["ablation"] = paired_differences(per_fold, plan["reference"], METRICS, names)
-        result["ablation"]["bootstrap"] = _pooled_bootstrap(run_dir, plan["reference"], preds, names, classes)
+        ref = plan["reference"]
+        result["ablation"]["bootstrap"] = {"reference": ref, **_pooled_bootstrap(
+            run_dir, [(v, ref) for v in names if v != ref], preds, classes)}
+    if result["gap"]:
+        twins = list(dict.fromkeys(r["variant"] for r in result["gap"]))
+        result["gap_bootstrap"] = _pooled_bootstrap(run_dir, [(v + LEAKY, v) for v in twins], preds, classes)
+        boot = {r["reference"]: r for r in result["gap_bootstrap"]["rows"]}
+        for r in result["gap"]:
+            b = boot.get(r["variant"], {}).get(r["metric"], {})
+            r["pooled_inflation_low"], r["pooled_inflation_high"] = b.get("low"), b.get("high")
     _write_tables(run_dir, result)
     _report(run_dir, plan, result, histories, preds)
     if progress:
@@ -149,34 +158,34 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     return result
 
 
-def _pooled_bootstrap(run_dir: Path, reference: str, preds: dict[str, list[pd.DataFrame]], names: Sequence[str],
-                      classes: Sequence[str], n_boot: int = 2000, level: float = 0.95) -> dict[str, Any] | None:
-    """Each variant − reference on the pooled out-of-fold rows both scored, with a
-    lesion-bootstrap interval (``dermfuse.ablate.paired_bootstrap``). Unlike the mean ± std
-    over folds, this gives an uncertainty even when only one or two folds have finished.
-    Runs whose folds.csv has no group column (older runs) resample images instead."""
-    if not preds.get(reference):
-        return None
+def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], preds: dict[str, list[pd.DataFrame]],
+                      classes: Sequence[str], n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
+    """For each (variant, reference) pair, variant − reference on the pooled out-of-fold
+    rows both scored, with a lesion-bootstrap interval (``metrics.paired_bootstrap``).
+    Unlike mean ± std over folds this gives an uncertainty with one or two finished folds,
+    and it pairs the two protocols of the protocol gap, whose folds differ but whose pooled
+    rows are the same images. Runs whose folds.csv has no group column (begun before it
+    had one) resample images instead, and ``resampled`` says so."""
     folds = pd.read_csv(run_dir / "folds.csv", dtype={"image_id": str, "group": str})
     grouped = "group" in folds.columns
     group_of = dict(zip(folds["image_id"], folds["group"])) if grouped else {}
     cols = [f"p_{c}" for c in classes]
     index = {c: i for i, c in enumerate(classes)}
-    ref = pd.concat(preds[reference], ignore_index=True)[["image_id", *cols]]
     rows = []
-    for v in names:
-        if v == reference or not preds.get(v):
+    for v, ref in pairs:
+        if not preds.get(v) or not preds.get(ref):
             continue
-        df = pd.concat(preds[v], ignore_index=True).merge(ref, on="image_id", suffixes=("", "_ref"))
+        b = pd.concat(preds[ref], ignore_index=True)[["image_id", *cols]]
+        df = pd.concat(preds[v], ignore_index=True).merge(b, on="image_id", suffixes=("", "_ref"))
         if df.empty:
             continue
         groups = df["image_id"].map(group_of).fillna(df["image_id"]) if grouped else df["image_id"]
         diff = paired_bootstrap(df["label"].map(index).to_numpy(np.int64), df[cols].to_numpy().argmax(1),
                                 df[[f"{c}_ref" for c in cols]].to_numpy().argmax(1), groups.to_numpy(),
                                 classes, n_boot=n_boot, level=level)
-        rows.append({"variant": v, "n_images": len(df), "n_groups": int(groups.nunique()), **diff})
-    return {"reference": reference, "n_boot": n_boot, "level": level,
-            "resampled": "lesion" if grouped else "image", "rows": rows}
+        rows.append({"variant": v, "reference": ref, "n_images": len(df), "n_groups": int(groups.nunique()),
+                     **diff})
+    return {"n_boot": n_boot, "level": level, "resampled": "lesion" if grouped else "image", "rows": rows}
 
 
 def _write_tables(run_dir: Path, result: dict[str, Any]) -> None:
@@ -214,7 +223,9 @@ def _write_tables(run_dir: Path, result: dict[str, Any]) -> None:
                                 "grouped_mean": r["grouped"]["mean"], "grouped_std": r["grouped"]["std"],
                                 "image_mean": r["image"]["mean"], "image_std": r["image"]["std"],
                                 "inflation": r["inflation"], "pooled_grouped": r["pooled_grouped"],
-                                "pooled_image": r["pooled_image"], "pooled_inflation": r["pooled_inflation"]}
+                                "pooled_image": r["pooled_image"], "pooled_inflation": r["pooled_inflation"],
+                                "pooled_inflation_ci_low": r.get("pooled_inflation_low"),
+                                "pooled_inflation_ci_high": r.get("pooled_inflation_high")}
                                for r in result["gap"]]), "gap.csv")
     atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2, default=str))
 
@@ -273,7 +284,7 @@ def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dic
     if "ablation" in result:
         sections.append(Section("Ablation: paired differences", _ablation_html(result["ablation"], stats)))
     if result["gap"]:
-        sections.append(Section("Protocol gap", _gap_html(result["gap"], plan["split_label"])))
+        sections.append(Section("Protocol gap", _gap_html(result["gap"], plan["split_label"], result.get("gap_bootstrap"))))
     fold_rows = [(r["variant"], r["fold"], *(r[m] for m in METRICS), r["n_images"]) for r in result["per_fold"]]
     sections.append(Section("Per-fold metrics", table_html(fold_rows, ("variant", "fold", *METRICS, "n_images"))))
     if done:
@@ -383,18 +394,29 @@ def _bootstrap_html(boot: dict | None) -> str:
             table_html(body, ("variant", "images", unit, *(f"Δ {m}" for m in BOOTSTRAP_METRICS))) +
             f"<p class='muted'>Δ = variant − {html.escape(boot['reference'])} on the out-of-fold rows both "
             f"scored; in brackets the {boot['level']:.0%} interval from {boot['n_boot']} resamples of whole "
-            f"{unit} with replacement. An interval that excludes 0 is a difference these rows support; one "
-            f"that spans 0 is not.</p>")
+            f"{unit} with replacement. It measures the noise of the test rows for these trained models; "
+            f"the noise of training (seed, fold) shows only in the spread over folds, so read both.</p>")
 
 
-def _gap_html(rows: list[dict], grouped_label: str) -> str:
+def _gap_html(rows: list[dict], grouped_label: str, boot: dict | None) -> str:
+    def interval(r: dict) -> str:
+        if r.get("pooled_inflation_low") is None:
+            return "–"
+        return f"[{r['pooled_inflation_low']:+.3f}, {r['pooled_inflation_high']:+.3f}]"
+
     body = [(r["variant"], r["metric"], _pm(r["grouped"]), _pm(r["image"]), r["inflation"],
-             r["pooled_grouped"], r["pooled_image"], r["pooled_inflation"]) for r in rows]
+             r["pooled_grouped"], r["pooled_image"], r["pooled_inflation"], interval(r)) for r in rows]
+    note = ""
+    if boot and boot["rows"]:
+        unit = "lesions" if boot["resampled"] == "lesion" else "images"
+        note = (f" The interval pairs the two protocols on the pooled out-of-fold rows both scored: "
+                f"{boot['level']:.0%} of {boot['n_boot']} resamples of whole {unit} (decision metrics only; "
+                f"test-row noise for these trained models, not training noise).")
     return (table_html(body, ("model", "metric", grouped_label, "image-level (leaky)", "inflation",
-                              "pooled grouped", "pooled image-level", "pooled inflation")) +
+                              "pooled grouped", "pooled image-level", "pooled inflation", "interval")) +
             "<p class='muted'>Inflation = image-level − grouped: how much letting images of one lesion sit "
             "in both training and test folds flatters each metric (for ece and log_loss, lower is better, "
-            "so a negative value is the flattering one).</p>")
+            "so a negative value is the flattering one)." + html.escape(note) + "</p>")
 
 
 def render_summary(result: dict[str, Any]) -> Table:

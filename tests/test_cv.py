@@ -93,6 +93,14 @@ def test_report_holds_the_comparison(cv_run):
                    "Per-fold metrics", "Training curves", "Confusion matrix of the best variant", "ROC curves"):
         assert needle in html, needle
     assert html.count("data:image/png;base64,") >= 7  # comparison, 2 curves, 2 confusion, 2 ROC
+    # the other model against the best one, paired on the same out-of-fold rows
+    full = cv_run["full"]
+    boot = full["comparison_bootstrap"]
+    other = ({"cnn", "meta_mlp"} - {full["best"]}).pop()
+    assert boot["reference"] == full["best"] and [r["variant"] for r in boot["rows"]] == [other]
+    d = boot["rows"][0]["accuracy"]
+    assert d["diff"] == pytest.approx(full["pooled"][other]["accuracy"] - full["pooled"][full["best"]]["accuracy"])
+    assert "Pooled paired differences with bootstrap intervals" in html
 
 
 def test_rerun_skips_finished_folds_and_other_config_is_refused(cv_run, capsys):
@@ -147,6 +155,7 @@ def test_protocol_gap(synth_small, tmp_path):
     d = run_protocol_gap(cfg, ["meta_mlp"], folds=2, progress=False)
     s = json.loads((d / "summary.json").read_text())
     assert [v["name"] for v in s["variants"]] == ["meta_mlp", "meta_mlp@image"]
+    assert s["best"] == "meta_mlp"  # never the leaky twin
     gap = pd.read_csv(d / "gap.csv")
     assert list(gap["metric"]) == list(METRICS) and (gap["variant"] == "meta_mlp").all()
     row = gap.set_index("metric").loc["accuracy"]

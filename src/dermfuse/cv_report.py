@@ -127,7 +127,8 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
         pooled[v] = compute_metrics(y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64), classes)
         pooled[v]["n_folds"] = len(preds[v])
-    ranked = [v for v in names if stats[v]["balanced_accuracy"]["mean"] is not None]
+    # the best is chosen among the grouped variants: a leaky image-level twin never wins
+    ranked = [v for v in names if stats[v]["balanced_accuracy"]["mean"] is not None and not v.endswith(LEAKY)]
     best = max(ranked, key=lambda v: stats[v]["balanced_accuracy"]["mean"]) if ranked else None
     result: dict[str, Any] = {
         "kind": plan["kind"], "run_dir": str(run_dir), "folds": plan["folds"], "split": plan["split_label"],
@@ -142,6 +143,11 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         ref = plan["reference"]
         result["ablation"]["bootstrap"] = {"reference": ref, **_pooled_bootstrap(
             run_dir, [(v, ref) for v in names if v != ref], preds, classes)}
+    elif best is not None:  # cv: every other grouped model against the best one, on the same rows
+        others = [v for v in names if v != best and not v.endswith(LEAKY)]
+        if others:
+            result["comparison_bootstrap"] = {"reference": best, **_pooled_bootstrap(
+                run_dir, [(v, best) for v in others], preds, classes)}
     if result["gap"]:
         twins = list(dict.fromkeys(r["variant"] for r in result["gap"]))
         result["gap_bootstrap"] = _pooled_bootstrap(run_dir, [(v + LEAKY, v) for v in twins], preds, classes)
@@ -280,7 +286,8 @@ def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dic
         summary = {v: {m: (stats[v][m]["mean"], stats[v][m]["std"]) for m in COMPARISON_METRICS} for v in done}
         sections.append(Section("Model comparison", fig(
             "comparison", plot_model_comparison(summary, COMPARISON_METRICS),
-            "Model comparison (Fig. 8): accuracy, F1 and balanced accuracy, mean ± std over folds")))
+            "Model comparison (Fig. 8): accuracy, F1 and balanced accuracy, mean ± std over folds") +
+            _bootstrap_html(result.get("comparison_bootstrap"))))
     if "ablation" in result:
         sections.append(Section("Ablation: paired differences", _ablation_html(result["ablation"], stats)))
     if result["gap"]:

@@ -201,6 +201,11 @@ def test_ablation(synth_small, tmp_path, capsys, n_clean):
                                           - s["pooled"]["heatmap+meta"]["balanced_accuracy"])
         assert d["low"] <= d["diff"] <= d["high"]
     assert row["accuracy_ci_low"] <= row["accuracy_pooled_diff"] <= row["accuracy_ci_high"]
+    meta = {(r["variant"], r["reference"]): r for r in s["ablation"]["metadata_bootstrap"]["rows"]}
+    assert set(meta) == {("heatmap+meta", "heatmap-only"), ("image+meta", "image-only"),
+                         ("overlay+meta", "overlay-only")}
+    assert meta[("image+meta", "image-only")]["macro_f1"]["diff"] == pytest.approx(
+        s["pooled"]["image+meta"]["macro_f1"] - s["pooled"]["image-only"]["macro_f1"])
     cams = sorted(p.parent.name for p in (out / "_cam").glob("*/maps.npy"))  # one CAM stage per fold
     assert cams == ["lesion-fold0-32px", "lesion-fold1-32px"]
     assert all(s["pooled"][n]["n_images"] == n_clean for n in names)
@@ -208,6 +213,7 @@ def test_ablation(synth_small, tmp_path, capsys, n_clean):
     assert "Ablation: paired differences" in html and "heatmap+meta (reference, absolute)" in html
     assert "Per-fold paired differences" in html and "SYNTHETIC DATA" in html
     assert "Pooled paired differences with bootstrap intervals" in html and "resamples of whole lesions" in html
+    assert "What the metadata branch adds, per input" in html
 
     # a run begun before folds.csv had a group column resamples images, and says so;
     # running a fold job again (every variant DONE: nothing trains) adds the column

@@ -143,6 +143,10 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         ref = plan["reference"]
         result["ablation"]["bootstrap"] = {"reference": ref, **_pooled_bootstrap(
             run_dir, [(v, ref) for v in names if v != ref], preds, classes)}
+        # the paper's "metadata helps": each input with the metadata branch minus without it
+        result["ablation"]["metadata_bootstrap"] = _pooled_bootstrap(
+            run_dir, [(v, v[:-len("+meta")] + "-only") for v in names
+                      if v.endswith("+meta") and v[:-len("+meta")] + "-only" in names], preds, classes)
     elif best is not None:  # cv: every other grouped model against the best one, on the same rows
         others = [v for v in names if v != best and not v.endswith(LEAKY)]
         if others:
@@ -380,11 +384,12 @@ def _ablation_html(ab: dict, stats: dict) -> str:
             f"<p class='muted'>Δ = variant − {html.escape(ref)} on the same fold (same rows, seed and CAM "
             "maps), mean ± std over the folds both finished.</p>" +
             _bootstrap_html(ab.get("bootstrap")) +
+            _bootstrap_html(ab.get("metadata_bootstrap"), "What the metadata branch adds, per input") +
             "<h3>Per-fold paired differences</h3>" +
             table_html(per, ("variant", "fold", *(f"Δ {m}" for m in METRICS))))
 
 
-def _bootstrap_html(boot: dict | None) -> str:
+def _bootstrap_html(boot: dict | None, title: str = "Pooled paired differences with bootstrap intervals") -> str:
     if not boot or not boot["rows"]:
         return ""
 
@@ -394,12 +399,12 @@ def _bootstrap_html(boot: dict | None) -> str:
         ci = "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
         return f"{d['diff']:+.3f}{ci}"
 
-    body = [(r["variant"], r["n_images"], r["n_groups"], *(cell(r[m]) for m in BOOTSTRAP_METRICS))
+    body = [(r["variant"], r["reference"], r["n_images"], r["n_groups"], *(cell(r[m]) for m in BOOTSTRAP_METRICS))
             for r in boot["rows"]]
     unit = "lesions" if boot["resampled"] == "lesion" else "images"
-    return ("<h3>Pooled paired differences with bootstrap intervals</h3>" +
-            table_html(body, ("variant", "images", unit, *(f"Δ {m}" for m in BOOTSTRAP_METRICS))) +
-            f"<p class='muted'>Δ = variant − {html.escape(boot['reference'])} on the out-of-fold rows both "
+    return (f"<h3>{html.escape(title)}</h3>" +
+            table_html(body, ("variant", "minus", "images", unit, *(f"Δ {m}" for m in BOOTSTRAP_METRICS))) +
+            f"<p class='muted'>Δ = variant − the model in the second column, on the out-of-fold rows both "
             f"scored; in brackets the {boot['level']:.0%} interval from {boot['n_boot']} resamples of whole "
             f"{unit} with replacement. It measures the noise of the test rows for these trained models; "
             f"the noise of training (seed, fold) shows only in the spread over folds, so read both.</p>")

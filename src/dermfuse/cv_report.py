@@ -118,12 +118,13 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     per_fold, histories, preds, missing, warnings = _read_folds(run_dir, plan)
     names = [v["name"] for v in plan["variants"]]
     stats = {v: {m: mean_std([r[m] for r in per_fold if r["variant"] == v]) for m in METRICS} for v in names}
+    oof = {v: pd.concat(preds[v], ignore_index=True) for v in names if preds[v]}  # pooled out-of-fold rows
     pooled: dict[str, dict | None] = {}
     for v in names:
-        if not preds[v]:
+        if v not in oof:
             pooled[v] = None
             continue
-        df = pd.concat(preds[v], ignore_index=True)
+        df = oof[v]
         y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
         pooled[v] = compute_metrics(y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64), classes)
         pooled[v]["n_folds"] = len(preds[v])
@@ -142,19 +143,19 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         result["ablation"] = paired_differences(per_fold, plan["reference"], METRICS, names)
         ref = plan["reference"]
         result["ablation"]["bootstrap"] = {"reference": ref, **_pooled_bootstrap(
-            run_dir, [(v, ref) for v in names if v != ref], preds, classes)}
+            run_dir, [(v, ref) for v in names if v != ref], oof, classes)}
         # the paper's "metadata helps": each input with the metadata branch minus without it
+        without = {v: v.removesuffix("+meta") + "-only" for v in names if v.endswith("+meta")}
         result["ablation"]["metadata_bootstrap"] = _pooled_bootstrap(
-            run_dir, [(v, v[:-len("+meta")] + "-only") for v in names
-                      if v.endswith("+meta") and v[:-len("+meta")] + "-only" in names], preds, classes)
+            run_dir, [(v, w) for v, w in without.items() if w in names], oof, classes)
     elif best is not None:  # cv: every other grouped model against the best one, on the same rows
         others = [v for v in names if v != best and not v.endswith(LEAKY)]
         if others:
             result["comparison_bootstrap"] = {"reference": best, **_pooled_bootstrap(
-                run_dir, [(v, best) for v in others], preds, classes)}
+                run_dir, [(v, best) for v in others], oof, classes)}
     if result["gap"]:
         twins = list(dict.fromkeys(r["variant"] for r in result["gap"]))
-        result["gap_bootstrap"] = _pooled_bootstrap(run_dir, [(v + LEAKY, v) for v in twins], preds, classes)
+        result["gap_bootstrap"] = _pooled_bootstrap(run_dir, [(v + LEAKY, v) for v in twins], oof, classes)
         boot = {r["reference"]: r for r in result["gap_bootstrap"]["rows"]}
         for r in result["gap"]:
             b = boot.get(r["variant"], {}).get(r["metric"], {})
@@ -168,10 +169,10 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     return result
 
 
-def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], preds: dict[str, list[pd.DataFrame]],
+def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict[str, pd.DataFrame],
                       classes: Sequence[str], n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
     """For each (variant, reference) pair, variant − reference on the pooled out-of-fold
-    rows both scored, with a lesion-bootstrap interval (``metrics.paired_bootstrap``).
+    rows (``oof``: variant -> its finished folds' predictions) both scored, with a lesion-bootstrap interval (``metrics.paired_bootstrap``).
     Unlike mean ± std over folds this gives an uncertainty with one or two finished folds,
     and it pairs the two protocols of the protocol gap, whose folds differ but whose pooled
     rows are the same images. Runs whose folds.csv has no group column (begun before it
@@ -183,10 +184,9 @@ def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], preds: di
     index = {c: i for i, c in enumerate(classes)}
     rows = []
     for v, ref in pairs:
-        if not preds.get(v) or not preds.get(ref):
+        if v not in oof or ref not in oof:
             continue
-        b = pd.concat(preds[ref], ignore_index=True)[["image_id", *cols]]
-        df = pd.concat(preds[v], ignore_index=True).merge(b, on="image_id", suffixes=("", "_ref"))
+        df = oof[v].merge(oof[ref][["image_id", *cols]], on="image_id", suffixes=("", "_ref"))
         if df.empty:
             continue
         groups = df["image_id"].map(group_of).fillna(df["image_id"]) if grouped else df["image_id"]

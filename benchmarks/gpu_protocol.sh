@@ -13,8 +13,11 @@
 # Knobs (environment): EPOCHS (default 30, early stopping on), SIZE (128), BUDGET_S
 # (seconds of training before packing up, default 480), WORKERS (data-loading workers, 12),
 # STEPS ("cv ablate gap": which parts, in order; "release" trains the released recipe,
-# configs/ham10000_release.yaml, at EPOCHS and SIZE on its lesion-grouped holdout, once),
-# FOLDS_RUN ("0 1 2 3 4"), DEVICE (cuda), DATA (.gpu/ham10000). A dry run on the CPU with small synthetic data:
+# configs/ham10000_release.yaml, on its lesion-grouped holdout and "release_all" the same
+# recipe on all of the data, configs/ham10000_release_all.yaml, each at RELEASE_EPOCHS (20)
+# and RELEASE_SIZE (224) px, keeping the best validation epoch of the cosine schedule),
+# FOLDS_RUN ("0 1 2 3 4"), DEVICE (cuda), DATA (.gpu/ham10000). Everything printed also goes
+# to $OUT/protocol.log. A dry run on the CPU with small synthetic data:
 #   dermfuse data synth /tmp/synth --n 200
 #   DATA=/tmp/synth DEVICE=cpu EPOCHS=1 SIZE=32 WORKERS=0 FOLDS_RUN=0 bash benchmarks/gpu_protocol.sh run
 set -euo pipefail
@@ -34,7 +37,9 @@ run() {
   local epochs=${EPOCHS:-30} size=${SIZE:-128} budget=${BUDGET_S:-480} workers=${WORKERS:-12}
   local steps=${STEPS:-"cv ablate gap"} data=${DATA:-.gpu/ham10000} runs=${RUNS:-/tmp/dermfuse-runs}
   local device=${DEVICE:-cuda} folds=${FOLDS_RUN:-"0 1 2 3 4"} out=${OUT:-/tmp/dermfuse-out} t0=$SECONDS
+  local rsize=${RELEASE_SIZE:-224} repochs=${RELEASE_EPOCHS:-20}
   mkdir -p "$runs" "$out"
+  exec > >(tee -a "$out/protocol.log") 2>&1
   if [ -d .gpu/whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
   fi
@@ -45,11 +50,16 @@ run() {
   local common=(--epochs "$epochs" --image-size "$size" --device "$device" --set "train.num_workers=$workers")
   left() { echo $((budget - (SECONDS - t0))); }
   for step in $steps; do
-    if [ "$step" = release ]; then
+    if [ "$step" = release ] || [ "$step" = release_all ]; then
       [ "$(left)" -gt 30 ] || break
-      timeout "$(left)" python3 -m dermfuse -q train "$data" --config configs/ham10000_release.yaml \
-        --out "$runs/release_holdout" "${common[@]}" || true
-      echo "== release done at $((SECONDS - t0)) s"
+      local cfg=configs/ham10000_release.yaml dir=release_holdout
+      [ "$step" = release ] || { cfg=configs/ham10000_release_all.yaml; dir=release_all; }
+      # patience = epochs: the whole cosine schedule runs, the best validation epoch is kept
+      timeout "$(left)" python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir" \
+        --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers" \
+        --set "train.patience=$repochs" || true
+      if [ -f "$runs/$dir/metrics.json" ]; then cat "$runs/$dir/metrics.json"; fi
+      echo "== $step done at $((SECONDS - t0)) s"
       continue
     fi
     for k in $folds; do
@@ -74,6 +84,9 @@ run() {
   # the released recipe's bundle (weights included, about 14 MB) so it can be scored here
   if [ -d "$runs/release_holdout/bundle" ]; then
     tar -C "$runs/release_holdout" -czf "$out/release_bundle.tar.gz" bundle split.csv
+  fi
+  if [ -d "$runs/release_all/bundle" ]; then
+    tar -C "$runs/release_all" -czf "$out/release_all_bundle.tar.gz" bundle split.csv
   fi
   ls -la "$out"
 }

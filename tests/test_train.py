@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from dermfuse.config import TrainConfig
+from dermfuse.errors import ConfigError
 from dermfuse.train import (ArrayDataset, EpochSampler, class_weights, epoch_indices, fit, predict_proba)
 
 CLASSES = ["red", "green", "blue"]
@@ -111,6 +112,52 @@ def test_fit_learns_colour_task_and_writes_history(tmp_path, capsys):
     assert (tmp_path / "checkpoint.pt").exists() and not list(tmp_path.glob("*.tmp"))
     out = capsys.readouterr().err
     assert sum("train loss" in line for line in out.splitlines()) == 4 and "epoch 4/4" in out
+
+
+class CountingBatchAugmentation:
+    """Stands in for dermfuse.train.BatchAugmentation: the real one, counting its calls."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        from dermfuse.transforms import BatchAugmentation
+        self.inner = BatchAugmentation()
+
+    def __call__(self, images, generator=None):
+        type(self).calls += 1
+        assert images.dtype == torch.uint8 and images.ndim == 4  # augmented after the copy, before to_input
+        return self.inner(images, generator)
+
+
+@pytest.mark.parametrize("augment_on, per_batch", [("device", True), ("workers", False), ("auto", False)])
+def test_augmentation_runs_per_batch_on_the_device_only_when_asked(monkeypatch, augment_on, per_batch):
+    """'device' augments each batch on the training device (CPU here), repeatably under a
+    seed; 'workers', and 'auto' off CUDA, augment per image in the loader."""
+    monkeypatch.setattr("dermfuse.train.BatchAugmentation", CountingBatchAugmentation)
+    train, val = ArrayDataset(*make_task(48, seed=0)), ArrayDataset(*make_task(24, seed=1))
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, augment=True, augment_on=augment_on,
+                      early_stopping="none", device="cpu")
+    runs = []
+    for _ in range(2):
+        CountingBatchAugmentation.calls = 0
+        torch.manual_seed(0)
+        model = TinyNet()
+        runs.append((fit(model, train, val, cfg, CLASSES, progress=False), model))
+        assert CountingBatchAugmentation.calls == (3 * 6 if per_batch else 0)  # 3 epochs x 6 batches
+    (a, model_a), (b, model_b) = runs
+    assert _strip_seconds(a.history) == _strip_seconds(b.history)
+    assert all(torch.equal(x, y) for x, y in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+    assert a.history[-1]["val_balanced_accuracy"] >= 0.8  # still learns the colour task
+
+
+def test_augment_on_is_checked():
+    train = ArrayDataset(*make_task(12, seed=0))
+    with pytest.raises(ConfigError, match="augment_on"):
+        fit(TinyNet(), train, None, TrainConfig(epochs=1, augment_on="gpu", device="cpu"), CLASSES, progress=False)
+    images, meta, labels = make_task(12, seed=0)
+    wide = ArrayDataset(np.ascontiguousarray(np.concatenate([images, images], axis=2)), meta, labels)  # 16 x 32
+    with pytest.raises(ConfigError, match="square"):
+        fit(TinyNet(), wide, None, TrainConfig(epochs=1, augment_on="device", device="cpu"), CLASSES, progress=False)
 
 
 def test_lr_schedules_follow_warmup_then_cosine_or_plateau():

@@ -9,8 +9,11 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from torchvision.transforms.v2 import functional as F
+
 from dermfuse.transforms import (
     PAPER_AUGMENTATION,
+    BatchAugmentation,
     GaussianBlur,
     RandomBrightness,
     Rotate,
@@ -139,3 +142,76 @@ def test_plot_augmentations_figure():
     assert len(fig.axes) == 3 * 5
     assert fig._suptitle.get_text() == "Augmented samples"
     np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), images[0])
+
+
+# --- the recipe per batch ------------------------------------------------------------------
+
+
+def _per_image_reference(img: torch.Tensor, p: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+    """The per-image transforms of `train_augmentation`, in its order, with image i's
+    parameters: the oracle for BatchAugmentation."""
+    bilinear = v2.InterpolationMode.BILINEAR
+    if p["transpose"][i]:
+        img = img.transpose(-2, -1)
+    if p["vflip"][i]:
+        img = F.vertical_flip(img)
+    if p["hflip"][i]:
+        img = F.horizontal_flip(img)
+    if p["rotate"][i]:
+        img = Rotate(p=1.0)._apply(img, angle=float(p["rotate_angle"][i]))
+    if p["brightness"][i]:
+        img = adjust_brightness(img, float(p["beta"][i]))
+    if p["contrast"][i]:
+        img = adjust_contrast(img, float(p["alpha"][i]))
+    if p["blur"][i]:
+        img = gaussian_blur(img, int(p["blur_kernel"][i]))
+    if p["affine"][i]:
+        img = F.affine(img, angle=float(p["affine_angle"][i]), translate=[int(p["tx"][i]), int(p["ty"][i])],
+                       scale=float(p["scale"][i]), shear=[0.0, 0.0], interpolation=bilinear, fill=0)
+    return img
+
+
+def test_batch_augmentation_equals_the_per_image_transforms_step_by_step():
+    aug = BatchAugmentation()
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (64, 3, 40, 40), dtype=torch.uint8, generator=g)
+    images[:, :, 10:30, 10:30] //= 3  # a darker "lesion", so the warps move structure
+    params = aug.sample(64, g, width=40)
+    assert all(params[k].any() and not params[k].all() for k in ("transpose", "rotate", "blur", "affine"))
+    out = aug.apply(images, params)
+    ref = torch.stack([_per_image_reference(images[i], params, i) for i in range(64)])
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    diff = (out.int() - ref.int()).abs()
+    # bilinear warps round at .5 boundaries in float: rare off-by-one pixels, never more
+    assert diff.max().item() <= 2 and (diff > 0).float().mean().item() < 0.005
+    untouched = ~(params["transpose"] | params["vflip"] | params["hflip"] | params["rotate"] | params["brightness"]
+                  | params["contrast"] | params["blur"] | params["affine"])
+    assert torch.equal(out[untouched], images[untouched])
+
+
+def test_batch_augmentation_draws_the_papers_probabilities_and_ranges():
+    p = BatchAugmentation().sample(20000, torch.Generator().manual_seed(0), width=128)
+    by_name = {step.paper: step.p for step in PAPER_AUGMENTATION}
+    for key, paper in (("transpose", "Transpose"), ("vflip", "VerticalFlip"), ("hflip", "HorizontalFlip"),
+                       ("rotate", "Rotate"), ("brightness", "RandomBrightness"), ("contrast", "RandomContrast"),
+                       ("blur", "GaussianBlur"), ("affine", "ShiftScaleRotate")):
+        assert abs(p[key].float().mean().item() - by_name[paper]) < 0.015, key
+    for key, lo, hi in (("rotate_angle", -90, 90), ("beta", -0.2, 0.2), ("alpha", 0.8, 1.2),
+                        ("affine_angle", -15, 15), ("tx", -13, 13), ("ty", -13, 13), ("scale", 0.9, 1.1)):
+        # tx, ty: whole pixels, round(U(-12.8, 12.8)) as torchvision's RandomAffine draws them
+        assert lo <= p[key].min().item() < lo + 0.1 * (hi - lo) and hi - 0.1 * (hi - lo) < p[key].max().item() <= hi, key
+    assert torch.equal(p["tx"], p["tx"].round()) and set(p["blur_kernel"].tolist()) == {3, 5}
+    assert abs((p["blur_kernel"] == 3).float().mean().item() - 0.5) < 0.015
+
+
+def test_batch_augmentation_repeats_under_a_seed_and_checks_its_input():
+    aug = BatchAugmentation(size=24)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    a = aug(images, torch.Generator().manual_seed(5))
+    assert a.shape == (8, 3, 24, 24) and a.dtype == torch.uint8
+    assert torch.equal(a, aug(images, torch.Generator().manual_seed(5)))
+    assert not torch.equal(a, aug(images, torch.Generator().manual_seed(6)))
+    with pytest.raises(ValueError, match="square uint8"):
+        aug(images[:, :, :, :30])
+    with pytest.raises(ValueError, match="square uint8"):
+        aug(images.float())

@@ -65,6 +65,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     balance: str = "weighted-loss"  # weighted-loss | oversample | undersample | none
     augment: bool = True  # the paper's recipe (dermfuse.transforms)
+    augment_on: str = "auto"  # workers (per image, in the data loader) | device (per batch) | auto: device on CUDA
     early_stopping: str = "balanced_accuracy"  # balanced_accuracy | loss | none
     patience: int = 8
     amp: bool = True  # used on CUDA only

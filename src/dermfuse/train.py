@@ -34,7 +34,7 @@ from ._distributed import (all_gather_objects, all_reduce_sum, broadcast_buffers
 from .config import TrainConfig
 from .errors import ConfigError
 from .metrics import balanced_accuracy
-from .transforms import to_input, train_augmentation
+from .transforms import BatchAugmentation, to_input, train_augmentation
 
 __all__ = [
     "tta_views",
@@ -54,6 +54,7 @@ __all__ = [
 BALANCE_MODES = ("weighted-loss", "oversample", "undersample", "none")
 SCHEDULES = ("none", "cosine", "plateau")
 EARLY_STOPPING = ("balanced_accuracy", "loss", "none")
+AUGMENT_ON = ("auto", "workers", "device")
 console = Console(stderr=True)  # progress bars and epoch summaries
 
 
@@ -168,15 +169,20 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, mode: st
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device, amp: bool = False,
-                    max_steps: int | None = None, bar: Progress | None = None) -> dict[str, float]:
+                    max_steps: int | None = None, bar: Progress | None = None,
+                    augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """One pass over ``loader`` (at most ``max_steps`` batches); returns {"loss", "acc"}
-    averaged over every sample all ranks saw."""
+    averaged over every sample all ranks saw. ``augment`` (uint8 batch -> uint8 batch) runs
+    on ``device`` after the copy, for augmentation per batch instead of per image."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
     task = bar.add_task("train", total=steps, stats="") if bar is not None else None
     for step, (images, meta, labels) in enumerate(loader):
-        x = to_input(images.to(device, non_blocking=True))  # (B, 3, H, W) float in [0, 1]
+        images = images.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment(images)
+        x = to_input(images)  # (B, 3, H, W) float in [0, 1]
         meta, labels = meta.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x, meta)  # (B, C)
@@ -269,8 +275,19 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def _augment_on_device(cfg: TrainConfig, device: torch.device, train: ArrayDataset) -> bool:
+    """Whether the recipe runs per batch on ``device`` (train.augment_on: device, or auto on
+    CUDA, where per-image augmentation in the CPU workers leaves the GPU waiting)."""
+    square = train.images.shape[1] == train.images.shape[2]
+    if cfg.augment_on == "device" and not square:
+        raise ConfigError(f"train.augment_on='device' needs square images, got {train.images.shape[1]}x"
+                          f"{train.images.shape[2]}; use 'workers'")
+    return cfg.augment_on == "device" or (cfg.augment_on == "auto" and device.type == "cuda" and square)
+
+
 def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
-    for key, allowed in (("balance", BALANCE_MODES), ("schedule", SCHEDULES), ("early_stopping", EARLY_STOPPING)):
+    for key, allowed in (("balance", BALANCE_MODES), ("schedule", SCHEDULES), ("early_stopping", EARLY_STOPPING),
+                         ("augment_on", AUGMENT_ON)):
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"train.{key}: expected one of {allowed}, got {getattr(cfg, key)!r}")
     if len(train) == 0:
@@ -310,9 +327,14 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     net = model
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    batch_augment = None  # the recipe per batch on the device, or per image in the loader
     if cfg.augment and train.transform is None:
-        train = copy.copy(train)  # shares the arrays
-        train.transform = train_augmentation(tuple(train.images.shape[1:3]))
+        if _augment_on_device(cfg, device, train):
+            batch_augment = BatchAugmentation()
+        else:
+            train = copy.copy(train)  # shares the arrays
+            train.transform = train_augmentation(tuple(train.images.shape[1:3]))
+    augment_rng = torch.Generator()  # reseeded per epoch from (seed, epoch, rank), as the loader's
     sampler = EpochSampler(train.labels, cfg.balance, seed=cfg.seed, num_replicas=world, rank=rank)
     # Own generators, reseeded per epoch: loader and worker seeds come from (seed, epoch, rank)
     # alone and the global RNG (augmentation, dropout) is drawn from by nothing else.
@@ -350,6 +372,7 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
         start = time.perf_counter()
         sampler.set_epoch(epoch)
         loader_rng.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank]).generate_state(1)[0]))
+        augment_rng.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank, 1]).generate_state(1)[0]))
         if cfg.schedule == "plateau" and epoch <= cfg.warmup_epochs:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
@@ -359,7 +382,8 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True, disable=not show) as bar:
             tr = train_one_epoch(net, train_loader, criterion, optimizer, scaler, device, amp,
-                                 cfg.max_steps_per_epoch, bar if show else None)
+                                 cfg.max_steps_per_epoch, bar if show else None,
+                                 None if batch_augment is None else lambda x: batch_augment(x, augment_rng))
         broadcast_buffers(model)
         va = evaluate(model, val_loader, device, amp) if val_loader is not None else {}
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va.get("loss"),

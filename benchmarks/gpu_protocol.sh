@@ -46,6 +46,8 @@ run() {
   export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 DERMFUSE_CACHE=${DERMFUSE_CACHE:-/tmp/dermfuse-cache}
   if [ "$device" = cuda ]; then
     python3 -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("device:", torch.cuda.get_device_name(0), "torch", torch.__version__)'
+    # augmentation per image (CPU worker) vs per batch (GPU): what train.augment_on=auto buys here
+    timeout 60 python3 benchmarks/bench_augment.py --sizes 128 224 --batch 32 --repeats 5 || true
   fi
   local common=(--epochs "$epochs" --image-size "$size" --device "$device" --set "train.num_workers=$workers")
   left() { echo $((budget - (SECONDS - t0))); }

@@ -16,7 +16,8 @@
 # configs/ham10000_release.yaml, on its lesion-grouped holdout and "release_all" the same
 # recipe on all of the data, configs/ham10000_release_all.yaml, each at RELEASE_EPOCHS (20)
 # and RELEASE_SIZE (224) px, keeping the best validation epoch of the cosine schedule),
-# FOLDS_RUN ("0 1 2 3 4"), DEVICE (cuda), DATA (.gpu/ham10000). Everything printed also goes
+# FOLDS_RUN ("0 1 2 3 4"), PARALLEL (1: fold jobs at a time on the GPU, each with
+# WORKERS / PARALLEL loader workers), DEVICE (cuda), DATA (.gpu/ham10000). Everything printed also goes
 # to $OUT/protocol.log. A dry run on the CPU with small synthetic data:
 #   dermfuse data synth /tmp/synth --n 200
 #   DATA=/tmp/synth DEVICE=cpu EPOCHS=1 SIZE=32 WORKERS=0 FOLDS_RUN=0 bash benchmarks/gpu_protocol.sh run
@@ -49,8 +50,26 @@ run() {
     # augmentation per image (CPU worker) vs per batch (GPU): what train.augment_on=auto buys here
     timeout 60 python3 benchmarks/bench_augment.py --sizes 128 224 --batch 32 --repeats 5 || true
   fi
-  local common=(--epochs "$epochs" --image-size "$size" --device "$device" --set "train.num_workers=$workers")
+  local common=(--epochs "$epochs" --image-size "$size" --device "$device")
+  local par=${PARALLEL:-1}
+  local jobw=$(( workers > 0 && workers < par ? 1 : workers / par ))
   left() { echo $((budget - (SECONDS - t0))); }
+  summary() {  # the headline metrics of a run's metrics.json, one line
+    python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); print(sys.argv[1], {k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece") if isinstance(m.get(k), float)})' "$1" || true
+  }
+  fold_job() {  # STEP K: one fold of one step, its log in $runs/logs/ (packed with the results)
+    local w=(--set "train.num_workers=$jobw") log="$runs/logs/$1_fold$2.log" rc=0
+    case $1 in
+      cv)     timeout "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/cv5" \
+                --models cnn,resnet50,inception_v3,ft_multicnn:heatmap "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;
+      ablate) timeout "$(left)" python3 -m dermfuse -q ablate "$data" --folds 5 --fold "$2" --out "$runs/ablate5" \
+                "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;
+      gap)    timeout "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5" \
+                --models ft_multicnn:heatmap --protocol-gap "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;
+    esac
+    echo "== $1 fold $2 ended (exit $rc) at $((SECONDS - t0)) s"; tail -n 3 "$log"
+  }
+  mkdir -p "$runs/logs"
   for step in $steps; do
     if [ "$step" = release ] || [ "$step" = release_all ]; then
       [ "$(left)" -gt 30 ] || break
@@ -60,21 +79,23 @@ run() {
       timeout "$(left)" python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir" \
         --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers" \
         --set "train.patience=$repochs" || true
-      if [ -f "$runs/$dir/metrics.json" ]; then cat "$runs/$dir/metrics.json"; fi
+      if [ -f "$runs/$dir/metrics.json" ]; then summary "$runs/$dir/metrics.json"; fi
       echo "== $step done at $((SECONDS - t0)) s"
       continue
     fi
-    for k in $folds; do
-      [ "$(left)" -gt 30 ] || break 2
-      case $step in
-        cv)     timeout "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$k" --out "$runs/cv5" \
-                  --models cnn,resnet50,inception_v3,ft_multicnn:heatmap "${common[@]}" || true ;;
-        ablate) timeout "$(left)" python3 -m dermfuse -q ablate "$data" --folds 5 --fold "$k" --out "$runs/ablate5" \
-                  "${common[@]}" || true ;;
-        gap)    timeout "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$k" --out "$runs/gap5" \
-                  --models ft_multicnn:heatmap --protocol-gap "${common[@]}" || true ;;
-      esac
-      echo "== $step fold $k done at $((SECONDS - t0)) s"
+    # PARALLEL fold jobs at a time on the one GPU (each with WORKERS / PARALLEL loader workers):
+    # a small model at batch 32 leaves most of an H100 idle. Fold jobs of one run are
+    # parallel-safe (dermfuse.cv writes every shared file atomically).
+    local batch=() k
+    for k in $folds END; do
+      [ "$k" = END ] || batch+=("$k")
+      if [ ${#batch[@]} -ge "$par" ] || { [ "$k" = END ] && [ ${#batch[@]} -gt 0 ]; }; then
+        [ "$(left)" -gt 30 ] || break 2
+        local pids=()
+        for j in "${batch[@]}"; do fold_job "$step" "$j" & pids+=($!); done
+        wait "${pids[@]}"  # these jobs only: a bare wait would also wait for the log's tee
+        batch=()
+      fi
     done
   done
   for d in cv5 gap5; do

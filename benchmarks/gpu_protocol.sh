@@ -41,6 +41,7 @@ run() {
   local rsize=${RELEASE_SIZE:-224} repochs=${RELEASE_EPOCHS:-20}
   mkdir -p "$runs" "$out"
   exec > >(tee -a "$out/protocol.log") 2>&1
+  local teepid=$!
   if [ -d .gpu/whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
   fi
@@ -52,6 +53,7 @@ run() {
   fi
   local common=(--epochs "$epochs" --image-size "$size" --device "$device")
   local par=${PARALLEL:-1}
+  [[ "$par" =~ ^[1-9][0-9]*$ ]] || { echo "PARALLEL: expected a whole number >= 1, got '$par'; using 1"; par=1; }
   local jobw=$(( workers > 0 && workers < par ? 1 : workers / par ))
   left() { echo $((budget - (SECONDS - t0))); }
   summary() {  # the headline metrics of a run's metrics.json, one line
@@ -60,11 +62,11 @@ run() {
   fold_job() {  # STEP K: one fold of one step, its log in $runs/logs/ (packed with the results)
     local w=(--set "train.num_workers=$jobw") log="$runs/logs/$1_fold$2.log" rc=0
     case $1 in
-      cv)     timeout "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/cv5" \
+      cv)     timeout -k 10 "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/cv5" \
                 --models cnn,resnet50,inception_v3,ft_multicnn:heatmap "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;
-      ablate) timeout "$(left)" python3 -m dermfuse -q ablate "$data" --folds 5 --fold "$2" --out "$runs/ablate5" \
+      ablate) timeout -k 10 "$(left)" python3 -m dermfuse -q ablate "$data" --folds 5 --fold "$2" --out "$runs/ablate5" \
                 "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;
-      gap)    timeout "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5" \
+      gap)    timeout -k 10 "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5" \
                 --models ft_multicnn:heatmap --protocol-gap "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;
     esac
     echo "== $1 fold $2 ended (exit $rc) at $((SECONDS - t0)) s"; tail -n 3 "$log"
@@ -76,7 +78,7 @@ run() {
       local cfg=configs/ham10000_release.yaml dir=release_holdout
       [ "$step" = release ] || { cfg=configs/ham10000_release_all.yaml; dir=release_all; }
       # patience = epochs: the whole cosine schedule runs, the best validation epoch is kept
-      timeout "$(left)" python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir" \
+      timeout -k 10 "$(left)" python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir" \
         --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers" \
         --set "train.patience=$repochs" || true
       if [ -f "$runs/$dir/metrics.json" ]; then summary "$runs/$dir/metrics.json"; fi
@@ -98,10 +100,11 @@ run() {
       fi
     done
   done
+  # reports of what finished (each collect can be redone on the CPU, so it gets 45 s at most)
   for d in cv5 gap5; do
-    if [ -d "$runs/$d" ]; then python3 -m dermfuse -q cv --collect "$runs/$d" || true; fi
+    if [ -d "$runs/$d" ]; then timeout -k 5 45 python3 -m dermfuse -q cv --collect "$runs/$d" || true; fi
   done
-  if [ -d "$runs/ablate5" ]; then python3 -m dermfuse -q ablate --collect "$runs/ablate5" || true; fi
+  if [ -d "$runs/ablate5" ]; then timeout -k 5 45 python3 -m dermfuse -q ablate --collect "$runs/ablate5" || true; fi
   # metrics, predictions, histories and reports; no checkpoints, weights or heatmap arrays
   tar -C "$runs" -czf "$out/results.tar.gz" --exclude='*.pt' --exclude='*.safetensors' --exclude='*.npy' .
   # the released recipe's bundle (weights included, about 14 MB) so it can be scored here
@@ -112,6 +115,8 @@ run() {
     tar -C "$runs/release_all" -czf "$out/release_all_bundle.tar.gz" bundle split.csv
   fi
   ls -la "$out"
+  exec >&- 2>&-  # let tee write the log's last lines before the call returns
+  wait "$teepid" || true
 }
 
 case "${1:-}" in

@@ -115,9 +115,11 @@ def test_fit_learns_colour_task_and_writes_history(tmp_path, capsys):
 
 
 class CountingBatchAugmentation:
-    """Stands in for dermfuse.train.BatchAugmentation: the real one, counting its calls."""
+    """Stands in for dermfuse.train.BatchAugmentation: the real one, counting its calls and
+    noting the seed its generator was last set to."""
 
     calls = 0
+    seeds: list[int] = []
 
     def __init__(self) -> None:
         from dermfuse.transforms import BatchAugmentation
@@ -125,8 +127,17 @@ class CountingBatchAugmentation:
 
     def __call__(self, images, generator=None):
         type(self).calls += 1
+        if not type(self).seeds or type(self).seeds[-1] != generator.initial_seed():
+            type(self).seeds.append(generator.initial_seed())
         assert images.dtype == torch.uint8 and images.ndim == 4  # augmented after the copy, before to_input
         return self.inner(images, generator)
+
+
+class BlankingBatchAugmentation(CountingBatchAugmentation):
+    """Returns black images: training on its output cannot learn the colour task."""
+
+    def __call__(self, images, generator=None):
+        return torch.zeros_like(super().__call__(images, generator))
 
 
 @pytest.mark.parametrize("augment_on, per_batch", [("device", True), ("workers", False), ("auto", False)])
@@ -139,7 +150,7 @@ def test_augmentation_runs_per_batch_on_the_device_only_when_asked(monkeypatch, 
                       early_stopping="none", device="cpu")
     runs = []
     for _ in range(2):
-        CountingBatchAugmentation.calls = 0
+        CountingBatchAugmentation.calls, CountingBatchAugmentation.seeds = 0, []
         torch.manual_seed(0)
         model = TinyNet()
         runs.append((fit(model, train, val, cfg, CLASSES, progress=False), model))
@@ -148,6 +159,26 @@ def test_augmentation_runs_per_batch_on_the_device_only_when_asked(monkeypatch, 
     assert _strip_seconds(a.history) == _strip_seconds(b.history)
     assert all(torch.equal(x, y) for x, y in zip(model_a.state_dict().values(), model_b.state_dict().values()))
     assert a.history[-1]["val_balanced_accuracy"] >= 0.8  # still learns the colour task
+    if per_batch:  # reseeded every epoch from (seed, epoch, rank): a resumed epoch draws the same
+        assert CountingBatchAugmentation.seeds == [
+            int(np.random.SeedSequence([cfg.seed, epoch, 0, 1]).generate_state(1)[0]) for epoch in range(3)]
+        monkeypatch.setattr("dermfuse.train.BatchAugmentation", BlankingBatchAugmentation)
+        torch.manual_seed(0)
+        blank = fit(TinyNet(), train, val, cfg, CLASSES, progress=False)  # the model trains on what it returns
+        assert blank.history[-1]["val_balanced_accuracy"] < 0.6
+
+
+def test_augment_on_auto_means_the_device_on_cuda_for_square_images():
+    from dermfuse.train import _augment_on_device
+    square = ArrayDataset(*make_task(6, seed=0))
+    images, meta, labels = make_task(6, seed=0)
+    wide = ArrayDataset(np.ascontiguousarray(np.concatenate([images, images], axis=2)), meta, labels)
+    auto = TrainConfig(augment_on="auto")
+    assert _augment_on_device(auto, torch.device("cuda"), square)
+    assert not _augment_on_device(auto, torch.device("cuda"), wide)  # Transpose would change its shape
+    assert not _augment_on_device(auto, torch.device("cpu"), square)
+    assert not _augment_on_device(TrainConfig(augment_on="workers"), torch.device("cuda"), square)
+    assert _augment_on_device(TrainConfig(augment_on="device"), torch.device("cpu"), square)
 
 
 def test_augment_on_is_checked():

@@ -300,7 +300,8 @@ class BatchAugmentation:
     """`train_augmentation` for a batch: uint8 (B, 3, S, S) on any device -> uint8 (B, 3, s, s).
 
     Every image draws its own parameters, from ``generator`` (a CPU `torch.Generator`, so a
-    seed gives the same augmentations on CPU and GPU): Transpose, VerticalFlip,
+    seed gives the same parameters on CPU and GPU; pixels agree up to float rounding in the
+    warps and the blur): Transpose, VerticalFlip,
     HorizontalFlip, Rotate, RandomBrightness, RandomContrast, GaussianBlur and
     ShiftScaleRotate with the probabilities and ranges of `PAPER_AUGMENTATION`, in that
     order, then a resize to ``size`` if given. Each step gives what its per-image transform

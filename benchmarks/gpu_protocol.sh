@@ -36,7 +36,7 @@ prepare() {
 
 run() {
   local epochs=${EPOCHS:-30} size=${SIZE:-128} budget=${BUDGET_S:-480} workers=${WORKERS:-12}
-  local steps=${STEPS:-"cv ablate gap"} data=${DATA:-.gpu/ham10000} runs=${RUNS:-/tmp/dermfuse-runs}
+  local steps=${STEPS-"cv ablate gap"} data=${DATA:-.gpu/ham10000} runs=${RUNS:-/tmp/dermfuse-runs}
   local device=${DEVICE:-cuda} folds=${FOLDS_RUN:-"0 1 2 3 4"} out=${OUT:-/tmp/dermfuse-out} t0=$SECONDS
   local rsize=${RELEASE_SIZE:-224} repochs=${RELEASE_EPOCHS:-20}
   mkdir -p "$runs" "$out"

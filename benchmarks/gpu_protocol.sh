@@ -14,10 +14,14 @@
 # (seconds of training before packing up, default 480), WORKERS (data-loading workers, 12),
 # STEPS ("cv ablate gap": which parts, in order; "release" trains the released recipe,
 # configs/ham10000_release.yaml, on its lesion-grouped holdout and "release_all" the same
-# recipe on all of the data, configs/ham10000_release_all.yaml, each at RELEASE_EPOCHS (20)
-# and RELEASE_SIZE (224) px, keeping the best validation epoch of the cosine schedule),
+# recipe on all of the data, configs/ham10000_release_all.yaml, and "ensemble" a seed
+# ensemble of MEMBERS (3) release-recipe models on the holdout (`train --members`; its
+# bundle comes back in 15 MB parts: cat ensemble_bundle.tar.gz.part-* | tar -xz), each at
+# RELEASE_EPOCHS (20) and RELEASE_SIZE (224) px, keeping the best validation epoch of the
+# cosine schedule),
 # FOLDS_RUN ("0 1 2 3 4"), PARALLEL (1: fold jobs at a time on the GPU, each with
-# WORKERS / PARALLEL loader workers), DEVICE (cuda), DATA (.gpu/ham10000). Everything printed also goes
+# WORKERS / PARALLEL loader workers), DEVICE (cuda), DATA (.gpu/ham10000), BENCH (1: time
+# augmentation per image vs per batch on the GPU first, about 20 s; 0 skips it). Everything printed also goes
 # to $OUT/protocol.log. A dry run on the CPU with small synthetic data:
 #   dermfuse data synth /tmp/synth --n 200
 #   DATA=/tmp/synth DEVICE=cpu EPOCHS=1 SIZE=32 WORKERS=0 FOLDS_RUN=0 bash benchmarks/gpu_protocol.sh run
@@ -38,7 +42,7 @@ run() {
   local epochs=${EPOCHS:-30} size=${SIZE:-128} budget=${BUDGET_S:-480} workers=${WORKERS:-12}
   local steps=${STEPS-"cv ablate gap"} data=${DATA:-.gpu/ham10000} runs=${RUNS:-/tmp/dermfuse-runs}
   local device=${DEVICE:-cuda} folds=${FOLDS_RUN:-"0 1 2 3 4"} out=${OUT:-/tmp/dermfuse-out} t0=$SECONDS
-  local rsize=${RELEASE_SIZE:-224} repochs=${RELEASE_EPOCHS:-20}
+  local rsize=${RELEASE_SIZE:-224} repochs=${RELEASE_EPOCHS:-20} members=${MEMBERS:-3}
   mkdir -p "$runs" "$out"
   exec > >(tee -a "$out/protocol.log") 2>&1
   local teepid=$!
@@ -49,7 +53,7 @@ run() {
   if [ "$device" = cuda ]; then
     python3 -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("device:", torch.cuda.get_device_name(0), "torch", torch.__version__)'
     # augmentation per image (CPU worker) vs per batch (GPU): what train.augment_on=auto buys here
-    timeout 60 python3 benchmarks/bench_augment.py --sizes 128 224 --batch 32 --repeats 5 || true
+    if [ "${BENCH:-1}" = 1 ]; then timeout 60 python3 benchmarks/bench_augment.py --sizes 128 224 --batch 32 --repeats 5 || true; fi
   fi
   local common=(--epochs "$epochs" --image-size "$size" --device "$device")
   local par=${PARALLEL:-1}
@@ -73,14 +77,20 @@ run() {
   }
   mkdir -p "$runs/logs"
   for step in $steps; do
-    if [ "$step" = release ] || [ "$step" = release_all ]; then
+    if [ "$step" = release ] || [ "$step" = release_all ] || [ "$step" = ensemble ]; then
       [ "$(left)" -gt 30 ] || break
-      local cfg=configs/ham10000_release.yaml dir=release_holdout
-      [ "$step" = release ] || { cfg=configs/ham10000_release_all.yaml; dir=release_all; }
+      local cfg=configs/ham10000_release.yaml dir=release_holdout extra=()
+      case $step in
+        release_all) cfg=configs/ham10000_release_all.yaml; dir=release_all ;;
+        ensemble) dir=release_ensemble; extra=(--members "$members" --resume) ;;
+      esac
       # patience = epochs: the whole cosine schedule runs, the best validation epoch is kept
       timeout -k 10 "$(left)" python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir" \
         --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers" \
-        --set "train.patience=$repochs" || true
+        --set "train.patience=$repochs" "${extra[@]}" || true
+      for m in "$runs/$dir"/members/*/history.json; do  # an ensemble's members, finished or not
+        [ -f "$m" ] && python3 -c 'import json, sys; h = json.load(open(sys.argv[1])); print(sys.argv[1], len(h), "epochs, best val balanced accuracy", max((r["val_balanced_accuracy"] or 0) for r in h))' "$m" || true
+      done
       if [ -f "$runs/$dir/metrics.json" ]; then summary "$runs/$dir/metrics.json"; fi
       echo "== $step done at $((SECONDS - t0)) s"
       continue
@@ -113,6 +123,9 @@ run() {
   fi
   if [ -d "$runs/release_all/bundle" ]; then
     tar -C "$runs/release_all" -czf "$out/release_all_bundle.tar.gz" bundle split.csv
+  fi
+  if [ -d "$runs/release_ensemble/bundle" ]; then  # MEMBERS x 14 MB: in parts under the 16 MiB a file
+    tar -C "$runs/release_ensemble" -czf - bundle split.csv | split -b 15m - "$out/ensemble_bundle.tar.gz.part-"
   fi
   ls -la "$out"
   exec >&- 2>&-  # let tee write the log's last lines before the call returns

@@ -27,6 +27,7 @@ from .calibrate import Calibration
 from .data.encode import MetadataEncoder
 from .errors import BundleError
 from .models import create_model
+from .models.ensemble import ENSEMBLE, build_ensemble
 
 __all__ = ["Bundle", "save_bundle", "load_bundle", "update_bundle_info", "BUNDLE_FORMAT", "MODEL_CARD"]
 
@@ -228,7 +229,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
 
     def build(prefix: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
         try:
-            net = create_model(name, pretrained=False, **kwargs)
+            net = build_ensemble(**kwargs) if name == ENSEMBLE else create_model(name, pretrained=False, **kwargs)
         except (TypeError, ValueError) as e:
             raise BundleError(f"{path}: cannot rebuild model {name!r} ({e})") from None
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

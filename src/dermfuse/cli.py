@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--model", help="registered model name (see `dermfuse models`)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--members", type=int, help="train a seed ensemble of this many models (train.members)")
     _add_train_options(p)
 
     p = sub.add_parser("calibrate", help="fit prior shift + temperature on a finished run's validation part")
@@ -279,6 +280,14 @@ def _print_holdout(name: str, m: dict) -> None:
     err.print(f"[bold]{name}[/bold] on held-out data: accuracy {m['accuracy']:.4f}, balanced accuracy "
               f"{m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, melanoma sensitivity "
               f"{m['melanoma_sensitivity']:.4f}")
+    if m.get("members"):
+        import numpy as np
+
+        parts = []
+        for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")):
+            v = np.array([r[key] for r in m["members"]])
+            parts.append(f"{label} {v.mean():.4f} ± {v.std(ddof=1):.4f} ({v.min():.4f}–{v.max():.4f})")
+        err.print(f"its {len(m['members'])} members alone: " + ", ".join(parts))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -289,6 +298,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .experiment import train_run
 
         cfg = _run_config(args, args.data, args.model)
+        if args.members is not None:
+            cfg.train.members = args.members
         res = train_run(cfg, progress=progress, resume=args.resume)
         if res.metrics.get("n_images"):
             _print_holdout(cfg.model.name, res.metrics)

@@ -76,6 +76,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     tta: bool = False  # average predictions over flips at evaluation
     calibration: str = "none"  # none | temperature | prior-temperature, fitted on the validation part
+    members: int = 1  # > 1: a seed ensemble of that many models (seeds seed, seed+1, ...), probabilities averaged
 
 
 @dataclass

@@ -133,6 +133,9 @@ def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | No
              reference: str | None = None) -> Path:
     """Run ``variants`` on every unfinished fold (or fold ``fold`` only) of ``cfg.out``;
     the shared engine of `run_cv` and `run_ablation`. Writes the report unless ``fold``."""
+    if cfg.train.members != 1:
+        raise ConfigError(f"train.members = {cfg.train.members}: cross-validation and ablations compare "
+                          "single models; seed ensembles are built by `dermfuse train`")
     cfg = copy.deepcopy(cfg)
     cfg.data.folds = int(folds if folds is not None else cfg.data.folds)
     k = cfg.data.folds

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from rich.console import Console
 
 from . import __version__
@@ -29,6 +30,7 @@ from .data.splits import SPLIT_LABELS, holdout, validation_split
 from .errors import ConfigError, DataError
 from .metrics import compute_metrics
 from .models import create_model, model_spec
+from .models.ensemble import ENSEMBLE, Ensemble
 from .report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
 from ._distributed import is_main_process
 from .train import ArrayDataset, FitResult, fit, predict_proba
@@ -146,6 +148,8 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError(f"train.calibration {cfg.train.calibration!r}: expected one of {list(CALIBRATION_MODES)}")
     if cfg.train.calibration != "none" and cfg.data.val_fraction == 0:
         raise ConfigError("train.calibration is fitted on the validation part: set data.val_fraction > 0")
+    if cfg.train.members < 1:
+        raise ConfigError(f"train.members {cfg.train.members!r}: expected 1 (one model) or more (a seed ensemble)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
         raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
 
@@ -205,31 +209,44 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
         images, cam_model, cam_info = stage.inputs, stage.cam_model, stage.info
 
     kwargs = model_kwargs(cfg, len(classes), meta_dim)
-    weights, build_kw = cfg.model.weights, dict(kwargs)
-    if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
-        build_kw["backbone_weights"], weights = weights, None  # the file is the backbone's
-    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **build_kw)
-    warnings = []
-    has_backbone = cfg.model.name in ("resnet50", "inception_v3", "efficientnet_lite0") or "image_backbone" in kwargs
-    if cfg.model.pretrained and has_backbone and getattr(model, "weights_source", "random") == "random":
-        warnings.append(f"{cfg.model.name}: no pretrained weights available offline; trained from random weights.")
-    for w in warnings:
-        log.warning(w)
+    warnings: list[str] = []
+
+    def build() -> torch.nn.Module:
+        weights, build_kw = cfg.model.weights, dict(kwargs)
+        if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
+            build_kw["backbone_weights"], weights = weights, None  # the file is the backbone's
+        net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **build_kw)
+        has_backbone = cfg.model.name in ("resnet50", "inception_v3", "efficientnet_lite0") or "image_backbone" in kwargs
+        if cfg.model.pretrained and has_backbone and getattr(net, "weights_source", "random") == "random":
+            text = f"{cfg.model.name}: no pretrained weights available offline; trained from random weights."
+            if text not in warnings:
+                warnings.append(text)
+                log.warning(text)
+        return net
 
     def ds(idx: np.ndarray) -> ArrayDataset:
         return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y[idx])
 
-    fit_res: FitResult = fit(model, ds(train_idx), ds(val_idx), cfg.train, classes,
-                             run_dir=run_dir, resume=resume, progress=progress)
+    has_test = len(test_idx) > 0
+    member_metrics: list[dict[str, Any]] = []
+    if cfg.train.members == 1:
+        torch.manual_seed(cfg.train.seed)  # the initial weights of what pretrained weights leave out
+        model = build()
+        fit_res: FitResult = fit(model, ds(train_idx), ds(val_idx), cfg.train, classes,
+                                 run_dir=run_dir, resume=resume, progress=progress)
+        val_raw = (predict_proba(model, ds(val_idx), batch_size=64, tta=cfg.train.tta)
+                   if cfg.train.calibration != "none" else None)
+        raw = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta) if has_test else None
+    else:
+        model, fit_res, val_raw, raw, member_metrics = _fit_members(
+            cfg, build, ds(train_idx), ds(val_idx), ds(test_idx) if has_test else None, y[train_idx],
+            classes, run_dir, resume, progress)
     calibration = Calibration()
     if cfg.train.calibration != "none":
-        val_proba = predict_proba(model, ds(val_idx), batch_size=64, tta=cfg.train.tta)
-        calibration = fit_calibration(val_proba, y[val_idx], y[train_idx], cfg.train.calibration)
+        calibration = fit_calibration(val_raw, y[val_idx], y[train_idx], cfg.train.calibration)
         log.info("calibration on %d validation images: prior shift %.2f, temperature %.3f",
                  len(val_idx), calibration.prior_shift, calibration.temperature)
-    has_test = len(test_idx) > 0
     if has_test:
-        raw = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta)
         proba, metrics = _calibrated_metrics(y[test_idx], raw, calibration, classes)
     else:  # test_fraction 0: everything but the validation part trains; nothing is held out
         metrics = {"n_images": 0, "note": "no test part (data.test_fraction = 0): trained on all rows but "
@@ -238,6 +255,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
             metrics["calibration"] = _calibration_summary(calibration)
     metrics["split"] = split_label(cfg.data.split)
     metrics["weights_source"] = getattr(model, "weights_source", "random")
+    if member_metrics:
+        metrics["members"] = member_metrics
     if not main:
         return RunResult(run_dir, metrics, None, fit_res.history)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -247,8 +266,14 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
             _write_predictions(run_dir / "predictions_uncalibrated.csv", table.iloc[test_idx], classes,
                                y[test_idx], raw)
 
+    if cfg.train.members > 1:
+        model_name, kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": kwargs,
+                                        "n_members": cfg.train.members, "num_classes": len(classes),
+                                        "meta_dim": meta_dim}
+    else:
+        model_name = cfg.model.name
     bundle = save_bundle(
-        run_dir / "bundle", model=model, model_name=cfg.model.name, model_kwargs=kwargs,
+        run_dir / "bundle", model=model, model_name=model_name, model_kwargs=kwargs,
         classes=classes, encoder=encoder, image_size=size, resize_method=cfg.data.resize_method,
         input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
         cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.model.cam_method,
@@ -263,6 +288,40 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
                         n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=warnings,
                         seconds=time.time() - t0)
     return RunResult(run_dir, metrics, bundle, fit_res.history)
+
+
+def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, test: ArrayDataset | None,
+                 y_train: np.ndarray, classes: list[str], run_dir: Path, resume: bool, progress: bool):
+    """A seed ensemble (``train.members`` = K >= 2): K networks on the same rows, member k
+    built and trained with seed ``train.seed + k`` in ``run_dir/members/k`` (its own
+    checkpoint, so ``--resume`` continues member by member).
+
+    Returns the `Ensemble`, member 0's fit (its curves go in the report), the ensemble's
+    validation and test probabilities (the mean of the members', which is what the
+    ensemble computes) and each member's test metrics as a single model: calibrated on the
+    validation part by itself, as a run with ``members: 1`` and that seed would be."""
+    members, fits, val_p, test_p, member_metrics = [], [], [], [], []
+    for k in range(cfg.train.members):
+        seed = cfg.train.seed + k
+        if progress:
+            console.print(f"member {k + 1}/{cfg.train.members} (seed {seed})")
+        torch.manual_seed(seed)  # the new head's initial weights differ per member
+        net = build()
+        fits.append(fit(net, train, val, replace(cfg.train, seed=seed), classes,
+                        run_dir=run_dir / "members" / str(k), resume=resume, progress=progress))
+        members.append(net)
+        val_p.append(predict_proba(net, val, batch_size=64, tta=cfg.train.tta) if len(val) else None)
+        if test is None:
+            continue
+        test_p.append(predict_proba(net, test, batch_size=64, tta=cfg.train.tta))
+        own = Calibration()
+        if cfg.train.calibration != "none":
+            own = fit_calibration(val_p[-1], val.labels, y_train, cfg.train.calibration)
+        _, m = _calibrated_metrics(test.labels, test_p[-1], own, classes)
+        member_metrics.append({"member": k, "seed": seed, "best_epoch": fits[-1].best_epoch, **_headline(m)})
+    val_raw = np.mean(val_p, axis=0, dtype=np.float64).astype(np.float32) if len(val) else None
+    test_raw = np.mean(test_p, axis=0, dtype=np.float64).astype(np.float32) if test is not None else None
+    return Ensemble(members), fits[0], val_raw, test_raw, member_metrics
 
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "log_loss",
@@ -320,7 +379,8 @@ def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list
                 table_html(sorted(cohort.report.fixed.items()), ("fixed (row kept)", "rows")) +
                 table_html(sorted(summary["missing"].items()), ("missing after cleaning", "rows"))),
         Section("Test metrics", metrics_table_html(metrics)),
-        Section("Training curves", figure_html(png["curves"], "training and validation accuracy and loss")),
+        Section("Training curves", figure_html(png["curves"], "training and validation accuracy and loss" + (
+            " of member 0; every member's history is in members/K/history.json" if "members" in metrics else ""))),
         Section("Confusion matrix", "<div class='figs'>" + figure_html(png["confusion_counts"], "counts") +
                 figure_html(png["confusion_normalized"], "row-normalised (recall)") + "</div>"),
         Section("ROC and calibration", "<div class='figs'>" + figure_html(png["roc"], "one-vs-rest ROC") +
@@ -329,6 +389,8 @@ def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list
     ]
     if "calibration" in metrics:
         sections.insert(3, _calibration_section(metrics))
+    if "members" in metrics:
+        sections.insert(3, _members_section(metrics))
     banners = []
     if cohort.synthetic:
         banners.append("SYNTHETIC DATA — generated by dermfuse for demonstration; these numbers say nothing about real lesions.")
@@ -338,6 +400,17 @@ def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list
         run_dir / "report.html", f"dermfuse — {cfg.model.name} ({cfg.model.input} input)",
         sections, subtitle=f"{cfg.data.path} · {seconds / 60:.1f} min · dermfuse {__version__}",
         banners=banners, warnings=warnings)
+
+
+def _members_section(metrics: dict[str, Any]) -> Section:
+    cols = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece")
+    rows = [(f"member {m['member']} (seed {m['seed']}, best epoch {m['best_epoch'] + 1})", *(m.get(c) for c in cols))
+            for m in metrics["members"]]
+    rows.append(("ensemble (mean of the members' probabilities)", *(metrics.get(c) for c in cols)))
+    return Section("Ensemble members",
+                   "<p>Every member scored alone on the same test rows, each calibrated on the validation "
+                   "part by itself: what a single-model run with that seed gives. The spread between "
+                   "them is the seed noise of one training run.</p>" + table_html(rows, ("model", *cols)))
 
 
 def _calibration_section(metrics: dict[str, Any]) -> Section:

@@ -88,9 +88,8 @@ def explain_arrays(bundle: Bundle, images: np.ndarray, meta: np.ndarray,
     """Heatmaps (N, S, S) float in [0, 1] that explain the bundle's prediction.
 
     Heatmap-input bundles return the CAM backbone's map (what the classifier saw); image-input
-    bundles return Grad-CAM of the classifier itself for ``targets`` (default: predicted)."""
-    from .cam import GradCAM
-
+    bundles return Grad-CAM of the classifier itself for ``targets`` (default: predicted),
+    averaged over the members of an ensemble."""
     if bundle.input_mode != "image":
         from .heatmaps import compute_maps
 
@@ -99,8 +98,22 @@ def explain_arrays(bundle: Bundle, images: np.ndarray, meta: np.ndarray,
         raise InputError(f"model {bundle.info['model']['name']!r} has no image branch to explain")
     device = next(bundle.model.parameters()).device
     m = torch.as_tensor(np.asarray(meta, np.float32), device=device)
-    with GradCAM(bundle.model) as cam:
-        maps = cam(to_input(images).to(device), m, targets=targets)
+    x = to_input(images).to(device)
+    members = getattr(bundle.model, "members", None)
+    if members is None:
+        return _gradcam(bundle.model, x, m, targets)
+    # A seed ensemble: every member's map for the ensemble's class, averaged.
+    if targets is None:
+        with torch.inference_mode():
+            targets = [int(i) for i in bundle.model(x, m).argmax(1)]
+    return np.mean([_gradcam(member, x, m, targets) for member in members], axis=0)
+
+
+def _gradcam(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor, targets: list[int] | None) -> np.ndarray:
+    from .cam import GradCAM
+
+    with GradCAM(model) as cam:
+        maps = cam(x, meta, targets=targets)
     return np.asarray(maps.cpu() if hasattr(maps, "cpu") else maps, np.float32)
 
 

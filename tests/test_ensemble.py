@@ -1,0 +1,123 @@
+"""Seed ensembles (train.members): the averaging module, the run, its bundle and its members."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dermfuse.bundle import load_bundle
+from dermfuse.config import RunConfig
+from dermfuse.errors import ConfigError
+from dermfuse.experiment import evaluate_bundle, train_run
+from dermfuse.models import create_model
+from dermfuse.models.ensemble import Ensemble
+from dermfuse.predict import _gradcam, explain_arrays, predict_one
+from dermfuse.transforms import to_input
+
+
+def test_ensemble_output_is_log_of_mean_member_probabilities():
+    torch.manual_seed(0)
+    members = [create_model("ft_multicnn", 7, meta_dim=4, pretrained=False, input_size=32) for _ in range(3)]
+    ens = Ensemble(members).eval()
+    x, m = torch.rand(5, 3, 32, 32), torch.randn(5, 4)
+    with torch.no_grad():
+        expected = torch.stack([net(x, m).softmax(1) for net in members]).mean(0)
+        out = ens(x, m)
+    assert torch.allclose(out.softmax(1), expected, atol=1e-6)
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)  # already log-probabilities
+    assert ens.cam_layer is members[0].cam_layer
+    with pytest.raises(ValueError, match="at least 2"):
+        Ensemble(members[:1])
+
+
+def _cfg(data, out, members: int, seed: int = 0) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.path = str(data)
+    cfg.data.image_size = 32
+    cfg.model.name = "ft_multicnn"
+    cfg.model.pretrained = False
+    cfg.train.epochs = 2
+    cfg.train.tta = True
+    cfg.train.calibration = "prior-temperature"
+    cfg.train.members = members
+    cfg.seed = 0
+    cfg.train.seed = seed
+    cfg.out = str(out)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(synth_small, tmp_path_factory):
+    return train_run(_cfg(synth_small, tmp_path_factory.mktemp("ens") / "run", members=2), progress=False)
+
+
+def test_ensemble_bundle_rebuilds_every_member(ensemble_run):
+    info = json.loads((ensemble_run.bundle / "bundle.json").read_text())
+    assert info["model"]["name"] == "ensemble"
+    assert info["model"]["kwargs"]["member"] == "ft_multicnn" and info["model"]["kwargs"]["n_members"] == 2
+    bundle = load_bundle(ensemble_run.bundle)
+    assert isinstance(bundle.model, Ensemble) and len(bundle.model.members) == 2
+    a, b = (dict(m.named_parameters()) for m in bundle.model.members)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # two seeds, two different networks
+    for k in range(2):
+        assert (ensemble_run.run_dir / "members" / str(k) / "history.json").is_file()
+    html = (ensemble_run.run_dir / "report.html").read_text()
+    assert "Ensemble members" in html and "seed 1" in html
+
+
+def test_member_is_the_single_run_with_its_seed(ensemble_run, synth_small, tmp_path):
+    """Member k scored alone is exactly what `members: 1` with seed k reports (k = 1: the
+    member whose seed differs from the run's)."""
+    members = ensemble_run.metrics["members"]
+    assert [m["seed"] for m in members] == [0, 1]
+    single = train_run(_cfg(synth_small, tmp_path / "single", members=1, seed=1), progress=False)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss"):
+        assert members[1][key] == pytest.approx(single.metrics[key], abs=1e-9), key
+    assert members[0]["log_loss"] != pytest.approx(members[1]["log_loss"], abs=1e-6)
+
+
+def test_ensemble_predictions_are_calibrated_mean_of_members(ensemble_run, synth_small, tmp_path):
+    """The run averages the members' saved-epoch probabilities; the bundle's Ensemble module
+    (TTA and calibration included) gives the same test predictions."""
+    split = tmp_path / "split.csv"
+    split.write_text((ensemble_run.run_dir / "split.csv").read_text())
+    evaluate_bundle(ensemble_run.bundle, synth_small, progress=False, out=tmp_path / "ev", split_file=split)
+    ours = pd.read_csv(ensemble_run.run_dir / "predictions.csv").set_index("image_id")
+    again = pd.read_csv(tmp_path / "ev" / "predictions.csv").set_index("image_id").loc[ours.index]
+    cols = [c for c in ours.columns if c.startswith("p_")]
+    assert np.allclose(ours[cols].to_numpy(), again[cols].to_numpy(), atol=1e-5)
+    m = ensemble_run.metrics
+    assert "calibration" in m and "uncalibrated" in m
+
+
+def test_ensemble_explanation_is_the_mean_member_map(ensemble_run):
+    bundle = load_bundle(ensemble_run.bundle)
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    meta = bundle.encoder.encode_one(50, "male", "back")[None].repeat(3, 0)[:, : bundle.model_meta_dim]
+    maps = explain_arrays(bundle, images, meta, targets=[0, 1, 2])
+    x, m = to_input(images), torch.as_tensor(meta)
+    expected = np.mean([_gradcam(net, x, m, [0, 1, 2]) for net in bundle.model.members], axis=0)
+    assert maps.shape == (3, 32, 32) and np.allclose(maps, expected, atol=1e-6)
+    assert 0 <= maps.min() and maps.max() <= 1
+
+
+def test_predict_one_with_an_ensemble_bundle(ensemble_run, synth_small):
+    bundle = load_bundle(ensemble_run.bundle)
+    image = next((synth_small / "images").glob("*.jpg"))
+    p = predict_one(bundle, image, 40, "female", "face", explain=True)
+    assert sum(p.probabilities.values()) == pytest.approx(1, abs=1e-5)
+    assert p.heatmap is not None and p.overlay.shape == (32, 32, 3)
+
+
+def test_members_must_be_positive_and_cv_refuses_ensembles(synth_small, tmp_path):
+    from dermfuse.cv import run_cv
+
+    with pytest.raises(ConfigError, match="members"):
+        train_run(_cfg(synth_small, tmp_path / "zero", members=0), progress=False)
+    with pytest.raises(ConfigError, match="single models"):
+        run_cv(_cfg(synth_small, tmp_path / "cv", members=2), models="cnn", folds=2, progress=False)

@@ -16,7 +16,8 @@
 # configs/ham10000_release.yaml, on its lesion-grouped holdout and "release_all" the same
 # recipe on all of the data, configs/ham10000_release_all.yaml, and "ensemble" a seed
 # ensemble of MEMBERS (3) release-recipe models on the holdout (`train --members`; its
-# bundle comes back in 15 MB parts: cat ensemble_bundle.tar.gz.part-* | tar -xz), each at
+# bundle comes back in 15 MB parts: cat ensemble_bundle.tar.gz.part-* | tar -xz; its
+# --resume helps only within one warm machine, whose /tmp is lost when it goes back), each at
 # RELEASE_EPOCHS (20) and RELEASE_SIZE (224) px, keeping the best validation epoch of the
 # cosine schedule),
 # FOLDS_RUN ("0 1 2 3 4"), PARALLEL (1: fold jobs at a time on the GPU, each with
@@ -87,9 +88,9 @@ run() {
       # patience = epochs: the whole cosine schedule runs, the best validation epoch is kept
       timeout -k 10 "$(left)" python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir" \
         --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers" \
-        --set "train.patience=$repochs" "${extra[@]}" || true
+        --set "train.patience=$repochs" ${extra[@]+"${extra[@]}"} || true
       for m in "$runs/$dir"/members/*/history.json; do  # an ensemble's members, finished or not
-        [ -f "$m" ] && python3 -c 'import json, sys; h = json.load(open(sys.argv[1])); print(sys.argv[1], len(h), "epochs, best val balanced accuracy", max((r["val_balanced_accuracy"] or 0) for r in h))' "$m" || true
+        [ -f "$m" ] && python3 -c 'import json, sys; h = json.load(open(sys.argv[1])); print(sys.argv[1], len(h), "epochs, best val balanced accuracy", max(((r["val_balanced_accuracy"] or 0) for r in h), default=None))' "$m" || true
       done
       if [ -f "$runs/$dir/metrics.json" ]; then summary "$runs/$dir/metrics.json"; fi
       echo "== $step done at $((SECONDS - t0)) s"
@@ -125,7 +126,9 @@ run() {
     tar -C "$runs/release_all" -czf "$out/release_all_bundle.tar.gz" bundle split.csv
   fi
   if [ -d "$runs/release_ensemble/bundle" ]; then  # MEMBERS x 14 MB: in parts under the 16 MiB a file
-    tar -C "$runs/release_ensemble" -czf - bundle split.csv | split -b 15m - "$out/ensemble_bundle.tar.gz.part-"
+    rm -f "$out"/ensemble_bundle.tar.gz.part-*
+    tar -C "$runs/release_ensemble" -czf - bundle split.csv | split -b 15m - "$out/ensemble_bundle.tar.gz.part-" \
+      || echo "packing the ensemble bundle failed"
   fi
   ls -la "$out"
   exec >&- 2>&-  # let tee write the log's last lines before the call returns

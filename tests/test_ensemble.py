@@ -94,6 +94,48 @@ def test_ensemble_predictions_are_calibrated_mean_of_members(ensemble_run, synth
     assert "calibration" in m and "uncalibrated" in m
 
 
+def test_calibration_is_fitted_on_the_ensembles_validation_predictions(ensemble_run, synth_small):
+    """Not on one member's: refitting on the bundle's uncalibrated validation predictions
+    gives the stored parameters."""
+    from dermfuse.calibrate import fit_calibration
+    from dermfuse.data.cache import build_cache
+    from dermfuse.experiment import load_cohort
+    from dermfuse.predict import predict_arrays
+
+    bundle = load_bundle(ensemble_run.bundle)
+    cohort = load_cohort(synth_small, progress=False)
+    part = pd.read_csv(ensemble_run.run_dir / "split.csv").set_index("image_id")["part"]
+    where = cohort.table["image_id"].map(part).to_numpy()
+    val, train = np.flatnonzero(where == "val"), np.flatnonzero(where == "train")
+    images = build_cache(cohort.table, size=bundle.image_size, progress=False).images
+    raw = predict_arrays(bundle, np.ascontiguousarray(images[val]), bundle.encode_table(cohort.table.iloc[val]),
+                         calibrated=False)
+    refit = fit_calibration(raw, cohort.labels[val], cohort.labels[train], "prior-temperature")
+    assert refit.prior_shift == pytest.approx(bundle.calibration.prior_shift, abs=1e-6)
+    assert refit.temperature == pytest.approx(bundle.calibration.temperature, rel=1e-3)
+
+
+def test_resume_reuses_the_members_and_refuses_another_seed(ensemble_run, synth_small):
+    cfg = _cfg(synth_small, ensemble_run.run_dir, members=2)
+    again = train_run(cfg, progress=False, resume=True)  # every member's checkpoint is finished
+    for key in ("accuracy", "balanced_accuracy", "log_loss"):
+        assert again.metrics[key] == pytest.approx(ensemble_run.metrics[key], abs=1e-9)
+    with pytest.raises(ConfigError, match="seed"):
+        train_run(_cfg(synth_small, ensemble_run.run_dir, members=2, seed=5), progress=False, resume=True)
+
+
+def test_calibrate_keeps_the_members(ensemble_run, tmp_path):
+    import shutil
+
+    from dermfuse.experiment import calibrate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(ensemble_run.run_dir, run, ignore=shutil.ignore_patterns("*.pt"))
+    metrics = calibrate_run(run, mode="temperature", progress=False)
+    assert [m["seed"] for m in metrics["members"]] == [0, 1]
+    assert "Ensemble members" in (run / "report.html").read_text()
+
+
 def test_ensemble_explanation_is_the_mean_member_map(ensemble_run):
     bundle = load_bundle(ensemble_run.bundle)
     g = np.random.default_rng(0)
@@ -104,6 +146,12 @@ def test_ensemble_explanation_is_the_mean_member_map(ensemble_run):
     expected = np.mean([_gradcam(net, x, m, [0, 1, 2]) for net in bundle.model.members], axis=0)
     assert maps.shape == (3, 32, 32) and np.allclose(maps, expected, atol=1e-6)
     assert 0 <= maps.min() and maps.max() <= 1
+    # without targets: the ensemble's own class for each image
+    with torch.no_grad():
+        own = [int(i) for i in bundle.model(x, m).argmax(1)]
+    assert np.allclose(explain_arrays(bundle, images, meta), explain_arrays(bundle, images, meta, targets=own))
+    other = [(t + 1) % len(bundle.classes) for t in own]
+    assert not np.allclose(explain_arrays(bundle, images, meta), explain_arrays(bundle, images, meta, targets=other))
 
 
 def test_predict_one_with_an_ensemble_bundle(ensemble_run, synth_small):

@@ -135,7 +135,7 @@ def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | No
     the shared engine of `run_cv` and `run_ablation`. Writes the report unless ``fold``."""
     if cfg.train.members != 1:
         raise ConfigError(f"train.members = {cfg.train.members}: cross-validation and ablations compare "
-                          "single models; seed ensembles are built by `dermfuse train`")
+                          "single models (train.members = 1); seed ensembles are built by `dermfuse train`")
     cfg = copy.deepcopy(cfg)
     cfg.data.folds = int(folds if folds is not None else cfg.data.folds)
     k = cfg.data.folds

@@ -266,14 +266,13 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
             _write_predictions(run_dir / "predictions_uncalibrated.csv", table.iloc[test_idx], classes,
                                y[test_idx], raw)
 
+    model_name, bundle_kwargs = cfg.model.name, kwargs
     if cfg.train.members > 1:
-        model_name, kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": kwargs,
-                                        "n_members": cfg.train.members, "num_classes": len(classes),
-                                        "meta_dim": meta_dim}
-    else:
-        model_name = cfg.model.name
+        model_name, bundle_kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": kwargs,
+                                               "n_members": cfg.train.members, "num_classes": len(classes),
+                                               "meta_dim": meta_dim}
     bundle = save_bundle(
-        run_dir / "bundle", model=model, model_name=model_name, model_kwargs=kwargs,
+        run_dir / "bundle", model=model, model_name=model_name, model_kwargs=bundle_kwargs,
         classes=classes, encoder=encoder, image_size=size, resize_method=cfg.data.resize_method,
         input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
         cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.model.cam_method,
@@ -296,31 +295,36 @@ def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, 
     built and trained with seed ``train.seed + k`` in ``run_dir/members/k`` (its own
     checkpoint, so ``--resume`` continues member by member).
 
-    Returns the `Ensemble`, member 0's fit (its curves go in the report), the ensemble's
-    validation and test probabilities (the mean of the members', which is what the
-    ensemble computes) and each member's test metrics as a single model: calibrated on the
-    validation part by itself, as a run with ``members: 1`` and that seed would be."""
+    Returns the `Ensemble`, member 0's fit (its curves go in the report and in
+    ``run_dir/history.json``), the ensemble's validation (None without calibration) and
+    test probabilities (the mean of the members', which is what the ensemble computes) and
+    each member's test metrics as a single model: calibrated on the validation part by
+    itself, as a run with ``members: 1`` and that seed reports. On a CPU (deterministic
+    kernels) member k is exactly that run; on a GPU, as close as two runs of one seed are.
+    Under torchrun, ranks seed ``seed + rank`` as in `fit`."""
     members, fits, val_p, test_p, member_metrics = [], [], [], [], []
     for k in range(cfg.train.members):
         seed = cfg.train.seed + k
-        if progress:
+        if progress and is_main_process():
             console.print(f"member {k + 1}/{cfg.train.members} (seed {seed})")
         torch.manual_seed(seed)  # the new head's initial weights differ per member
         net = build()
         fits.append(fit(net, train, val, replace(cfg.train, seed=seed), classes,
                         run_dir=run_dir / "members" / str(k), resume=resume, progress=progress))
         members.append(net)
-        val_p.append(predict_proba(net, val, batch_size=64, tta=cfg.train.tta) if len(val) else None)
+        calibrate = cfg.train.calibration != "none"
+        if calibrate:
+            val_p.append(predict_proba(net, val, batch_size=64, tta=cfg.train.tta))
         if test is None:
             continue
         test_p.append(predict_proba(net, test, batch_size=64, tta=cfg.train.tta))
-        own = Calibration()
-        if cfg.train.calibration != "none":
-            own = fit_calibration(val_p[-1], val.labels, y_train, cfg.train.calibration)
+        own = fit_calibration(val_p[-1], val.labels, y_train, cfg.train.calibration) if calibrate else Calibration()
         _, m = _calibrated_metrics(test.labels, test_p[-1], own, classes)
         member_metrics.append({"member": k, "seed": seed, "best_epoch": fits[-1].best_epoch, **_headline(m)})
-    val_raw = np.mean(val_p, axis=0, dtype=np.float64).astype(np.float32) if len(val) else None
-    test_raw = np.mean(test_p, axis=0, dtype=np.float64).astype(np.float32) if test is not None else None
+    val_raw = np.mean(val_p, axis=0, dtype=np.float64).astype(np.float32) if val_p else None
+    test_raw = np.mean(test_p, axis=0, dtype=np.float64).astype(np.float32) if test_p else None
+    if is_main_process():  # member 0's curves stand for the run (the report's, `dermfuse calibrate`'s)
+        (run_dir / "history.json").write_text(json.dumps(fits[0].history, indent=2))
     return Ensemble(members), fits[0], val_raw, test_raw, member_metrics
 
 
@@ -471,6 +475,9 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     y_test = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     proba, metrics = _calibrated_metrics(y_test, raw, calibration, classes)
     metrics["split"] = split_label(cfg.data.split)
+    old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    if "members" in old:  # an ensemble's members were scored alone, each with its own calibration
+        metrics["members"] = old["members"]
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     test_rows = table.set_index("image_id").loc[pred["image_id"]].reset_index()
     _write_predictions(run_dir / "predictions.csv", test_rows, classes, y_test, proba)

@@ -41,7 +41,7 @@ def cam_figures(bundle_path: str | Path, images: Sequence[str | Path], out: str 
         except InputError as e:
             raise InputError(f"{src}: {e}") from None
         proba = predict_arrays(bundle, img, meta)[0]
-        maps = explain_arrays(bundle, img, meta)
+        maps = explain_arrays(bundle, img, meta, targets=[int(proba.argmax())])  # the class in the title
         top = bundle.classes[int(proba.argmax())]
         title = f"{Path(str(src)).name}: {top} ({proba.max():.2f})"
         stem = stems[i] if stems.count(stems[i]) == 1 else f"{i:03d}_{stems[i]}"

@@ -18,6 +18,7 @@ from rich.progress import track
 from .bundle import Bundle
 from .data.cache import load_image, resize_image
 from .errors import InputError
+from .models.ensemble import Ensemble
 from .train import tta_views
 from .transforms import to_input
 
@@ -99,14 +100,13 @@ def explain_arrays(bundle: Bundle, images: np.ndarray, meta: np.ndarray,
     device = next(bundle.model.parameters()).device
     m = torch.as_tensor(np.asarray(meta, np.float32), device=device)
     x = to_input(images).to(device)
-    members = getattr(bundle.model, "members", None)
-    if members is None:
+    if not isinstance(bundle.model, Ensemble):
         return _gradcam(bundle.model, x, m, targets)
-    # A seed ensemble: every member's map for the ensemble's class, averaged.
+    # A seed ensemble: every member's map for one class (default: the ensemble's), averaged.
     if targets is None:
         with torch.inference_mode():
             targets = [int(i) for i in bundle.model(x, m).argmax(1)]
-    return np.mean([_gradcam(member, x, m, targets) for member in members], axis=0)
+    return np.mean([_gradcam(member, x, m, targets) for member in bundle.model.members], axis=0)
 
 
 def _gradcam(model: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor, targets: list[int] | None) -> np.ndarray:
@@ -131,7 +131,7 @@ def predict_one(bundle: Bundle, image: str | Path | bytes, age: Any = None, sex:
     top = bundle.classes[int(proba.argmax())]
     heat = over = None
     if explain and (bundle.input_mode != "image" or getattr(bundle.model, "cam_layer", None) is not None):
-        heat = explain_arrays(bundle, img, meta)
+        heat = explain_arrays(bundle, img, meta, targets=[int(proba.argmax())])  # the class reported
         over = overlay(img, heat, alpha=alpha)[0]
         heat = heat[0]
     return Prediction(probs, top, img[0], heat, over)

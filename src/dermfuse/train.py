@@ -357,6 +357,9 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     ckpt_path = run_dir / "checkpoint.pt" if run_dir is not None else None
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain types only
+        if ckpt.get("config", {}).get("seed", cfg.seed) != cfg.seed:
+            raise ConfigError(f"{ckpt_path} was trained with seed {ckpt['config']['seed']}, this run asks for "
+                              f"seed {cfg.seed}: resume with the same seed or use a new run directory")
         for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
             obj.load_state_dict(ckpt[name])
         state, best_weights = {k: ckpt[k] for k in state}, ckpt["best_weights"]

@@ -50,10 +50,14 @@ class Ensemble(nn.Module):
         return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
 
 
-def build_ensemble(member: str, member_kwargs: dict[str, Any], n_members: int, **_: Any) -> Ensemble:
+def build_ensemble(member: str, member_kwargs: dict[str, Any], n_members: int,
+                   num_classes: int | None = None, meta_dim: int | None = None) -> Ensemble:
     """An ensemble of ``n_members`` untrained ``create_model(member, pretrained=False,
-    **member_kwargs)`` networks, to load a bundle's weights into. Other keys of a bundle's
-    model kwargs (``num_classes``, ``meta_dim``, recorded for readers) are ignored."""
+    **member_kwargs)`` networks, to load a bundle's weights into. ``num_classes`` and
+    ``meta_dim`` (recorded in bundles for readers) must agree with ``member_kwargs``."""
+    for key, value in (("num_classes", num_classes), ("meta_dim", meta_dim)):
+        if value is not None and member_kwargs.get(key, value) != value:
+            raise ValueError(f"{key} {value} differs from the members' {member_kwargs.get(key)}")
     if not isinstance(n_members, int) or n_members < 2:
         raise ValueError(f"n_members must be an int >= 2, got {n_members!r}")
     return Ensemble([create_model(member, pretrained=False, **member_kwargs) for _ in range(n_members)])

@@ -17,7 +17,7 @@ from dermfuse.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, colorize,
 from dermfuse.cam_render import jet_lut
 from dermfuse.models import create_model
 
-TOL = 1e-4
+TOL = 6e-6  # the acceptance bound (max absolute difference per map)
 NUM_CLASSES = 7
 META_DIM = 8
 TARGETS = [0, 3, 6, 2, 5]  # mixed classes, one per image
@@ -82,7 +82,7 @@ def assert_parity(ours: torch.Tensor, ref: np.ndarray) -> None:
     assert diff <= TOL, diff
 
 
-@pytest.mark.parametrize("size", [64, 96])
+@pytest.mark.parametrize("size", [64, 96, 128])
 @pytest.mark.parametrize("name", ["cnn", "resnet50", "efficientnet_lite0"])
 def test_gradcam_matches_pytorch_grad_cam(name: str, size: int) -> None:
     model = get_model(name, size)

@@ -41,3 +41,10 @@ def test_values_take_the_type_of_their_default(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_column_map_from_set_and_yaml(tmp_path):
+    cfg = apply_overrides(RunConfig(), ["data.column_map={image_id: file, label: diagnosis}"])
+    assert cfg.data.column_map == {"image_id": "file", "label": "diagnosis"}
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").data.column_map == {"image_id": "file", "label": "diagnosis"}

@@ -279,3 +279,11 @@ def test_folder_without_images_or_csv_is_a_data_error(tmp_path: Path) -> None:
         read_dataset(tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         read_dataset(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("bad", ["image_id=file", {"image_id": 3, "label": "diagnosis"}, ["file", "diagnosis"]])
+def test_column_map_of_the_wrong_type_is_refused(tmp_path: Path, bad) -> None:
+    csv = _csv(tmp_path / "labels.csv", [dict(file="a.jpg", diagnosis="x")])
+    _image(tmp_path / "a.jpg")
+    with pytest.raises(DataError, match="column_map: expected a mapping of canonical names to CSV column names"):
+        read_dataset(csv, column_map=bad)

@@ -23,10 +23,28 @@ out = Console()
 err = Console(stderr=True)
 
 
+def column_map_arg(text: str) -> dict[str, str]:
+    """``image_id=isic_id,label=diagnosis,...`` -> {"image_id": "isic_id", ...} (--column-map)."""
+    pairs = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in pairs if p.count("=") != 1 or not all(s.strip() for s in p.split("="))]
+    if not pairs or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=COLUMN pairs separated by commas, e.g. image_id=isic_id,label=diagnosis,age=age_years; "
+            f"could not read {', '.join(map(repr, bad)) or repr(text)}")
+    return {k.strip(): v.strip() for k, v in (p.split("=") for p in pairs)}
+
+
+def _add_format_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", help="data set format (default: detected from the CSV columns)")
+    p.add_argument("--column-map", type=column_map_arg, metavar="NAME=COLUMN,...",
+                   help="format generic: which CSV column holds image_id and label (required) and lesion_id, "
+                        "patient_id, age, sex, site (optional), e.g. image_id=isic_id,label=diagnosis")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (sections data/model/train)")
     p.add_argument("--out", help="run directory (default runs/<model>)")
-    p.add_argument("--format", help="data set format (default: detected)")
+    _add_format_options(p)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -54,7 +72,8 @@ def _run_config(args: argparse.Namespace, data: str, model: str | None):
     if model:
         cfg.model.name = model
     simple = {
-        "data.format": args.format, "data.image_size": args.image_size, "data.split": args.split,
+        "data.format": args.format, "data.column_map": args.column_map,
+        "data.image_size": args.image_size, "data.split": args.split,
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
         "train.balance": args.balance, "model.input": args.input,
         "model.image_backbone": args.image_backbone, "model.weights": args.weights,
@@ -85,19 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("check", help="format, counts, completeness and the cleaning report")
     p.add_argument("path")
-    p.add_argument("--format")
+    _add_format_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--report", help="also save the cleaning report JSON here")
     p.add_argument("--no-image-check", action="store_true", help="skip decoding images")
     p = dsub.add_parser("plot", help="class-distribution figure (the paper's Fig. 4)")
     p.add_argument("path")
     p.add_argument("--out", required=True)
-    p.add_argument("--format")
+    _add_format_options(p)
     p = dsub.add_parser("augment", help="figure of augmented samples (the paper's recipe)")
     p.add_argument("path")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--format")
+    _add_format_options(p)
     p = dsub.add_parser("synth", help="write a SYNTHETIC HAM10000-layout data set")
     p.add_argument("out")
     p.add_argument("--n", type=int, default=600)
@@ -118,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a bundle on a data set")
     p.add_argument("bundle")
     p.add_argument("data")
-    p.add_argument("--format")
+    _add_format_options(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="write metrics.json and predictions.csv here")
     p.add_argument("--split-file", help="a run's split.csv: score only the rows it puts in --part")
@@ -187,7 +206,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         path = make_synthetic(args.out, n=args.n, seed=args.seed, defects=args.defects)
         err.print(f"wrote SYNTHETIC data set ({args.n} images) to {path}")
         return 0
-    read = read_dataset(args.path, format=args.format)
+    read = read_dataset(args.path, format=args.format, column_map=args.column_map)
     check = not getattr(args, "no_image_check", False)
     table, report = clean(read, check_images=check, progress=not args.quiet)
     summary = summarize(table, report, read.format, raw=read.table)
@@ -324,7 +343,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .experiment import evaluate_bundle
 
         m = evaluate_bundle(args.bundle, args.data, format=args.format, progress=progress, out=args.out,
-                            split_file=args.split_file, part=args.part)
+                            split_file=args.split_file, part=args.part, column_map=args.column_map)
         if args.json:
             print(json.dumps(m, indent=2))
         else:

@@ -30,6 +30,7 @@ __all__ = [
 class DataConfig:
     path: str = ""  # data set folder or CSV ("" = synthetic demo data)
     format: str | None = None  # None = detect from the CSV columns
+    column_map: dict[str, str] | None = None  # format 'generic': canonical name -> CSV column
     image_size: int | None = None  # None = the model's default (128 for the paper's models)
     resize_method: str = "bilinear"
     split: str = "lesion"  # lesion | patient | auto (grouped) or image (image-level, leaky)

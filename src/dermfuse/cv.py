@@ -142,7 +142,7 @@ def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | No
     if fold is not None and not 0 <= fold < k:
         raise ConfigError(f"fold={fold}: expected 0..{k - 1} for {k} folds")
     run_dir = Path(cfg.out)
-    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress)
+    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress, cfg.data.column_map)
     runner = _Runner(cfg, cohort, run_dir, progress, resume, keep_checkpoints)
     runner.prepare(kind, variants, reference)
     for f in [fold] if fold is not None else range(k):

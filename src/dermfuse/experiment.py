@@ -83,9 +83,10 @@ def _split_by(split: str) -> str:
 
 
 def load_cohort(path: str | Path, format: str | None = None, check_images: bool = True,
-                progress: bool = True) -> Cohort:
-    """Read and clean a data set folder (or CSV)."""
-    read = read_dataset(path, format=format)
+                progress: bool = True, column_map: dict[str, str] | None = None) -> Cohort:
+    """Read and clean a data set folder (or CSV); ``column_map`` names the columns of a
+    'generic' CSV (see `read_dataset`)."""
+    read = read_dataset(path, format=format, column_map=column_map)
     table, report = clean(read, check_images=check_images, progress=progress)
     table = table.reset_index(drop=True)
     classes = list(read.classes)
@@ -166,7 +167,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
         (run_dir / "plots").mkdir(exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
-    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress)
+    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress, cfg.data.column_map)
     if main:
         cohort.report.save_json(run_dir / "cleaning_report.json")
     if progress and main:
@@ -447,7 +448,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     if mode not in CALIBRATION_MODES or mode == "none":
         raise ConfigError(f"calibration {mode!r}: expected temperature or prior-temperature")
     bundle = load_bundle(run_dir / "bundle")
-    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress)
+    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress, cfg.data.column_map)
     table, classes = cohort.table, cohort.classes
     if list(classes) != list(bundle.classes):
         raise DataError(f"classes of {cfg.data.path} {classes} differ from the bundle's {bundle.classes}")
@@ -518,7 +519,8 @@ def _select_part(table: pd.DataFrame, split_file: str | Path, part: str) -> np.n
 
 def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str | None = None,
                     progress: bool = True, out: str | Path | None = None,
-                    split_file: str | Path | None = None, part: str = "test") -> dict[str, Any]:
+                    split_file: str | Path | None = None, part: str = "test",
+                    column_map: dict[str, str] | None = None) -> dict[str, Any]:
     """Score a bundle on every clean row of a data set, or with ``split_file`` (a run's
     split.csv) only on the rows it puts in ``part``; returns the metrics dict (and writes
     predictions.csv + metrics.json into ``out`` when given)."""
@@ -530,7 +532,7 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
         log.warning("%s is the data set this bundle was trained on: every row is scored, training "
                     "rows included, so these metrics are optimistic. Pass --split-file RUN/split.csv "
                     "to score the held-out rows only.", data_path)
-    cohort = load_cohort(data_path, format, True, progress)
+    cohort = load_cohort(data_path, format, True, progress, column_map)
     table = cohort.table
     if split_file is not None:
         table = table.iloc[_select_part(table, split_file, part)].reset_index(drop=True)

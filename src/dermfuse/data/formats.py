@@ -403,6 +403,10 @@ def read_dataset(path: str | os.PathLike, format: str | None = None,
     recursively under the CSV's folder and matched by file stem. Raises DataError.
     """
     path = Path(os.path.abspath(path))
+    if column_map is not None and (not isinstance(column_map, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in column_map.items())):
+        raise DataError(f"column_map: expected a mapping of canonical names to CSV column names, "
+                        f"e.g. {{'image_id': 'isic_id', 'label': 'diagnosis'}}; got {column_map!r}")
     if format is None and column_map:
         format = "generic"
     if format is not None and format not in FORMATS:

@@ -23,7 +23,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def column_map_arg(text: str) -> dict[str, str]:
+def _column_map_arg(text: str) -> dict[str, str]:
     """``image_id=isic_id,label=diagnosis,...`` -> {"image_id": "isic_id", ...} (--column-map)."""
     pairs = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in pairs if p.count("=") != 1 or not all(s.strip() for s in p.split("="))]
@@ -36,7 +36,7 @@ def column_map_arg(text: str) -> dict[str, str]:
 
 def _add_format_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="data set format (default: detected from the CSV columns)")
-    p.add_argument("--column-map", type=column_map_arg, metavar="NAME=COLUMN,...",
+    p.add_argument("--column-map", type=_column_map_arg, metavar="NAME=COLUMN,...",
                    help="format generic: which CSV column holds image_id and label (required) and lesion_id, "
                         "patient_id, age, sex, site (optional), e.g. image_id=isic_id,label=diagnosis")
 

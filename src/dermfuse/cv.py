@@ -40,7 +40,7 @@ from .data.cache import CachedImages, build_cache
 from .data.encode import MetadataEncoder
 from .data.splits import group_ids, kfold, validation_split
 from .errors import ConfigError, DataError
-from .experiment import (Cohort, _split_by, _write_predictions, image_size_for, load_cohort, model_kwargs,
+from .experiment import (Cohort, _split_by, _write_predictions, cohort_for, image_size_for, model_kwargs,
                          split_label)
 from .heatmaps import INPUT_MODES, render_input
 from .metrics import compute_metrics
@@ -142,7 +142,7 @@ def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | No
     if fold is not None and not 0 <= fold < k:
         raise ConfigError(f"fold={fold}: expected 0..{k - 1} for {k} folds")
     run_dir = Path(cfg.out)
-    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress, cfg.data.column_map)
+    cohort = cohort_for(cfg, progress)
     runner = _Runner(cfg, cohort, run_dir, progress, resume, keep_checkpoints)
     runner.prepare(kind, variants, reference)
     for f in [fold] if fold is not None else range(k):

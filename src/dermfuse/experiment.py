@@ -39,6 +39,7 @@ __all__ = [
     "Cohort",
     "RunResult",
     "load_cohort",
+    "cohort_for",
     "model_kwargs",
     "train_run",
     "evaluate_bundle",
@@ -93,6 +94,12 @@ def load_cohort(path: str | Path, format: str | None = None, check_images: bool 
     labels = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     synthetic = (Path(read.root) / "SYNTHETIC.txt").exists()
     return Cohort(table, report, read, classes, labels, synthetic)
+
+
+def cohort_for(cfg: RunConfig, progress: bool = True) -> Cohort:
+    """`load_cohort` of the data a run config names (path, format, column map, image check)."""
+    d = cfg.data
+    return load_cohort(d.path, d.format, d.check_images, progress, d.column_map)
 
 
 def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, Any]:
@@ -167,7 +174,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
         (run_dir / "plots").mkdir(exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
 
-    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress, cfg.data.column_map)
+    cohort = cohort_for(cfg, progress)
     if main:
         cohort.report.save_json(run_dir / "cleaning_report.json")
     if progress and main:
@@ -448,7 +455,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     if mode not in CALIBRATION_MODES or mode == "none":
         raise ConfigError(f"calibration {mode!r}: expected temperature or prior-temperature")
     bundle = load_bundle(run_dir / "bundle")
-    cohort = load_cohort(cfg.data.path, cfg.data.format, cfg.data.check_images, progress, cfg.data.column_map)
+    cohort = cohort_for(cfg, progress)
     table, classes = cohort.table, cohort.classes
     if list(classes) != list(bundle.classes):
         raise DataError(f"classes of {cfg.data.path} {classes} differ from the bundle's {bundle.classes}")

@@ -168,7 +168,7 @@ def test_column_map_reads_a_generic_csv_like_its_own_format(synth_small, generic
         assert generic[key] == ham[key], key
 
 
-def test_train_and_evaluate_with_column_map(generic_copy, tmp_path, capsys):
+def test_train_and_evaluate_with_column_map(synth_small, generic_copy, tmp_path, capsys):
     run = tmp_path / "run"
     code, _, err = _run(["train", str(generic_copy), "--model", "cnn", "--column-map", GENERIC_MAP,
                          "--epochs", "1", "--image-size", "32", "--no-pretrained", "--out", str(run)], capsys)
@@ -182,7 +182,21 @@ def test_train_and_evaluate_with_column_map(generic_copy, tmp_path, capsys):
                            "--split-file", str(run / "split.csv"), "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["n_images"] == n_test > 0
-    # without the map the CSV fits no format, and the error lists what each one needs
+    # the bundle records the map, so evaluate reads the same CSV without being told again
+    info = json.loads((run / "bundle" / "bundle.json").read_text())
+    assert info["training_data"]["column_map"]["label"] == "diagnosis"
+    code, out, err = _run(["evaluate", str(run / "bundle"), str(generic_copy),
+                           "--split-file", str(run / "split.csv"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["n_images"] == n_test
+    # data in a known layout is read as that layout, not with the recorded map
+    code, out, err = _run(["evaluate", str(run / "bundle"), str(synth_small),
+                           "--split-file", str(run / "split.csv"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["n_images"] == n_test
+    # a bundle without a map (or data no map fits) still fails with what each format needs
+    info["training_data"]["column_map"] = None
+    (run / "bundle" / "bundle.json").write_text(json.dumps(info))
     code, _, err = _run(["evaluate", str(run / "bundle"), str(generic_copy)], capsys)
     assert code != 0 and "diagnosis" in err and "generic needs" in err and "Traceback" not in err
 

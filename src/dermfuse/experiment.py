@@ -25,7 +25,7 @@ from .config import RunConfig, config_to_dict, save_config
 from .data.cache import build_cache
 from .data.clean import CleaningReport, clean, summarize
 from .data.encode import MetadataEncoder
-from .data.formats import ReadResult, read_dataset
+from .data.formats import ReadResult, detect_layout, read_dataset
 from .data.splits import SPLIT_LABELS, holdout, validation_split
 from .errors import ConfigError, DataError
 from .metrics import compute_metrics
@@ -287,6 +287,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
         tta=cfg.train.tta, calibration=calibration,
         metrics={**_headline(metrics), "split": metrics["split"]},
         training_data={"path": str(cfg.data.path), "format": cohort.read.format,
+                       "column_map": cfg.data.column_map if cohort.read.format == "generic" else None,
                        "synthetic": cohort.synthetic, "n_train": int(len(train_idx)),
                        "n_val": int(len(val_idx))},
     )
@@ -539,6 +540,11 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
         log.warning("%s is the data set this bundle was trained on: every row is scored, training "
                     "rows included, so these metrics are optimistic. Pass --split-file RUN/split.csv "
                     "to score the held-out rows only.", data_path)
+    saved_map = bundle.info.get("training_data", {}).get("column_map")
+    if format is None and column_map is None and saved_map and detect_layout(data_path) is None:
+        log.info("%s matches no known format: reading it with the column map the bundle was "
+                 "trained with (%s)", data_path, saved_map)
+        column_map = saved_map
     cohort = load_cohort(data_path, format, True, progress, column_map)
     table = cohort.table
     if split_file is not None:

@@ -232,6 +232,15 @@ def _locate(path: Path, format: str | None) -> tuple[str, Path]:
     raise _layout_error(path, headers, format)
 
 
+def detect_layout(path: str | os.PathLike) -> str | None:
+    """The known format whose columns a data set folder's (or CSV's) header matches, or
+    None when none does (or there is no CSV to look at)."""
+    try:
+        return _locate(Path(os.path.abspath(path)), None)[0]
+    except DataError:
+        return None
+
+
 # --- one reader per layout: each returns (raw canonical columns, extras, classes, excluded) --
 
 _Raw = tuple[dict[str, list[Any]], pd.DataFrame, tuple[str, ...], list[dict]]

@@ -389,6 +389,15 @@ def test_ddp_two_gloo_ranks_train_disjoint_shards_and_only_rank0_writes(tmp_path
     assert ckpt["epoch"] == 2 and len(ckpt["rng"]) == 2
 
 
+def test_rank_seeds_of_consecutive_ensemble_seeds_never_collide():
+    from dermfuse.train import rank_seed
+
+    assert [rank_seed(s, 0) for s in (0, 7, 123)] == [0, 7, 123]  # one process: the seed itself
+    grid = {(seed, rank): rank_seed(seed, rank) for seed in range(40) for rank in range(8)}
+    assert len(set(grid.values())) == len(grid)  # member k on rank r never reuses another's stream
+    assert rank_seed(3, 2) == rank_seed(3, 2)  # and it is a function of (seed, rank) alone
+
+
 # --- (6) predict_proba --------------------------------------------------------------------
 
 

@@ -310,7 +310,7 @@ def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, 
     each member's test metrics as a single model: calibrated on the validation part by
     itself, as a run with ``members: 1`` and that seed reports. On a CPU (deterministic
     kernels) member k is exactly that run; on a GPU, as close as two runs of one seed are.
-    Under torchrun, ranks seed ``seed + rank`` as in `fit`."""
+    Under torchrun, each rank seeds its global RNG with ``train.rank_seed(seed, rank)`` as in `fit`."""
     members, fits, val_p, test_p, member_metrics = [], [], [], [], []
     for k in range(cfg.train.members):
         seed = cfg.train.seed + k

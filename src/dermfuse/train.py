@@ -257,6 +257,16 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The global RNG seed of one rank: ``seed`` itself on rank 0 (a one-process run), and on
+    rank r > 0 one drawn from (seed, r), so that ensemble members, whose seeds are consecutive,
+    never share a rank's stream (``seed + rank`` would give member k on rank 1 the stream of
+    member k + 1 on rank 0)."""
+    if rank == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -318,7 +328,7 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume and run_dir is None:
         raise ValueError("fit: resume=True needs a run_dir")
-    _seed_everything(cfg.seed + rank)
+    _seed_everything(rank_seed(cfg.seed, rank))
     amp = cfg.amp and device.type == "cuda"
     monitor = cfg.early_stopping if val is not None and len(val) and cfg.early_stopping != "none" else None
     higher_is_better = monitor == "balanced_accuracy"

@@ -168,8 +168,26 @@ def test_protocol_gap(synth_small, tmp_path):
     assert boot["accuracy"]["diff"] == pytest.approx(row["pooled_inflation"], abs=1e-6)
     assert row["pooled_inflation_ci_low"] <= row["pooled_inflation"] <= row["pooled_inflation_ci_high"]
     assert gap.set_index("metric").loc["auc_macro", ["pooled_inflation_ci_low"]].isna().all()  # not resampled
+    # the gap split by exposure: brute force over folds.csv decides which images the leaky
+    # model had seen a sibling of; the two subsets partition the paired rows
+    exp = s["gap_exposure"]
+    by_group = folds.groupby("group")
+    brute = {r.image_id for r in folds.itertuples()
+             if (by_group.get_group(r.group)["fold_image"] != r.fold_image).any()}
+    assert exp["n_exposed"] == len(brute) and 0 < len(brute) < len(folds)
+    (seen,), (unseen,) = (exp["subsets"][k]["rows"] for k in ("exposed", "not exposed"))
+    assert seen["n_images"] == len(brute) and seen["n_images"] + unseen["n_images"] == len(folds)
+    preds = {v: pd.concat(pd.read_csv(p) for p in sorted((d / v).glob("fold*/predictions.csv")))
+             for v in ("meta_mlp", "meta_mlp@image")}
+    classes = json.loads((d / "plan.json").read_text())["data"]["classes"]
+    for v, side in (("meta_mlp", "reference_scores"), ("meta_mlp@image", "variant_scores")):
+        rows = preds[v][preds[v]["image_id"].isin(brute)]
+        pred = rows[[f"p_{c}" for c in classes]].to_numpy().argmax(1)
+        assert seen[side]["accuracy"] == pytest.approx((pred == rows["label"].map(classes.index)).mean())
+    assert seen["accuracy"]["diff"] == pytest.approx(seen["variant_scores"]["accuracy"] - seen["reference_scores"]["accuracy"])
     html = (d / "report.html").read_text()
     assert "Protocol gap" in html and "image-level (leaky)" in html and "resamples of whole lesions" in html
+    assert "Where the gap comes from" in html and f"{len(brute)} of {len(folds)} images" in html
 
 
 def test_ablation(synth_small, tmp_path, capsys, n_clean):

@@ -22,10 +22,11 @@ from rich.table import Table
 
 from . import __version__
 from .errors import DataError
-from .metrics import BOOTSTRAP_METRICS, compute_metrics, paired_bootstrap
+from .metrics import BOOTSTRAP_METRICS, accuracy, balanced_accuracy, compute_metrics, paired_bootstrap
 from .report import Section, figure_html, json_block, table_html, write_report
 
-__all__ = ["METRICS", "collect", "mean_std", "render_summary", "protocol_gap", "atomic_write_text", "tmp_path"]
+__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "render_summary", "protocol_gap", "atomic_write_text",
+           "tmp_path"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece", "log_loss")
 """Metrics in the tables; ece and log_loss are lower-is-better."""
@@ -160,6 +161,7 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         for r in result["gap"]:
             b = boot.get(r["variant"], {}).get(r["metric"], {})
             r["pooled_inflation_low"], r["pooled_inflation_high"] = b.get("low"), b.get("high")
+        result["gap_exposure"] = _gap_exposure(run_dir, twins, oof, classes)
     _write_tables(run_dir, result)
     _report(run_dir, plan, result, histories, preds)
     if progress:
@@ -170,13 +172,15 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
 
 
 def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict[str, pd.DataFrame],
-                      classes: Sequence[str], n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
+                      classes: Sequence[str], n_boot: int = 2000, level: float = 0.95,
+                      keep: set[str] | None = None) -> dict[str, Any]:
     """For each (variant, reference) pair, variant − reference on the pooled out-of-fold
     rows (``oof``: variant -> its finished folds' predictions) both scored, with a lesion-bootstrap interval (``metrics.paired_bootstrap``).
     Unlike mean ± std over folds this gives an uncertainty with one or two finished folds,
     and it pairs the two protocols of the protocol gap, whose folds differ but whose pooled
     rows are the same images. Runs whose folds.csv has no group column (begun before it
-    had one) resample images instead, and ``resampled`` says so."""
+    had one) resample images instead, and ``resampled`` says so. ``keep``: score only these
+    image ids. Each row also holds both sides' accuracy and balanced accuracy on its rows."""
     folds = pd.read_csv(run_dir / "folds.csv", dtype={"image_id": str, "group": str})
     grouped = "group" in folds.columns
     group_of = dict(zip(folds["image_id"], folds["group"])) if grouped else {}
@@ -187,15 +191,48 @@ def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict
         if v not in oof or ref not in oof:
             continue
         df = oof[v].merge(oof[ref][["image_id", *cols]], on="image_id", suffixes=("", "_ref"))
+        if keep is not None:
+            df = df[df["image_id"].isin(keep)]
         if df.empty:
             continue
         groups = df["image_id"].map(group_of).fillna(df["image_id"]) if grouped else df["image_id"]
         diff = paired_bootstrap(df["label"].map(index).to_numpy(np.int64), df[cols].to_numpy().argmax(1),
                                 df[[f"{c}_ref" for c in cols]].to_numpy().argmax(1), groups.to_numpy(),
                                 classes, n_boot=n_boot, level=level)
+        y = df["label"].map(index).to_numpy(np.int64)
+        levels = {side: {m: fn(y, df[c].to_numpy()) for m, fn in (("accuracy", accuracy),
+                                                                  ("balanced_accuracy", balanced_accuracy))}
+                  for side, c in (("variant_scores", cols), ("reference_scores", [f"{c}_ref" for c in cols]))}
         rows.append({"variant": v, "reference": ref, "n_images": len(df), "n_groups": int(groups.nunique()),
-                     **diff})
+                     **diff, **levels})
     return {"n_boot": n_boot, "level": level, "resampled": "lesion" if grouped else "image", "rows": rows}
+
+
+def exposed_images(folds: pd.DataFrame) -> pd.Series:
+    """Per row of a run's folds.csv (image_id, fold_image, group), indexed by image id:
+    whether another image of its lesion lies in another image-level fold, i.e. whether the
+    leaky split let the model that scores this image see the same lesion in its training
+    (or validation) rows."""
+    size = folds.groupby("group")["image_id"].transform("size")
+    same_fold = folds.groupby(["group", "fold_image"])["image_id"].transform("size")
+    return pd.Series((size - same_fold).to_numpy() > 0, index=folds["image_id"].to_numpy())
+
+
+def _gap_exposure(run_dir: Path, twins: Sequence[str], oof: dict[str, pd.DataFrame],
+                  classes: Sequence[str]) -> dict[str, Any] | None:
+    """The protocol gap split by exposure: the paired image-level − grouped differences on
+    the test images whose lesion the leaky model had seen (another image of it in its
+    training folds) and on the others. Leakage acts on the first group only; the second
+    shows what the image-level split changes besides (fold composition, chance)."""
+    folds = pd.read_csv(run_dir / "folds.csv", dtype={"image_id": str, "group": str})
+    if not {"fold_image", "group"} <= set(folds.columns):
+        return None
+    exposed = exposed_images(folds)
+    out: dict[str, Any] = {"n_exposed": int(exposed.sum()), "n_images": int(len(exposed)), "subsets": {}}
+    for subset, ids in (("exposed", set(exposed.index[exposed])), ("not exposed", set(exposed.index[~exposed]))):
+        out["subsets"][subset] = _pooled_bootstrap(run_dir, [(v + LEAKY, v) for v in twins], oof, classes,
+                                                   keep=ids)
+    return out
 
 
 def _write_tables(run_dir: Path, result: dict[str, Any]) -> None:
@@ -295,7 +332,8 @@ def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dic
     if "ablation" in result:
         sections.append(Section("Ablation: paired differences", _ablation_html(result["ablation"], stats)))
     if result["gap"]:
-        sections.append(Section("Protocol gap", _gap_html(result["gap"], plan["split_label"], result.get("gap_bootstrap"))))
+        sections.append(Section("Protocol gap", _gap_html(result["gap"], plan["split_label"], result.get("gap_bootstrap")) +
+                                _exposure_html(result.get("gap_exposure"))))
     fold_rows = [(r["variant"], r["fold"], *(r[m] for m in METRICS), r["n_images"]) for r in result["per_fold"]]
     sections.append(Section("Per-fold metrics", table_html(fold_rows, ("variant", "fold", *METRICS, "n_images"))))
     if done:
@@ -429,6 +467,35 @@ def _gap_html(rows: list[dict], grouped_label: str, boot: dict | None) -> str:
             "<p class='muted'>Inflation = image-level − grouped: how much letting images of one lesion sit "
             "in both training and test folds flatters each metric (for ece and log_loss, lower is better, "
             "so a negative value is the flattering one)." + html.escape(note) + "</p>")
+
+
+def _exposure_html(exp: dict | None) -> str:
+    if not exp:
+        return ""
+
+    def cell(d: dict) -> str:
+        return "–" if d["diff"] is None else f"{d['diff']:+.3f}" + (
+            "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]")
+
+    body = []
+    for subset, boot in exp["subsets"].items():
+        for r in boot["rows"]:
+            g, i = r["reference_scores"], r["variant_scores"]
+            body.append((r["reference"], subset, r["n_images"], r["n_groups"],
+                         f"{g['accuracy']:.3f}", f"{i['accuracy']:.3f}", cell(r["accuracy"]),
+                         f"{g['balanced_accuracy']:.3f}", f"{i['balanced_accuracy']:.3f}",
+                         cell(r["balanced_accuracy"])))
+    if not body:
+        return ""
+    return ("<h3>Where the gap comes from: test images whose lesion the leaky model had seen</h3>" +
+            table_html(body, ("model", "test images", "images", "lesions", "accuracy grouped",
+                              "accuracy image-level", "Δ accuracy", "bal. acc. grouped",
+                              "bal. acc. image-level", "Δ bal. acc.")) +
+            f"<p class='muted'>Exposed: another image of the same lesion lies in another image-level fold, "
+            f"so the image-level model had it in its training (or validation) rows; "
+            f"{exp['n_exposed']} of {exp['n_images']} images. Δ = image-level − grouped on the same images, "
+            "with lesion-bootstrap intervals. Leakage can act on exposed images only; a difference on the "
+            "others comes from the folds' other differences.</p>")
 
 
 def render_summary(result: dict[str, Any]) -> Table:

@@ -112,6 +112,21 @@ def test_rerun_skips_finished_folds_and_other_config_is_refused(cv_run, capsys):
     assert code == 2 and "seed" in err and "Traceback" not in err
 
 
+def test_collect_says_when_folds_trained_on_different_hardware(cv_run, tmp_path):
+    d = tmp_path / "mixed"
+    import shutil
+
+    shutil.copytree(cv_run["dir"], d)
+    assert {json.loads(p.read_text())["hardware"] for p in d.glob("*/fold*/metrics.json")} == {"cpu"}
+    assert not any("hardware" in w for w in collect(d, progress=False)["warnings"])
+    m = json.loads((d / "cnn" / "fold1" / "metrics.json").read_text())
+    m["hardware"] = "cuda, mixed precision"  # as a fold job on a GPU machine records it
+    (d / "cnn" / "fold1" / "metrics.json").write_text(json.dumps(m))
+    (w,) = [w for w in collect(d, progress=False)["warnings"] if "hardware" in w]
+    assert "cpu: cnn fold 0, meta_mlp fold 0/1" in w and "cuda, mixed precision: cnn fold 1" in w
+    assert "different hardware or precision" in (d / "report.html").read_text()
+
+
 def test_run_from_before_a_config_key_existed_continues(cv_run, tmp_path, capsys):
     """A run directory whose config.yaml predates a key ran with that key's default:
     continuing it with the default is no change; asking for another value is one."""

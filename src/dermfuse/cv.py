@@ -45,7 +45,7 @@ from .experiment import (Cohort, _split_by, _write_predictions, cohort_for, imag
 from .heatmaps import INPUT_MODES, render_input
 from .metrics import compute_metrics
 from .models import create_model, list_models, model_spec
-from .train import ArrayDataset, fit, is_main_process, predict_proba
+from .train import ArrayDataset, _resolve_device, fit, is_main_process, predict_proba
 
 __all__ = ["Variant", "parse_models", "run_cv", "run_protocol_gap", "run_plan", "collect", "render_summary",
            "DEFAULT_MODELS"]
@@ -166,6 +166,13 @@ def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
         out[key] = (_with_defaults(value, defaults[key]) if isinstance(value, dict) and
                     isinstance(defaults.get(key), dict) else value)
     return out
+
+
+def _hardware(cfg: RunConfig) -> str:
+    """What a fold trained on, e.g. 'cpu' or 'cuda, mixed precision': outside the config
+    check (fold jobs may run on different machines), so `collect` says when folds differ."""
+    device = _resolve_device(cfg.train.device)
+    return device.type + (", mixed precision" if cfg.train.amp and device.type == "cuda" else "")
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
@@ -362,7 +369,7 @@ class _Runner:
         metrics.update(variant=v.name, fold=k, model=v.model, input=v.input, use_meta=v.use_meta,
                        split=split_label(v.split), n_train=int(len(train)), n_val=int(len(val)),
                        n_test=int(len(test)), best_epoch=res.best_epoch, weights_source=source,
-                       warnings=warnings, seconds=time.time() - t0)
+                       hardware=_hardware(cfg), warnings=warnings, seconds=time.time() - t0)
         if self.main:
             atomic_write_text(folder / "history.json", json.dumps(res.history, indent=2))
             atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))

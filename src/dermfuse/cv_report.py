@@ -86,6 +86,7 @@ def protocol_gap(stats: dict[str, dict[str, dict]], pooled: dict[str, dict], met
 def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict, list[str]]:
     """per-fold rows, histories, predictions and missing folds per variant, warnings."""
     rows, histories, preds, missing, warnings = [], {}, {}, {}, []
+    hardware: dict[str, dict[str, list[int]]] = {}  # what the folds trained on -> variant -> folds
     for v in (v["name"] for v in plan["variants"]):
         histories[v], preds[v], missing[v] = [], [], []
         for k in range(plan["folds"]):
@@ -100,6 +101,12 @@ def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict
             histories[v].append(json.loads(hist.read_text()) if hist.exists() else [])
             preds[v].append(pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}))
             warnings += [w for w in m.get("warnings", []) if w not in warnings]
+            hardware.setdefault(m.get("hardware", "not recorded"), {}).setdefault(v, []).append(k)
+    if len(hardware) > 1:
+        where = "; ".join(f"{h}: " + ", ".join(f"{v} fold {'/'.join(map(str, f))}" for v, f in by.items())
+                          for h, by in hardware.items())
+        warnings.append(f"Folds trained on different hardware or precision, which can shift results a little: "
+                        f"{where}.")
     return rows, histories, preds, missing, warnings
 
 

@@ -23,7 +23,8 @@
 # bundle comes back in 15 MB parts: cat ensemble_bundle.tar.gz.part-* | tar -xz; its
 # --resume helps only within one warm machine, whose /tmp is lost when it goes back), each at
 # RELEASE_EPOCHS (20) and RELEASE_SIZE (224) px, keeping the best validation epoch of the
-# cosine schedule),
+# cosine schedule; "gap_lite0" the protocol gap of the released recipe's model at GAP_EPOCHS
+# (12) epochs, no flips or calibration, into runs/gap5_lite0),
 # FOLDS_RUN ("0 1 2 3 4"), PARALLEL (1: fold jobs at a time on the GPU, each with
 # WORKERS / PARALLEL loader workers), DEVICE (cuda), DATA (.gpu/ham10000), BENCH (1: time
 # augmentation per image vs per batch on the GPU first, about 20 s; 0 skips it). Everything printed also goes
@@ -80,6 +81,12 @@ run() {
                 --set train.augment_on=workers --resume "${w[@]}" >"$log" 2>&1 || rc=$? ;;
       gap)    timeout -k 10 "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5" \
                 --models ft_multicnn:heatmap --protocol-gap "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;
+      # the released recipe's model (Lite0 image branch + metadata) under both protocols, as
+      # the 2-fold CPU run of docs/results.md but with 5 folds and GAP_EPOCHS epochs
+      gap_lite0) timeout -k 10 "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5_lite0" \
+                --config configs/ham10000_release.yaml --models ft_multicnn --protocol-gap \
+                --epochs "${GAP_EPOCHS:-12}" --image-size "$size" --device "$device" \
+                --set train.tta=false --set train.calibration=none --resume "${w[@]}" >"$log" 2>&1 || rc=$? ;;
     esac
     echo "== $1 fold $2 ended (exit $rc) at $((SECONDS - t0)) s"; tail -n 3 "$log"
   }
@@ -119,7 +126,7 @@ run() {
     done
   done
   # reports of what finished (each collect can be redone on the CPU, so it gets 45 s at most)
-  for d in cv5 gap5; do
+  for d in cv5 gap5 gap5_lite0; do
     if [ -d "$runs/$d" ]; then timeout -k 5 45 python3 -m dermfuse -q cv --collect "$runs/$d" || true; fi
   done
   if [ -d "$runs/ablate5_lite0" ]; then timeout -k 5 45 python3 -m dermfuse -q ablate --collect "$runs/ablate5_lite0" || true; fi

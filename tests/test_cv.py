@@ -202,7 +202,7 @@ def test_protocol_gap(synth_small, tmp_path):
     assert seen["accuracy"]["diff"] == pytest.approx(seen["variant_scores"]["accuracy"] - seen["reference_scores"]["accuracy"])
     html = (d / "report.html").read_text()
     assert "Protocol gap" in html and "image-level (leaky)" in html and "resamples of whole lesions" in html
-    assert "Where the gap comes from" in html and f"{len(brute)} of {len(folds)} images" in html
+    assert "Where the gap comes from" in html and f"{len(brute)} of the data set's {len(folds)} images" in html
 
 
 def test_ablation(synth_small, tmp_path, capsys, n_clean):

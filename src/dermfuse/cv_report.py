@@ -499,8 +499,9 @@ def _exposure_html(exp: dict | None) -> str:
                               "accuracy image-level", "Δ accuracy", "bal. acc. grouped",
                               "bal. acc. image-level", "Δ bal. acc.")) +
             f"<p class='muted'>Exposed: another image of the same lesion lies in another image-level fold, "
-            f"so the image-level model had it in its training (or validation) rows; "
-            f"{exp['n_exposed']} of {exp['n_images']} images. Δ = image-level − grouped on the same images, "
+            f"so the image-level model had it in its training (or validation) rows: {exp['n_exposed']} of "
+            f"the data set's {exp['n_images']} images. Δ = image-level − grouped on the images both "
+            f"protocols have scored (all of them once every fold has finished), "
             "with lesion-bootstrap intervals. Leakage can act on exposed images only; a difference on the "
             "others comes from the folds' other differences.</p>")
 

@@ -23,8 +23,9 @@
 # bundle comes back in 15 MB parts: cat ensemble_bundle.tar.gz.part-* | tar -xz; its
 # --resume helps only within one warm machine, whose /tmp is lost when it goes back), each at
 # RELEASE_EPOCHS (20) and RELEASE_SIZE (224) px, keeping the best validation epoch of the
-# cosine schedule; "gap_lite0" the protocol gap of the released recipe's model at GAP_EPOCHS
-# (12) epochs, no flips or calibration, into runs/gap5_lite0),
+# cosine schedule; "gap_lite0" the protocol gap of the released recipe's model at SIZE px
+# and GAP_EPOCHS (12) epochs, the whole cosine schedule (patience = epochs), per-image
+# augmentation, no flips or calibration, as the CPU run, into runs/gap5_lite0),
 # FOLDS_RUN ("0 1 2 3 4"), PARALLEL (1: fold jobs at a time on the GPU, each with
 # WORKERS / PARALLEL loader workers), DEVICE (cuda), DATA (.gpu/ham10000), BENCH (1: time
 # augmentation per image vs per batch on the GPU first, about 20 s; 0 skips it). Everything printed also goes
@@ -86,6 +87,7 @@ run() {
       gap_lite0) timeout -k 10 "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5_lite0" \
                 --config configs/ham10000_release.yaml --models ft_multicnn --protocol-gap \
                 --epochs "${GAP_EPOCHS:-12}" --image-size "$size" --device "$device" \
+                --set train.patience="${GAP_EPOCHS:-12}" --set train.augment_on=workers \
                 --set train.tta=false --set train.calibration=none --resume "${w[@]}" >"$log" 2>&1 || rc=$? ;;
     esac
     echo "== $1 fold $2 ended (exit $rc) at $((SECONDS - t0)) s"; tail -n 3 "$log"

@@ -189,6 +189,10 @@ def test_train_and_evaluate_with_column_map(synth_small, generic_copy, tmp_path,
                            "--split-file", str(run / "split.csv"), "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["n_images"] == n_test
+    # a map on the command line wins over the recorded one (this one names a missing column)
+    code, _, err = _run(["evaluate", str(run / "bundle"), str(generic_copy), "--column-map",
+                         GENERIC_MAP.replace("label=diagnosis", "label=dx_missing")], capsys)
+    assert code != 0 and "dx_missing" in err and "Traceback" not in err
     # data in a known layout is read as that layout, not with the recorded map
     code, out, err = _run(["evaluate", str(run / "bundle"), str(synth_small),
                            "--split-file", str(run / "split.csv"), "--json"], capsys)

@@ -117,13 +117,25 @@ def test_collect_says_when_folds_trained_on_different_hardware(cv_run, tmp_path)
     import shutil
 
     shutil.copytree(cv_run["dir"], d)
-    assert {json.loads(p.read_text())["hardware"] for p in d.glob("*/fold*/metrics.json")} == {"cpu"}
+    (here,) = {json.loads(p.read_text())["hardware"] for p in d.glob("*/fold*/metrics.json")}
+    assert here in ("cpu", "cuda", "cuda, mixed precision")
     assert not any("hardware" in w for w in collect(d, progress=False)["warnings"])
-    m = json.loads((d / "cnn" / "fold1" / "metrics.json").read_text())
-    m["hardware"] = "cuda, mixed precision"  # as a fold job on a GPU machine records it
-    (d / "cnn" / "fold1" / "metrics.json").write_text(json.dumps(m))
+
+    def record(variant: str, fold: int, hardware: str | None) -> None:
+        path = d / variant / f"fold{fold}" / "metrics.json"
+        m = json.loads(path.read_text())
+        if hardware is None:
+            del m["hardware"]  # a fold from before dermfuse recorded it
+        else:
+            m["hardware"] = hardware
+        path.write_text(json.dumps(m))
+
+    record("meta_mlp", 1, None)
+    assert not any("hardware" in w for w in collect(d, progress=False)["warnings"])
+    record("cnn", 1, "tpu")  # a fold job on another machine
     (w,) = [w for w in collect(d, progress=False)["warnings"] if "hardware" in w]
-    assert "cpu: cnn fold 0, meta_mlp fold 0/1" in w and "cuda, mixed precision: cnn fold 1" in w
+    assert f"{here}: cnn fold 0, meta_mlp fold 0" in w and "tpu: cnn fold 1" in w
+    assert "not recorded: meta_mlp fold 1" in w
     assert "different hardware or precision" in (d / "report.html").read_text()
 
 

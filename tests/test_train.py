@@ -395,7 +395,27 @@ def test_rank_seeds_of_consecutive_ensemble_seeds_never_collide():
     assert [rank_seed(s, 0) for s in (0, 7, 123)] == [0, 7, 123]  # one process: the seed itself
     grid = {(seed, rank): rank_seed(seed, rank) for seed in range(40) for rank in range(8)}
     assert len(set(grid.values())) == len(grid)  # member k on rank r never reuses another's stream
-    assert rank_seed(3, 2) == rank_seed(3, 2)  # and it is a function of (seed, rank) alone
+    assert rank_seed(3, 2) == int(np.random.SeedSequence([3, 2]).generate_state(1)[0])
+
+
+def test_fit_seeds_its_rank_with_rank_seed(monkeypatch):
+    import dermfuse.train as train_mod
+
+    class Seeded(Exception):
+        pass
+
+    def stop_after_seeding(seed: int) -> None:
+        seeds.append(seed)
+        raise Seeded  # what comes next needs a process group
+
+    seeds: list[int] = []
+    monkeypatch.setattr(train_mod, "_seed_everything", stop_after_seeding)
+    monkeypatch.setattr(train_mod, "init_distributed", lambda device: (1, 2))  # as rank 1 of 2 sees it
+    images, meta, labels = make_task(16, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=8, augment=False, device="cpu", seed=5)
+    with pytest.raises(Seeded):
+        fit(TinyNet(), ArrayDataset(images, meta, labels), None, cfg, CLASSES, progress=False)
+    assert seeds == [train_mod.rank_seed(5, 1)] and seeds[0] != 5 + 1
 
 
 # --- (6) predict_proba --------------------------------------------------------------------

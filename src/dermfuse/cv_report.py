@@ -102,7 +102,8 @@ def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict
             preds[v].append(pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}))
             warnings += [w for w in m.get("warnings", []) if w not in warnings]
             hardware.setdefault(m.get("hardware", "not recorded"), {}).setdefault(v, []).append(k)
-    if len(hardware) > 1:
+    # folds from before dermfuse recorded it are no evidence of a difference by themselves
+    if len(set(hardware) - {"not recorded"}) > 1:
         where = "; ".join(f"{h}: " + ", ".join(f"{v} fold {'/'.join(map(str, f))}" for v, f in by.items())
                           for h, by in hardware.items())
         warnings.append(f"Folds trained on different hardware or precision, which can shift results a little: "
@@ -217,9 +218,9 @@ def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict
 
 def exposed_images(folds: pd.DataFrame) -> pd.Series:
     """Per row of a run's folds.csv (image_id, fold_image, group), indexed by image id:
-    whether another image of its lesion lies in another image-level fold, i.e. whether the
-    leaky split let the model that scores this image see the same lesion in its training
-    (or validation) rows."""
+    whether another image of its group lies in another image-level fold, i.e. whether the
+    leaky split let the model that scores this image see the same lesion (the group; on data
+    with patient ids, the same patient) in its training (or validation) rows."""
     size = folds.groupby("group")["image_id"].transform("size")
     same_fold = folds.groupby(["group", "fold_image"])["image_id"].transform("size")
     return pd.Series((size - same_fold).to_numpy() > 0, index=folds["image_id"].to_numpy())

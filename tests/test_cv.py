@@ -217,6 +217,28 @@ def test_protocol_gap(synth_small, tmp_path):
     assert "Where the gap comes from" in html and f"{len(brute)} of the data set's {len(folds)} images" in html
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_ablate_resume_reaches_the_cam_backbone(resume, synth_small, tmp_path, monkeypatch):
+    """An interrupted fold continues its CAM backbone from its checkpoint too, not only the
+    variants: --resume must reach heatmap_stage."""
+    import dermfuse.heatmaps as heatmaps
+
+    class Reached(Exception):
+        pass
+
+    seen = []
+
+    def stage(*args, **kwargs):
+        seen.append(kwargs.get("resume"))
+        raise Reached
+
+    monkeypatch.setattr(heatmaps, "heatmap_stage", stage)
+    with pytest.raises(Reached):
+        main(["-q", "ablate", str(synth_small), *TINY, "--fold", "0", "--out", str(tmp_path / "a"),
+              *(["--resume"] if resume else [])])
+    assert seen == [resume]
+
+
 def test_ablation(synth_small, tmp_path, capsys, n_clean):
     out = tmp_path / "ablate"
     code, _ = _cli(capsys, "ablate", str(synth_small), *TINY, "--out", str(out))

@@ -310,7 +310,8 @@ class _Runner:
                 console.print(f"[bold]fold {k}[/bold]: fine-tuning CAM backbone {self.cfg.model.cam_backbone} "
                               f"on {len(train)} training images")
             stage = heatmap_stage(stage_cfg, self.cohort.table, self.cohort.labels, self.cohort.classes,
-                                  cache.images, train, val, folder, cache_key=cache.key, progress=self.progress)
+                                  cache.images, train, val, folder, cache_key=cache.key, progress=self.progress,
+                                  resume=self.resume)
             maps = stage.maps
             if self.main:
                 tmp = tmp_path(path).with_suffix(".tmp.npy")  # np.save appends .npy otherwise

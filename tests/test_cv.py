@@ -214,6 +214,15 @@ def test_protocol_gap(synth_small, tmp_path):
     assert seen["accuracy"]["diff"] == pytest.approx(seen["variant_scores"]["accuracy"] - seen["reference_scores"]["accuracy"])
     html = (d / "report.html").read_text()
     assert "Protocol gap" in html and "image-level (leaky)" in html and "resamples of whole lesions" in html
+    from rich.console import Console
+
+    from dermfuse.cv import render_summary
+
+    term = Console(width=200, record=True)
+    term.print(render_summary(s))
+    text = term.export_text()
+    assert "protocol gap: image-level − grouped" in text and "not exposed" in text
+    assert f"{boot['accuracy']['diff']:+.3f}" in text and str(len(brute)) in text
     assert "Where the gap comes from" in html and f"{len(brute)} of the data set's {len(folds)} images" in html
 
 

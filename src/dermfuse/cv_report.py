@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.console import Group
 from rich.table import Table
 
 from . import __version__
@@ -507,8 +508,9 @@ def _exposure_html(exp: dict | None) -> str:
             "others comes from the folds' other differences.</p>")
 
 
-def render_summary(result: dict[str, Any]) -> Table:
-    """The mean ± std table (plus missing folds) for the terminal."""
+def render_summary(result: dict[str, Any]) -> Table | Group:
+    """The mean ± std table (plus missing folds) for the terminal; for a protocol-gap run
+    also the paired inflation, overall and split by exposure."""
     t = Table(title=f"{result['folds']}-fold {result['kind']} ({result['split']})")
     t.add_column("variant")
     t.add_column("folds", justify="right")
@@ -521,4 +523,30 @@ def render_summary(result: dict[str, Any]) -> Table:
         t.add_row(v["name"], str(s["accuracy"]["n"]), *(_pm(s[m]) for m in shown))
     if result["missing"]:
         t.caption = "missing: " + "; ".join(f"{v} fold {', '.join(map(str, f))}" for v, f in result["missing"].items())
+    gap = _gap_table(result)
+    return t if gap is None else Group(t, gap)
+
+
+def _gap_table(result: dict[str, Any]) -> Table | None:
+    """Image-level − grouped on the pooled rows both protocols scored, with the lesion
+    bootstrap's interval: on all of them, then on exposed and unexposed images."""
+    subsets = [("all", result.get("gap_bootstrap"))]
+    subsets += list(((result.get("gap_exposure") or {}).get("subsets") or {}).items())
+    rows = [(name, r) for name, boot in subsets if boot for r in boot["rows"]]
+    if not rows:
+        return None
+    shown = {"accuracy": "Δ accuracy", "balanced_accuracy": "Δ bal. acc.", "melanoma_sensitivity": "Δ mel. sens."}
+    t = Table(title="protocol gap: image-level − grouped, paired (95 % lesion bootstrap)")
+    for header in ("model", "test images", "images"):
+        t.add_column(header, justify="right" if header == "images" else "left")
+    for header in shown.values():
+        t.add_column(header, justify="right")
+
+    def cell(d: dict) -> str:
+        if d["diff"] is None:
+            return "–"
+        return f"{d['diff']:+.3f}" + ("" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]")
+
+    for name, r in rows:
+        t.add_row(r["reference"], name, str(r["n_images"]), *(cell(r[m]) for m in shown))
     return t

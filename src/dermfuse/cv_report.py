@@ -17,8 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 
 from . import __version__
@@ -205,10 +204,9 @@ def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict
         if df.empty:
             continue
         groups = df["image_id"].map(group_of).fillna(df["image_id"]) if grouped else df["image_id"]
-        diff = paired_bootstrap(df["label"].map(index).to_numpy(np.int64), df[cols].to_numpy().argmax(1),
-                                df[[f"{c}_ref" for c in cols]].to_numpy().argmax(1), groups.to_numpy(),
-                                classes, n_boot=n_boot, level=level)
         y = df["label"].map(index).to_numpy(np.int64)
+        diff = paired_bootstrap(y, df[cols].to_numpy().argmax(1), df[[f"{c}_ref" for c in cols]].to_numpy().argmax(1),
+                                groups.to_numpy(), classes, n_boot=n_boot, level=level)
         levels = {side: {m: fn(y, df[c].to_numpy()) for m, fn in (("accuracy", accuracy),
                                                                   ("balanced_accuracy", balanced_accuracy))}
                   for side, c in (("variant_scores", cols), ("reference_scores", [f"{c}_ref" for c in cols]))}
@@ -436,17 +434,17 @@ def _ablation_html(ab: dict, stats: dict) -> str:
             table_html(per, ("variant", "fold", *(f"Δ {m}" for m in METRICS))))
 
 
+def _diff_cell(d: dict) -> str:
+    """A paired difference with its bootstrap interval: '+0.050 [+0.028, +0.072]'."""
+    if d["diff"] is None:
+        return "–"
+    return f"{d['diff']:+.3f}" + ("" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]")
+
+
 def _bootstrap_html(boot: dict | None, title: str = "Pooled paired differences with bootstrap intervals") -> str:
     if not boot or not boot["rows"]:
         return ""
-
-    def cell(d: dict) -> str:
-        if d["diff"] is None:
-            return "–"
-        ci = "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
-        return f"{d['diff']:+.3f}{ci}"
-
-    body = [(r["variant"], r["reference"], r["n_images"], r["n_groups"], *(cell(r[m]) for m in BOOTSTRAP_METRICS))
+    body = [(r["variant"], r["reference"], r["n_images"], r["n_groups"], *(_diff_cell(r[m]) for m in BOOTSTRAP_METRICS))
             for r in boot["rows"]]
     unit = "lesions" if boot["resampled"] == "lesion" else "images"
     return (f"<h3>{html.escape(title)}</h3>" +
@@ -481,19 +479,14 @@ def _gap_html(rows: list[dict], grouped_label: str, boot: dict | None) -> str:
 def _exposure_html(exp: dict | None) -> str:
     if not exp:
         return ""
-
-    def cell(d: dict) -> str:
-        return "–" if d["diff"] is None else f"{d['diff']:+.3f}" + (
-            "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]")
-
     body = []
     for subset, boot in exp["subsets"].items():
         for r in boot["rows"]:
             g, i = r["reference_scores"], r["variant_scores"]
             body.append((r["reference"], subset, r["n_images"], r["n_groups"],
-                         f"{g['accuracy']:.3f}", f"{i['accuracy']:.3f}", cell(r["accuracy"]),
+                         f"{g['accuracy']:.3f}", f"{i['accuracy']:.3f}", _diff_cell(r["accuracy"]),
                          f"{g['balanced_accuracy']:.3f}", f"{i['balanced_accuracy']:.3f}",
-                         cell(r["balanced_accuracy"])))
+                         _diff_cell(r["balanced_accuracy"])))
     if not body:
         return ""
     return ("<h3>Where the gap comes from: test images whose lesion the leaky model had seen</h3>" +
@@ -541,12 +534,6 @@ def _gap_table(result: dict[str, Any]) -> Table | None:
         t.add_column(header, justify="right" if header == "images" else "left")
     for header in shown.values():
         t.add_column(header, justify="right")
-
-    def cell(d: dict) -> str:
-        if d["diff"] is None:
-            return "–"
-        return f"{d['diff']:+.3f}" + ("" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]")
-
     for name, r in rows:
-        t.add_row(r["reference"], name, str(r["n_images"]), *(cell(r[m]) for m in shown))
+        t.add_row(r["reference"], name, str(r["n_images"]), *(_diff_cell(r[m]) for m in shown))
     return t

@@ -57,6 +57,17 @@ def test_history(tmp_path) -> None:
     _save(fig, tmp_path, "history")
 
 
+def test_history_ticks_whole_epochs() -> None:
+    """A 3-epoch run has ticks at whole epochs only, not at 1.25, 1.5, ..."""
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_acc": 0.3 * e, "val_acc": 0.2 * e}
+               for e in (1, 2, 3)]
+    fig = plot_history(history)
+    fig.canvas.draw()  # let the locator choose the ticks
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_confusion(tmp_path, preds, normalize: bool) -> None:
     y, proba = preds

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as _area, roc_curve
 
 from dermfuse.metrics import reliability_bins
@@ -58,6 +59,7 @@ def plot_history(history: Sequence[Mapping[str, float | None]], title: str | Non
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, style, markersize=3, label=f"{split} {label}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.25" on short runs
         ax.set_ylabel(label)
         ax.set_title(f"Model {label}")
         ax.grid(alpha=0.3)

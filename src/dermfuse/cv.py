@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from rich.console import Console
 
@@ -352,6 +353,7 @@ class _Runner:
         if not (spec.uses_meta and v.use_meta):
             meta = np.zeros((len(table), 0), np.float32)
         kwargs = model_kwargs(cfg, len(classes), meta.shape[1])
+        torch.manual_seed(cfg.train.seed)  # initial weights independent of the variants before this one
         model = create_model(v.model, pretrained=cfg.model.pretrained, weights=cfg.model.weights, **kwargs)
         warnings = []
         source = getattr(model, "weights_source", "random")

@@ -129,6 +129,7 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
     kwargs: dict[str, Any] = {"num_classes": len(classes), "meta_dim": 0}
     if name == "cnn":
         kwargs["input_size"] = int(images.shape[1])
+    torch.manual_seed(cfg.train.seed)  # initial weights independent of what ran before in this process
     cam_model = create_model(name, pretrained=cfg.model.pretrained, **kwargs)
     tcfg = TrainConfig(**{**cfg.train.__dict__, "epochs": cfg.model.cam_epochs, "lr": cfg.model.cam_lr,
                           "patience": max(2, cfg.model.cam_epochs // 2)})

@@ -21,7 +21,9 @@
 # recipe on all of the data, configs/ham10000_release_all.yaml, and "ensemble" a seed
 # ensemble of MEMBERS (3) release-recipe models on the holdout (`train --members`; its
 # bundle comes back in 15 MB parts: cat ensemble_bundle.tar.gz.part-* | tar -xz; its
-# --resume helps only within one warm machine, whose /tmp is lost when it goes back), each at
+# --resume helps only within one warm machine, whose /tmp is lost when it goes back; if the
+# time runs out first, the ensemble is built from the members that finished, when two or
+# more did, within ENS_RESERVE_S (60) seconds kept back for it), each at
 # RELEASE_EPOCHS (20) and RELEASE_SIZE (224) px, keeping the best validation epoch of the
 # cosine schedule; "gap_lite0" the protocol gap of the released recipe's model at SIZE px
 # and GAP_EPOCHS (12) epochs, the whole cosine schedule (patience = epochs), per-image
@@ -101,10 +103,28 @@ run() {
         release_all) cfg=configs/ham10000_release_all.yaml; dir=release_all ;;
         ensemble) dir=release_ensemble; extra=(--members "$members" --resume) ;;
       esac
+      # an ensemble keeps ENS_RESERVE_S of its budget to build itself from the members that
+      # finished if the time runs out before the last one does
+      local reserve=0; [ "$step" = ensemble ] && reserve=${ENS_RESERVE_S:-60}
       # patience = epochs: the whole cosine schedule runs, the best validation epoch is kept
-      timeout -k 10 "$(left)" python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir" \
-        --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers" \
-        --set "train.patience=$repochs" ${extra[@]+"${extra[@]}"} || true
+      local rel=(python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir"
+        --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers"
+        --set "train.patience=$repochs")
+      timeout -k 10 "$(( $(left) - reserve > 1 ? $(left) - reserve : 1 ))" "${rel[@]}" ${extra[@]+"${extra[@]}"} || true
+      if [ "$step" = ensemble ] && [ ! -f "$runs/$dir/metrics.json" ]; then
+        local done_n  # members 0, 1, ... whose checkpoint ran every epoch (or stopped early)
+        done_n=$(python3 -c 'import sys, torch; from pathlib import Path
+n = 0
+while (p := Path(sys.argv[1], str(n), "checkpoint.pt")).exists():
+    c = torch.load(p, map_location="cpu", weights_only=True)
+    if c["epoch"] < int(sys.argv[2]) and not c["stopped_early"]: break
+    n += 1
+print(n)' "$runs/$dir/members" "$repochs" 2>/dev/null || echo 0)
+        echo "== ensemble: $done_n of $members members finished in the time"
+        if [ "$done_n" -ge 2 ]; then
+          timeout -k 10 "$(( $(left) > 1 ? $(left) : 1 ))" "${rel[@]}" --members "$done_n" --resume || true
+        fi
+      fi
       for m in "$runs/$dir"/members/*/history.json; do  # an ensemble's members, finished or not
         [ -f "$m" ] && python3 -c 'import json, sys; h = json.load(open(sys.argv[1])); print(sys.argv[1], len(h), "epochs, best val balanced accuracy", max(((r["val_balanced_accuracy"] or 0) for r in h), default=None))' "$m" || true
       done

@@ -19,7 +19,10 @@
 # STEPS ("cv ablate gap": which parts, in order; "release" trains the released recipe,
 # configs/ham10000_release.yaml, on its lesion-grouped holdout and "release_all" the same
 # recipe on all of the data, configs/ham10000_release_all.yaml, and "ensemble" a seed
-# ensemble of MEMBERS (3) release-recipe models on the holdout (`train --members`; its
+# ensemble of MEMBERS (3) release-recipe models on the holdout (`train --members`;
+# "ensemble_all" the same on all of the data, into all_ensemble_bundle.tar.gz.part-*; three
+# members of each are about 38 MB, so run the two in separate calls: a call brings back
+# 64 MiB at most); its
 # bundle comes back in 15 MB parts: cat ensemble_bundle.tar.gz.part-* | tar -xz; its
 # --resume helps only within one warm machine, whose /tmp is lost when it goes back; if the
 # time runs out first, the ensemble is built from the members that finished, when two or
@@ -96,22 +99,26 @@ run() {
   }
   mkdir -p "$runs/logs"
   for step in $steps; do
-    if [ "$step" = release ] || [ "$step" = release_all ] || [ "$step" = ensemble ]; then
+    if [[ "$step" =~ ^(release|release_all|ensemble|ensemble_all)$ ]]; then
       [ "$(left)" -gt 30 ] || break
       local cfg=configs/ham10000_release.yaml dir=release_holdout extra=()
       case $step in
         release_all) cfg=configs/ham10000_release_all.yaml; dir=release_all ;;
         ensemble) dir=release_ensemble; extra=(--members "$members" --resume) ;;
+        ensemble_all) cfg=configs/ham10000_release_all.yaml; dir=release_all_ensemble
+                      extra=(--members "$members" --resume) ;;
       esac
       # an ensemble keeps ENS_RESERVE_S of its budget to build itself from the members that
       # finished if the time runs out before the last one does
-      local reserve=0; [ "$step" = ensemble ] && reserve=${ENS_RESERVE_S:-60}
+      local reserve=0 ens=0; [[ "$step" = ensemble* ]] && ens=1 reserve=${ENS_RESERVE_S:-60}
+      # an ensemble built from fewer members by an earlier call must not stand for this one
+      [ "$ens" = 1 ] && rm -f "$runs/$dir/metrics.json"
       # patience = epochs: the whole cosine schedule runs, the best validation epoch is kept
       local rel=(python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir"
         --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers"
         --set "train.patience=$repochs")
       timeout -k 10 "$(( $(left) - reserve > 1 ? $(left) - reserve : 1 ))" "${rel[@]}" ${extra[@]+"${extra[@]}"} || true
-      if [ "$step" = ensemble ] && [ ! -f "$runs/$dir/metrics.json" ]; then
+      if [ "$ens" = 1 ] && [ ! -f "$runs/$dir/metrics.json" ]; then
         local done_n  # members 0, 1, ... whose checkpoint ran every epoch (or stopped early)
         done_n=$(python3 -c 'import sys, torch; from pathlib import Path
 n = 0
@@ -161,11 +168,14 @@ print(n)' "$runs/$dir/members" "$repochs" 2>/dev/null || echo 0)
   if [ -d "$runs/release_all/bundle" ]; then
     tar -C "$runs/release_all" -czf "$out/release_all_bundle.tar.gz" bundle split.csv
   fi
-  if [ -d "$runs/release_ensemble/bundle" ]; then  # MEMBERS x 14 MB: in parts under the 16 MiB a file
-    rm -f "$out"/ensemble_bundle.tar.gz.part-*
-    tar -C "$runs/release_ensemble" -czf - bundle split.csv | split -b 15m - "$out/ensemble_bundle.tar.gz.part-" \
-      || echo "packing the ensemble bundle failed"
-  fi
+  local e
+  for e in release_ensemble release_all_ensemble; do  # MEMBERS x 14 MB: in parts under the 16 MiB a file
+    if [ -d "$runs/$e/bundle" ]; then
+      rm -f "$out/${e#release_}_bundle.tar.gz.part-"*
+      tar -C "$runs/$e" -czf - bundle split.csv | split -b 15m - "$out/${e#release_}_bundle.tar.gz.part-" \
+        || echo "packing the $e bundle failed"
+    fi
+  done
   ls -la "$out"
   exec >&- 2>&-  # let tee write the log's last lines before the call returns
   wait "$teepid" || true

@@ -78,6 +78,12 @@ def test_member_is_the_single_run_with_its_seed(ensemble_run, synth_small, tmp_p
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss"):
         assert members[1][key] == pytest.approx(single.metrics[key], abs=1e-9), key
     assert members[0]["log_loss"] != pytest.approx(members[1]["log_loss"], abs=1e-6)
+    # and its saved predictions are the single run's, row for row (paired comparisons use them)
+    mine = pd.read_csv(ensemble_run.run_dir / "members" / "1" / "predictions.csv")
+    theirs = pd.read_csv(single.run_dir / "predictions.csv")
+    assert list(mine["image_id"]) == list(theirs["image_id"]) and list(mine["pred"]) == list(theirs["pred"])
+    cols = [c for c in mine.columns if c.startswith("p_")]
+    assert np.allclose(mine[cols].to_numpy(), theirs[cols].to_numpy(), atol=1e-6)
 
 
 def test_ensemble_predictions_are_calibrated_mean_of_members(ensemble_run, synth_small, tmp_path):

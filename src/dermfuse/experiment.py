@@ -237,6 +237,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
 
     has_test = len(test_idx) > 0
     member_metrics: list[dict[str, Any]] = []
+    member_proba: list[np.ndarray] = []
     if cfg.train.members == 1:
         torch.manual_seed(cfg.train.seed)  # the initial weights of what pretrained weights leave out
         model = build()
@@ -246,7 +247,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
                    if cfg.train.calibration != "none" else None)
         raw = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta) if has_test else None
     else:
-        model, fit_res, val_raw, raw, member_metrics = _fit_members(
+        model, fit_res, val_raw, raw, member_metrics, member_proba = _fit_members(
             cfg, build, ds(train_idx), ds(val_idx), ds(test_idx) if has_test else None, y[train_idx],
             classes, run_dir, resume, progress)
     calibration = Calibration()
@@ -270,6 +271,9 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if has_test:
         _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
+        for k, p in enumerate(member_proba):  # each member alone, for paired comparisons
+            _write_predictions(run_dir / "members" / str(k) / "predictions.csv", table.iloc[test_idx],
+                               classes, y[test_idx], p)
         if not calibration.is_identity:  # `dermfuse calibrate` starts again from these
             _write_predictions(run_dir / "predictions_uncalibrated.csv", table.iloc[test_idx], classes,
                                y[test_idx], raw)
@@ -306,12 +310,12 @@ def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, 
 
     Returns the `Ensemble`, member 0's fit (its curves go in the report and in
     ``run_dir/history.json``), the ensemble's validation (None without calibration) and
-    test probabilities (the mean of the members', which is what the ensemble computes) and
-    each member's test metrics as a single model: calibrated on the validation part by
-    itself, as a run with ``members: 1`` and that seed reports. On a CPU (deterministic
+    test probabilities (the mean of the members', which is what the ensemble computes), and
+    each member's test metrics and test probabilities as a single model: calibrated on the
+    validation part by itself, as a run with ``members: 1`` and that seed reports. On a CPU (deterministic
     kernels) member k is exactly that run; on a GPU, as close as two runs of one seed are.
     Under torchrun, each rank seeds its global RNG with ``train.rank_seed(seed, rank)`` as in `fit`."""
-    members, fits, val_p, test_p, member_metrics = [], [], [], [], []
+    members, fits, val_p, test_p, member_metrics, member_proba = [], [], [], [], [], []
     for k in range(cfg.train.members):
         seed = cfg.train.seed + k
         if progress and is_main_process():
@@ -328,13 +332,14 @@ def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, 
             continue
         test_p.append(predict_proba(net, test, batch_size=64, tta=cfg.train.tta))
         own = fit_calibration(val_p[-1], val.labels, y_train, cfg.train.calibration) if calibrate else Calibration()
-        _, m = _calibrated_metrics(test.labels, test_p[-1], own, classes)
+        p, m = _calibrated_metrics(test.labels, test_p[-1], own, classes)
+        member_proba.append(p)
         member_metrics.append({"member": k, "seed": seed, "best_epoch": fits[-1].best_epoch, **_headline(m)})
     val_raw = np.mean(val_p, axis=0, dtype=np.float64).astype(np.float32) if val_p else None
     test_raw = np.mean(test_p, axis=0, dtype=np.float64).astype(np.float32) if test_p else None
     if is_main_process():  # member 0's curves stand for the run (the report's, `dermfuse calibrate`'s)
         (run_dir / "history.json").write_text(json.dumps(fits[0].history, indent=2))
-    return Ensemble(members), fits[0], val_raw, test_raw, member_metrics
+    return Ensemble(members), fits[0], val_raw, test_raw, member_metrics, member_proba
 
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "log_loss",

@@ -72,6 +72,7 @@ run() {
   [[ "$par" =~ ^[1-9][0-9]*$ ]] || { echo "PARALLEL: expected a whole number >= 1, got '$par'; using 1"; par=1; }
   local jobw=$(( workers > 0 && workers < par ? 1 : workers / par ))
   left() { echo $((budget - (SECONDS - t0))); }
+  upto() { local s=$(( $(left) - ${1:-0} )); echo $(( s > 1 ? s : 1 )); }  # left() less $1 s, for timeout
   summary() {  # the headline metrics of a run's metrics.json, one line
     python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); print(sys.argv[1], {k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece") if isinstance(m.get(k), float)})' "$1" || true
   }
@@ -117,7 +118,7 @@ run() {
       local rel=(python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir"
         --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers"
         --set "train.patience=$repochs")
-      timeout -k 10 "$(( $(left) - reserve > 1 ? $(left) - reserve : 1 ))" "${rel[@]}" ${extra[@]+"${extra[@]}"} || true
+      timeout -k 10 "$(upto "$reserve")" "${rel[@]}" ${extra[@]+"${extra[@]}"} || true
       if [ "$ens" = 1 ] && [ ! -f "$runs/$dir/metrics.json" ]; then
         local done_n  # members 0, 1, ... whose checkpoint ran every epoch (or stopped early)
         done_n=$(python3 -c 'import sys, torch; from pathlib import Path
@@ -129,7 +130,7 @@ while (p := Path(sys.argv[1], str(n), "checkpoint.pt")).exists():
 print(n)' "$runs/$dir/members" "$repochs" 2>/dev/null || echo 0)
         echo "== ensemble: $done_n of $members members finished in the time"
         if [ "$done_n" -ge 2 ]; then
-          timeout -k 10 "$(( $(left) > 1 ? $(left) : 1 ))" "${rel[@]}" --members "$done_n" --resume || true
+          timeout -k 10 "$(upto)" "${rel[@]}" --members "$done_n" --resume || true
         fi
       fi
       for m in "$runs/$dir"/members/*/history.json; do  # an ensemble's members, finished or not

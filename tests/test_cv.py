@@ -314,3 +314,30 @@ def test_a_variant_does_not_depend_on_what_ran_before_it(synth_small, tmp_path):
     np.testing.assert_array_equal(*maps)
     preds = [pd.read_csv(runs[n] / "ft_multicnn+heatmap" / "fold0" / "predictions.csv") for n in runs]
     pd.testing.assert_frame_equal(*preds)
+
+
+def test_ablate_variants_runs_part_of_the_grid(synth_small, tmp_path, capsys):
+    """`--variants` trains only the named variants; the plan keeps all six, so collect names
+    the rest as missing, no CAM backbone is trained without a heatmap or overlay variant,
+    and the part scores exactly as the same variants of a full fold job."""
+    part, full = tmp_path / "part", tmp_path / "full"
+    code, _ = _cli(capsys, "ablate", str(synth_small), *TINY, "--fold", "0", "--out", str(part),
+                   "--variants", "image-only, image+meta")
+    assert code == 0
+    assert sorted(p.parent.parent.name for p in part.glob("*/fold0/DONE")) == ["image+meta", "image-only"]
+    assert not (part / "_cam").exists()
+    plan = json.loads((part / "plan.json").read_text())
+    assert len(plan["variants"]) == 6
+    s = collect(part, progress=False)
+    assert s["missing"] == {"heatmap+meta": [0, 1], "heatmap-only": [0, 1], "image+meta": [1], "image-only": [1],
+                            "overlay+meta": [0, 1], "overlay-only": [0, 1]}
+    assert main(["-q", "ablate", str(synth_small), *TINY, "--fold", "0", "--out", str(full)]) == 0
+    for v in ("image-only", "image+meta"):
+        pd.testing.assert_frame_equal(pd.read_csv(part / v / "fold0" / "predictions.csv"),
+                                      pd.read_csv(full / v / "fold0" / "predictions.csv"))
+
+    code, err = _cli(capsys, "ablate", str(synth_small), *TINY, "--fold", "0", "--out", str(part),
+                     "--variants", "image-only,heatmap")
+    assert code != 0 and "unknown variant(s) 'heatmap'" in err and "heatmap+meta" in err
+    code, err = _cli(capsys, "ablate", str(synth_small), *TINY, "--fold", "0", "--out", str(part), "--variants", ",")
+    assert code != 0 and "no variant named" in err

@@ -29,16 +29,28 @@ def ablation_variants(cfg: RunConfig) -> list[Variant]:
 
 
 def run_ablation(cfg: RunConfig, folds: int | None = None, fold: int | None = None, progress: bool = True,
-                 resume: bool = False, keep_checkpoints: bool = False) -> Path:
+                 resume: bool = False, keep_checkpoints: bool = False, only: Sequence[str] | None = None) -> Path:
     """Run the six variants on ``folds`` folds (default ``cfg.data.folds``) into
     ``cfg.out``; ``fold=K`` runs one fold only. The FT-MultiCNN's architecture options
     (``image_backbone``, dropout, ...) and the CAM settings come from ``cfg``. Returns the
-    run directory (with report.html and ablation.csv unless ``fold`` is given)."""
+    run directory (with report.html and ablation.csv unless ``fold`` is given).
+
+    ``only``: names of the variants this job trains (default all six). The plan keeps the
+    whole grid, so `collect` names the others as missing, and a variant's numbers do not
+    depend on which others ran (its initial weights are seeded per variant). Without a
+    heatmap or overlay variant, no CAM backbone is trained."""
     if cfg.model.name != "ft_multicnn":
         raise ConfigError(f"ablate varies the FT-MultiCNN's inputs; model.name must be 'ft_multicnn', "
                           f"got {cfg.model.name!r}")
-    return run_plan(cfg, "ablate", ablation_variants(cfg), folds, fold, progress, resume, keep_checkpoints,
-                    reference=REFERENCE)
+    grid = ablation_variants(cfg)
+    names = [v.name for v in grid]
+    if only is not None:
+        unknown = [n for n in only if n not in names]
+        if unknown or not only:
+            what = f"unknown variant(s) {', '.join(map(repr, unknown))}" if unknown else "no variant named"
+            raise ConfigError(f"ablate --variants: {what}; expected one or more of {', '.join(names)}")
+    return run_plan(cfg, "ablate", grid, folds, fold, progress, resume, keep_checkpoints, reference=REFERENCE,
+                    only=only)
 
 
 def paired_differences(per_fold: Sequence[dict[str, Any]], reference: str, metrics: Sequence[str],

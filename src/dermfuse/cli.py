@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect", metavar="RUN_DIR", help="merge the finished folds of RUN_DIR into its report")
     p.add_argument("--resume", action="store_true", help="continue unfinished folds from their checkpoints")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt when it finishes")
+    p.add_argument("--variants", metavar="NAME,...",
+                   help="train only these variants in this job, e.g. image+meta,image-only (default: all six; "
+                        "--collect names the others as missing)")
     _add_train_options(p)
     # --- end cv / ablate -----------------------------------------------------------------
 
@@ -392,7 +395,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             from .ablate import run_ablation
 
-            run_dir = run_ablation(cfg, **kw)
+            only = None if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
+            run_dir = run_ablation(cfg, only=only, **kw)
         if args.fold is None:
             out.print(render_summary(json.loads((run_dir / "summary.json").read_text())))
         err.print(f"run directory: {run_dir}")

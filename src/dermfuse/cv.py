@@ -131,9 +131,10 @@ def run_protocol_gap(cfg: RunConfig, models: Sequence[str] | str, folds: int | N
 
 def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | None, fold: int | None,
              progress: bool = True, resume: bool = False, keep_checkpoints: bool = False,
-             reference: str | None = None) -> Path:
+             reference: str | None = None, only: Sequence[str] | None = None) -> Path:
     """Run ``variants`` on every unfinished fold (or fold ``fold`` only) of ``cfg.out``;
-    the shared engine of `run_cv` and `run_ablation`. Writes the report unless ``fold``."""
+    the shared engine of `run_cv` and `run_ablation`. Writes the report unless ``fold``.
+    ``only``: train just the variants of these names; the plan still holds all of them."""
     if cfg.train.members != 1:
         raise ConfigError(f"train.members = {cfg.train.members}: cross-validation and ablations compare "
                           "single models (train.members = 1); seed ensembles are built by `dermfuse train`")
@@ -146,8 +147,9 @@ def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | No
     cohort = cohort_for(cfg, progress)
     runner = _Runner(cfg, cohort, run_dir, progress, resume, keep_checkpoints)
     runner.prepare(kind, variants, reference)
+    todo = variants if only is None else [v for v in variants if v.name in only]
     for f in [fold] if fold is not None else range(k):
-        runner.run_fold(f, variants)
+        runner.run_fold(f, todo)
     if fold is not None:
         if progress:
             console.print(f"fold {fold} finished; merge finished folds with `dermfuse cv --collect {run_dir}`")

@@ -12,8 +12,8 @@
 #
 # The ablate step runs the grid exactly as the CPU folds of docs/results.md did (the release
 # config's Lite0 branch, ABL_EPOCHS (4) epochs, a 3-epoch CAM backbone, no flips or
-# calibration, per-image augmentation) into runs/ablate5_lite0, so FOLDS_RUN="3 4" completes
-# that table; EPOCHS does not apply to it.
+# calibration, per-image augmentation) into runs/ablate5_lite0 (all five folds of that table
+# have run on the CPU; rerun it with a longer ABL_EPOCHS); EPOCHS does not apply to it.
 # Knobs (environment): EPOCHS (default 30, early stopping on), SIZE (128), BUDGET_S
 # (seconds of training before packing up, default 480), WORKERS (data-loading workers, 12),
 # STEPS ("cv ablate gap": which parts, in order; "release" trains the released recipe,

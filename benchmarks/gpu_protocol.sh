@@ -26,7 +26,9 @@
 # bundle comes back in 15 MB parts: cat ensemble_bundle.tar.gz.part-* | tar -xz; its
 # --resume helps only within one warm machine, whose /tmp is lost when it goes back; if the
 # time runs out first, the ensemble is built from the members that finished, when two or
-# more did, within ENS_RESERVE_S (60) seconds kept back for it), each at
+# more did, within ENS_RESERVE_S (60) seconds kept back for it; LANES (1) member jobs
+# train at once on the GPU, `train --member K`, lane j taking members j, j + LANES, ...;
+# a bundle of more than 48 MB, four members or more, is not packed: it would not come back), each at
 # RELEASE_EPOCHS (20) and RELEASE_SIZE (224) px, keeping the best validation epoch of the
 # cosine schedule; "gap_lite0" the protocol gap of the released recipe's model at SIZE px
 # and GAP_EPOCHS (12) epochs, the whole cosine schedule (patience = epochs), per-image
@@ -118,6 +120,32 @@ run() {
       local rel=(python3 -m dermfuse -q train "$data" --config "$cfg" --out "$runs/$dir"
         --epochs "$repochs" --image-size "$rsize" --device "$device" --set "train.num_workers=$workers"
         --set "train.patience=$repochs")
+      local lanes=${LANES:-1}
+      [[ "$lanes" =~ ^[1-9][0-9]*$ ]] || { echo "LANES: expected a whole number >= 1, got '$lanes'; using 1"; lanes=1; }
+      if [ "$ens" = 1 ] && [ "$lanes" -gt 1 ]; then
+        # LANES member jobs at a time on the one GPU (`train --member K`), each lane training
+        # members j, j + LANES, ... with WORKERS / LANES loader workers; the image cache is
+        # built once first so the lanes do not each decode the data set
+        python3 - "$data" "$cfg" "$rsize" <<'PY' || true
+import sys, time
+from dermfuse.config import load_config
+from dermfuse.data.cache import build_cache
+from dermfuse.experiment import cohort_for
+t = time.time()
+cfg = load_config(sys.argv[2]); cfg.data.path = sys.argv[1]
+build_cache(cohort_for(cfg, False).table, size=int(sys.argv[3]), method=cfg.data.resize_method, progress=False)
+print(f"== image cache at {sys.argv[3]} px in {time.time() - t:.0f} s")
+PY
+        local lw=$(( workers > 0 && workers < lanes ? 1 : workers / lanes )) lpids=() j
+        for ((j = 0; j < lanes && j < members; j++)); do
+          (for ((k = j; k < members; k += lanes)); do
+             timeout -k 10 "$(upto "$reserve")" "${rel[@]}" --members "$members" --member "$k" --resume \
+               --set "train.num_workers=$lw" >"$runs/logs/${dir}_member$k.log" 2>&1 || true
+             echo "== member $k ended at $((SECONDS - t0)) s"; tail -n 2 "$runs/logs/${dir}_member$k.log"
+           done) & lpids+=($!)
+        done
+        wait "${lpids[@]}"
+      fi
       timeout -k 10 "$(upto "$reserve")" "${rel[@]}" ${extra[@]+"${extra[@]}"} || true
       if [ "$ens" = 1 ] && [ ! -f "$runs/$dir/metrics.json" ]; then
         local done_n  # members 0, 1, ... whose checkpoint ran every epoch (or stopped early)
@@ -171,7 +199,9 @@ print(n)' "$runs/$dir/members" "$repochs" 2>/dev/null || echo 0)
   fi
   local e
   for e in release_ensemble release_all_ensemble; do  # MEMBERS x 14 MB: in parts under the 16 MiB a file
-    if [ -d "$runs/$e/bundle" ]; then
+    if [ -d "$runs/$e/bundle" ] && [ "$(du -sm "$runs/$e/bundle" | cut -f1)" -gt 48 ]; then
+      echo "the $e bundle ($(du -sh "$runs/$e/bundle" | cut -f1)) is more than a call brings back (64 MiB in all): not packed"
+    elif [ -d "$runs/$e/bundle" ]; then
       rm -f "$out/${e#release_}_bundle.tar.gz.part-"*
       tar -C "$runs/$e" -czf - bundle split.csv | split -b 15m - "$out/${e#release_}_bundle.tar.gz.part-" \
         || echo "packing the $e bundle failed"

@@ -130,6 +130,30 @@ def test_resume_reuses_the_members_and_refuses_another_seed(ensemble_run, synth_
         train_run(_cfg(synth_small, ensemble_run.run_dir, members=2, seed=5), progress=False, resume=True)
 
 
+def test_members_trained_one_by_one_build_the_same_ensemble(ensemble_run, synth_small, tmp_path):
+    """`member=k` jobs (which could run at once) leave checkpoints from which a resumed run
+    builds exactly the ensemble that one run trains member after member (CPU: deterministic)."""
+    cfg = _cfg(synth_small, tmp_path / "run", members=2)
+    for k in (1, 0):  # in any order
+        res = train_run(cfg, progress=False, member=k)
+        assert res.bundle is None and res.metrics["member"] == k and res.metrics["seed"] == k
+        assert res.metrics["epochs_run"] == cfg.train.epochs
+        assert (tmp_path / "run" / "members" / str(k) / "checkpoint.pt").is_file()
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "bundle").exists()
+    built = train_run(cfg, progress=False, resume=True)
+    for key in ("accuracy", "balanced_accuracy", "log_loss", "ece"):
+        assert built.metrics[key] == pytest.approx(ensemble_run.metrics[key], abs=1e-9), key
+    assert [m["seed"] for m in built.metrics["members"]] == [0, 1]
+    assert built.bundle is not None and (built.bundle / "bundle.json").is_file()
+
+
+@pytest.mark.parametrize("members, member", [(2, 2), (2, -1), (1, 0)])
+def test_member_outside_the_ensemble_is_refused(synth_small, tmp_path, members, member):
+    with pytest.raises(ConfigError, match="member"):
+        train_run(_cfg(synth_small, tmp_path / "run", members=members), progress=False, member=member)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
 def test_calibrate_keeps_the_members(ensemble_run, tmp_path):
     import shutil
 

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name (see `dermfuse models`)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument("--members", type=int, help="train a seed ensemble of this many models (train.members)")
+    p.add_argument("--member", type=int, metavar="K",
+                   help="with --members N: train member K (0 to N-1) alone and stop; jobs for several "
+                        "members can run at once, then `--members N --resume` builds the ensemble")
     _add_train_options(p)
 
     p = sub.add_parser("calibrate", help="fit prior shift + temperature on a finished run's validation part")
@@ -322,7 +325,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _run_config(args, args.data, args.model)
         if args.members is not None:
             cfg.train.members = args.members
-        res = train_run(cfg, progress=progress, resume=args.resume)
+        res = train_run(cfg, progress=progress, resume=args.resume, member=args.member)
+        if args.member is not None:
+            m = res.metrics
+            err.print(f"member {m['member']} (seed {m['seed']}) of {cfg.train.members}: {m['epochs_run']} epochs, "
+                      f"best epoch {m['best_epoch'] + 1}; checkpoint in {res.run_dir / 'members' / str(m['member'])}. "
+                      f"When every member is done, `--members {cfg.train.members} --resume` builds the ensemble.")
+            return 0
         if res.metrics.get("n_images"):
             _print_holdout(cfg.model.name, res.metrics)
             err.print(f"report: {res.run_dir / 'report.html'}")

@@ -162,10 +162,20 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
 
 
-def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> RunResult:
+def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
+              member: int | None = None) -> RunResult:
     """One holdout run of ``cfg.model`` on ``cfg.data.path``; writes everything into
-    ``cfg.out`` and returns the test metrics and the bundle path."""
+    ``cfg.out`` and returns the test metrics and the bundle path.
+
+    ``member`` = k (a seed ensemble only, 0 <= k < ``train.members``) trains member k alone
+    into ``cfg.out/members/k`` and stops there: no ensemble, metrics or bundle (the result
+    has ``bundle`` None and ``metrics`` {"member": k, ...}). Several such jobs can run at
+    once, on one GPU or on several machines sharing the folder; a last run with
+    ``resume=True`` then finds every member finished and builds the ensemble from them."""
     check_config(cfg)
+    if member is not None and (cfg.train.members < 2 or not 0 <= member < cfg.train.members):
+        raise ConfigError(f"member {member!r}: expected 0 to {cfg.train.members - 1}, one member of a seed "
+                          f"ensemble of train.members = {cfg.train.members} (>= 2) models")
     t0 = time.time()
     main = is_main_process()  # under torchrun every rank trains; only rank 0 writes
     run_dir = Path(cfg.out)
@@ -246,6 +256,11 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False) -> Ru
         val_raw = (predict_proba(model, ds(val_idx), batch_size=64, tta=cfg.train.tta)
                    if cfg.train.calibration != "none" else None)
         raw = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta) if has_test else None
+    elif member is not None:  # one member alone; the run that builds the ensemble reuses its checkpoint
+        fit_res = _fit_member(cfg, build, member, ds(train_idx), ds(val_idx), classes, run_dir, resume, progress)[1]
+        return RunResult(run_dir, {"member": member, "seed": cfg.train.seed + member,
+                                   "best_epoch": fit_res.best_epoch, "stopped_early": fit_res.stopped_early,
+                                   "epochs_run": len(fit_res.history)}, None, fit_res.history)
     else:
         model, fit_res, val_raw, raw, member_metrics, member_proba = _fit_members(
             cfg, build, ds(train_idx), ds(val_idx), ds(test_idx) if has_test else None, y[train_idx],
@@ -318,12 +333,8 @@ def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, 
     members, fits, val_p, test_p, member_metrics, member_proba = [], [], [], [], [], []
     for k in range(cfg.train.members):
         seed = cfg.train.seed + k
-        if progress and is_main_process():
-            console.print(f"member {k + 1}/{cfg.train.members} (seed {seed})")
-        torch.manual_seed(seed)  # the new head's initial weights differ per member
-        net = build()
-        fits.append(fit(net, train, val, replace(cfg.train, seed=seed), classes,
-                        run_dir=run_dir / "members" / str(k), resume=resume, progress=progress))
+        net, fit_k = _fit_member(cfg, build, k, train, val, classes, run_dir, resume, progress)
+        fits.append(fit_k)
         members.append(net)
         calibrate = cfg.train.calibration != "none"
         if calibrate:
@@ -340,6 +351,19 @@ def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, 
     if is_main_process():  # member 0's curves stand for the run (the report's, `dermfuse calibrate`'s)
         (run_dir / "history.json").write_text(json.dumps(fits[0].history, indent=2))
     return Ensemble(members), fits[0], val_raw, test_raw, member_metrics, member_proba
+
+
+def _fit_member(cfg: RunConfig, build, k: int, train: ArrayDataset, val: ArrayDataset, classes: list[str],
+                run_dir: Path, resume: bool, progress: bool) -> tuple[torch.nn.Module, FitResult]:
+    """Member k of a seed ensemble: built and trained with seed ``train.seed + k`` in
+    ``run_dir/members/k`` (a finished checkpoint there is loaded, not trained again)."""
+    seed = cfg.train.seed + k
+    if progress and is_main_process():
+        console.print(f"member {k + 1}/{cfg.train.members} (seed {seed})")
+    torch.manual_seed(seed)  # the new head's initial weights differ per member
+    net = build()
+    return net, fit(net, train, val, replace(cfg.train, seed=seed), classes,
+                    run_dir=run_dir / "members" / str(k), resume=resume, progress=progress)
 
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc_macro", "ece", "log_loss",

@@ -217,3 +217,21 @@ def test_column_map_with_another_format_is_refused(synth_small, capsys):
     code, _, err = _run(["data", "check", str(synth_small), "--format", "ham10000",
                          "--column-map", "image_id=image_id,label=dx"], capsys)
     assert code != 0 and "applies to format 'generic' only" in err and "Traceback" not in err
+
+
+def test_train_member_jobs_then_build_the_ensemble(synth_small, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", str(synth_small), "--model", "cnn", "--epochs", "1", "--image-size", "32",
+            "--no-pretrained", "--out", str(run), "--members", "2"]
+    code, _, err = _run([*base, "--member", "2"], capsys)
+    assert code != 0 and "member 2" in err and "0 to 1" in err and "Traceback" not in err
+    for k in (0, 1):
+        code, _, err = _run([*base, "--member", str(k)], capsys)
+        assert code == 0, err
+        assert f"member {k} (seed {k}) of 2" in err and "--resume" in err
+    assert not (run / "bundle").exists()
+    code, _, err = _run([*base, "--resume"], capsys)
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [m["member"] for m in metrics["members"]] == [0, 1]
+    assert json.loads((run / "bundle" / "bundle.json").read_text())["model"]["kwargs"]["n_members"] == 2

@@ -28,7 +28,7 @@
 # time runs out first, the ensemble is built from the members that finished, when two or
 # more did, within ENS_RESERVE_S (60) seconds kept back for it; LANES (1) member jobs
 # train at once on the GPU, `train --member K`, lane j taking members j, j + LANES, ...;
-# a bundle of more than 48 MB, four members or more, is not packed: it would not come back), each at
+# a bundle of more than 48 MiB, four members or more, is not packed: it would not come back), each at
 # RELEASE_EPOCHS (20) and RELEASE_SIZE (224) px, keeping the best validation epoch of the
 # cosine schedule; "gap_lite0" the protocol gap of the released recipe's model at SIZE px
 # and GAP_EPOCHS (12) epochs, the whole cosine schedule (patience = epochs), per-image

@@ -226,6 +226,32 @@ def test_protocol_gap(synth_small, tmp_path):
     assert "Where the gap comes from" in html and f"{len(brute)} of the data set's {len(folds)} images" in html
 
 
+def test_protocol_gap_with_one_fold_finished_pairs_the_same_images(synth_small, tmp_path):
+    """After one fold per protocol, the two finished test folds overlap only in part: the
+    pooled gap must score both protocols on that overlap, the rows its interval pairs."""
+    cfg = RunConfig()
+    cfg.data.path, cfg.data.image_size, cfg.out = str(synth_small), 32, str(tmp_path / "gap")
+    cfg.train.epochs, cfg.train.augment, cfg.train.max_steps_per_epoch = 1, False, 2
+    d = run_protocol_gap(cfg, ["meta_mlp"], folds=2, fold=0, progress=False)
+    s = collect(d, progress=False)
+    assert not s["complete"]
+    ids = [set(pd.read_csv(d / v / "fold0" / "predictions.csv")["image_id"]) for v in ("meta_mlp", "meta_mlp@image")]
+    common = ids[0] & ids[1]
+    assert 0 < len(common) < min(map(len, ids))  # the folds differ between protocols
+    (boot,) = s["gap_bootstrap"]["rows"]
+    assert boot["n_images"] == len(common)
+    rows = {r["metric"]: r for r in s["gap"]}
+    for m in ("accuracy", "balanced_accuracy"):
+        assert rows[m]["pooled_n_images"] == len(common)
+        assert rows[m]["pooled_inflation"] == pytest.approx(boot[m]["diff"], abs=1e-9)
+        assert rows[m]["pooled_grouped"] == pytest.approx(boot["reference_scores"][m], abs=1e-9)
+        assert rows[m]["pooled_image"] == pytest.approx(boot["variant_scores"][m], abs=1e-9)
+    # each variant's own pooled summary still covers all of its finished rows
+    assert s["pooled"]["meta_mlp"]["n_images"] == len(ids[0])
+    gap = pd.read_csv(d / "gap.csv").set_index("metric")
+    assert (gap["pooled_n_images"] == len(common)).all()
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_ablate_resume_reaches_the_cam_backbone(resume, synth_small, tmp_path, monkeypatch):
     """An interrupted fold continues its CAM backbone from its checkpoint too, not only the

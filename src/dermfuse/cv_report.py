@@ -66,8 +66,10 @@ def _pm(s: dict[str, Any] | None, signed: bool = False) -> str:
 def protocol_gap(stats: dict[str, dict[str, dict]], pooled: dict[str, dict], metrics: Sequence[str] = METRICS
                  ) -> list[dict[str, Any]]:
     """One row per (variant with an ``@image`` twin, metric): grouped and image-level mean
-    ± std over folds, ``inflation`` = image mean − grouped mean (and the same for the
-    pooled out-of-fold values). Folds differ between protocols, so nothing is paired."""
+    ± std over folds, ``inflation`` = image mean − grouped mean (folds differ between
+    protocols, so that part is not paired), and the same for the pooled out-of-fold values.
+    ``pooled``: variant -> metrics; pass those of ``paired_pooled`` so that both sides of a
+    pooled inflation are scored on the same images."""
     rows = []
     for name in stats:
         twin = name + LEAKY
@@ -79,8 +81,29 @@ def protocol_gap(stats: dict[str, dict[str, dict]], pooled: dict[str, dict], met
             rows.append({"variant": name, "metric": m, "grouped": g, "image": i,
                          "inflation": None if g["mean"] is None or i["mean"] is None else i["mean"] - g["mean"],
                          "pooled_grouped": pg, "pooled_image": pi,
-                         "pooled_inflation": None if pg is None or pi is None else pi - pg})
+                         "pooled_inflation": None if pg is None or pi is None else pi - pg,
+                         "pooled_n_images": (pooled.get(name) or {}).get("n_images")})
     return rows
+
+
+def paired_pooled(oof: dict[str, pd.DataFrame], classes: Sequence[str]) -> dict[str, dict | None]:
+    """For each grouped variant with an ``@image`` twin, both protocols' metrics on the
+    out-of-fold images that both have scored. Once every fold of both has finished that is
+    every image; before, the two protocols' finished test folds overlap only in part, and
+    scoring each side on all of its own rows would compare different images."""
+    out: dict[str, dict | None] = {}
+    cols = [f"p_{c}" for c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    for name in oof:
+        twin = name + LEAKY
+        if name.endswith(LEAKY) or twin not in oof:
+            continue
+        common = set(oof[name]["image_id"]) & set(oof[twin]["image_id"])
+        for v in (name, twin):
+            df = oof[v][oof[v]["image_id"].isin(common)].sort_values("image_id")
+            out[v] = (compute_metrics(df["label"].map(index).to_numpy(np.int64), df[cols].to_numpy(np.float64),
+                                      classes) if len(df) else None)
+    return out
 
 
 def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict, list[str]]:
@@ -144,7 +167,7 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "kind": plan["kind"], "run_dir": str(run_dir), "folds": plan["folds"], "split": plan["split_label"],
         "variants": plan["variants"], "per_fold": per_fold, "stats": stats, "pooled": pooled,
         "missing": {v: f for v, f in missing.items() if f}, "complete": not any(missing.values()),
-        "best": best, "gap": protocol_gap(stats, pooled), "warnings": warnings,
+        "best": best, "gap": protocol_gap(stats, paired_pooled(oof, classes)), "warnings": warnings,
     }
     if plan.get("reference"):
         from .ablate import paired_differences
@@ -279,7 +302,8 @@ def _write_tables(run_dir: Path, result: dict[str, Any]) -> None:
                                 "inflation": r["inflation"], "pooled_grouped": r["pooled_grouped"],
                                 "pooled_image": r["pooled_image"], "pooled_inflation": r["pooled_inflation"],
                                 "pooled_inflation_ci_low": r.get("pooled_inflation_low"),
-                                "pooled_inflation_ci_high": r.get("pooled_inflation_high")}
+                                "pooled_inflation_ci_high": r.get("pooled_inflation_high"),
+                                "pooled_n_images": r.get("pooled_n_images")}
                                for r in result["gap"]]), "gap.csv")
     atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2, default=str))
 
@@ -462,7 +486,8 @@ def _gap_html(rows: list[dict], grouped_label: str, boot: dict | None) -> str:
         return f"[{r['pooled_inflation_low']:+.3f}, {r['pooled_inflation_high']:+.3f}]"
 
     body = [(r["variant"], r["metric"], _pm(r["grouped"]), _pm(r["image"]), r["inflation"],
-             r["pooled_grouped"], r["pooled_image"], r["pooled_inflation"], interval(r)) for r in rows]
+             r["pooled_grouped"], r["pooled_image"], r["pooled_inflation"], interval(r), r.get("pooled_n_images"))
+            for r in rows]
     note = ""
     if boot and boot["rows"]:
         unit = "lesions" if boot["resampled"] == "lesion" else "images"
@@ -470,10 +495,13 @@ def _gap_html(rows: list[dict], grouped_label: str, boot: dict | None) -> str:
                 f"{boot['level']:.0%} of {boot['n_boot']} resamples of whole {unit} (decision metrics only; "
                 f"test-row noise for these trained models, not training noise).")
     return (table_html(body, ("model", "metric", grouped_label, "image-level (leaky)", "inflation",
-                              "pooled grouped", "pooled image-level", "pooled inflation", "interval")) +
+                              "pooled grouped", "pooled image-level", "pooled inflation", "interval",
+                              "pooled images")) +
             "<p class='muted'>Inflation = image-level − grouped: how much letting images of one lesion sit "
             "in both training and test folds flatters each metric (for ece and log_loss, lower is better, "
-            "so a negative value is the flattering one)." + html.escape(note) + "</p>")
+            "so a negative value is the flattering one). The pooled columns score both protocols on the "
+            "out-of-fold images that both have scored (all images once every fold has finished)."
+            + html.escape(note) + "</p>")
 
 
 def _exposure_html(exp: dict | None) -> str:

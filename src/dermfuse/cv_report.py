@@ -92,8 +92,6 @@ def paired_pooled(oof: dict[str, pd.DataFrame], classes: Sequence[str]) -> dict[
     every image; before, the two protocols' finished test folds overlap only in part, and
     scoring each side on all of its own rows would compare different images."""
     out: dict[str, dict | None] = {}
-    cols = [f"p_{c}" for c in classes]
-    index = {c: i for i, c in enumerate(classes)}
     for name in oof:
         twin = name + LEAKY
         if name.endswith(LEAKY) or twin not in oof:
@@ -101,9 +99,14 @@ def paired_pooled(oof: dict[str, pd.DataFrame], classes: Sequence[str]) -> dict[
         common = set(oof[name]["image_id"]) & set(oof[twin]["image_id"])
         for v in (name, twin):
             df = oof[v][oof[v]["image_id"].isin(common)].sort_values("image_id")
-            out[v] = (compute_metrics(df["label"].map(index).to_numpy(np.int64), df[cols].to_numpy(np.float64),
-                                      classes) if len(df) else None)
+            out[v] = _score(df, classes) if len(df) else None
     return out
+
+
+def _score(df: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
+    """compute_metrics of out-of-fold prediction rows (label, p_<class> columns)."""
+    y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    return compute_metrics(y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64), classes)
 
 
 def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict, list[str]]:
@@ -156,9 +159,7 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         if v not in oof:
             pooled[v] = None
             continue
-        df = oof[v]
-        y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-        pooled[v] = compute_metrics(y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64), classes)
+        pooled[v] = _score(oof[v], classes)
         pooled[v]["n_folds"] = len(preds[v])
     # the best is chosen among the grouped variants: a leaky image-level twin never wins
     ranked = [v for v in names if stats[v]["balanced_accuracy"]["mean"] is not None and not v.endswith(LEAKY)]

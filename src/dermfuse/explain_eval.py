@@ -250,7 +250,7 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
 
     flat = {m: {k: np.concatenate(v) for k, v in per[m].items()} for m in names}
     result: dict[str, Any] = {
-        "bundle": str(bundle_path), "network": what, "data": str(data_path),
+        "bundle": str(bundle_path), "model_id": bundle.model_id, "network": what, "data": str(data_path),
         "rows": "all clean rows" if split_file is None else f"part {part!r} of {split_file}",
         "images": n, "lesions": int(len(np.unique(groups))), "image_size": size,
         "synthetic": bool(cohort.synthetic), "masks": masks is not None,
@@ -363,7 +363,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     keys = ["deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence", "border_energy"]
     if result["masks"]:
         keys += ["energy_in_lesion", "pointing_game"]
-    lines = [f"{result['network']}; {result['images']} images of {result['lesions']} lesions "
+    lines = [f"Model {result['model_id']}, {result['network']}; {result['images']} images of {result['lesions']} lesions "
              f"({result['rows']}), {result['image_size']} px. Mean [95% lesion-bootstrap interval].", "",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m, s in result["methods"].items():

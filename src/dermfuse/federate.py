@@ -244,6 +244,9 @@ def _prepare(cfg: RunConfig, k: int, rule: str, progress: bool):
     if cfg.model.input != "image":
         raise ConfigError("federate trains image-input models (model.input: image); heatmap input needs a "
                           "CAM backbone per site")
+    if cfg.data.test_fraction <= 0 or cfg.data.val_fraction <= 0:
+        raise ConfigError("federate needs data.test_fraction > 0 (held-out lesions to score) and "
+                          "data.val_fraction > 0 (the server picks the best round on it)")
     if cfg.train.schedule == "plateau" or cfg.train.members > 1 or cfg.train.calibration != "none":
         raise ConfigError("federate: train.schedule plateau, train.members > 1 and train.calibration are "
                           "not supported; use schedule none or cosine, one model, calibration none")

@@ -83,6 +83,7 @@ def test_fedprox_term_keeps_local_weights_near_the_global_ones():
     assert prox < 0.5 * free, (free, prox)
 
 
+@pytest.mark.slow  # a Flower server and two client processes (each imports torch and flwr)
 def test_two_sites_two_rounds_trains_and_scores(synth, tmp_path):
     pytest.importorskip("flwr")
     cfg = RunConfig()

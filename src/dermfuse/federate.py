@@ -344,6 +344,8 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
         return m["loss"], {"balanced_accuracy": m["balanced_accuracy"]}
 
     _run_flower(engine, spec, sites, rounds, local_epochs, strategy, mu, init, server_eval, cfg)
+    if len(history) != rounds + 1:
+        raise DataError(f"federate: the server scored {len(history) - 1} of {rounds} rounds; a site failed")
     _load(global_net, best["weights"])
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     test = ArrayDataset(np.ascontiguousarray(images[test_idx]), meta[test_idx], y[test_idx])
@@ -454,11 +456,14 @@ def _run_flower(engine: str, spec: dict[str, Any], sites: int, rounds: int, loca
     try:
         fl.server.start_server(server_address=address, config=config, strategy=strat)
     finally:
-        for p in procs:
-            p.join(timeout=60)
+        codes = []
+        for p in procs:  # told to disconnect after the last round; a slow exit is ended here
+            p.join(timeout=120)
+            codes.append(p.exitcode)
             if p.is_alive():
                 p.terminate()
+                p.join(timeout=10)
         spec_path.unlink(missing_ok=True)
-    bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+    bad = [c for c in codes if c is not None and c > 0]
     if bad:
-        raise DataError(f"federate: {len(bad)} site process(es) failed (exit codes {bad})")
+        raise DataError(f"federate: {len(bad)} site process(es) failed (exit codes {bad}); their traceback is above")

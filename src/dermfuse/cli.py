@@ -195,6 +195,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     # --- end cv / ablate -----------------------------------------------------------------
 
+    # --- explain-eval (dermfuse.explain_eval) ---------------------------------------------
+    p = sub.add_parser("explain-eval", help="are a bundle's heatmaps faithful, on the lesion, free of a border frame?")
+    p.add_argument("bundle")
+    p.add_argument("data")
+    _add_format_options(p)
+    p.add_argument("--split-file", help="a run's split.csv: use only the rows it puts in --part")
+    p.add_argument("--part", default="test", help="with --split-file: train, val or test (default test)")
+    p.add_argument("--methods", default="gradcam,gradcam++,layercam,hirescam",
+                   help="comma-separated CAM methods (default: %(default)s); a random baseline is always added")
+    p.add_argument("--n", type=int, default=200, help="images sampled from those rows (default 200; 0 = all)")
+    p.add_argument("--steps", type=int, default=16, help="points of the deletion / insertion curves (default 16)")
+    p.add_argument("--fill", default="mean", choices=["mean", "blur", "zero"],
+                   help="what a removed pixel becomes (default: the image's mean colour)")
+    p.add_argument("--band", type=float, default=0.1, help="border band width, share of each side (default 0.1)")
+    p.add_argument("--pad", type=int, help="reflect padding in px for the border check (default: side / 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write explain_eval.json, explain_eval.md and plots/ here")
+    p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
+    # --- federate (dermfuse.federate) -------------------------------------------------------
+    p = sub.add_parser("federate", help="federated training across sites made from the data (Flower)")
+    p.add_argument("data")
+    p.add_argument("--model", help="registered model name (default: the config's)")
+    p.add_argument("--sites", type=int, required=True, help="number of sites (2 or more)")
+    p.add_argument("--rounds", type=int, required=True, help="federated rounds")
+    p.add_argument("--local-epochs", type=int, default=1, help="epochs each site trains per round (default 1)")
+    p.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox"])
+    p.add_argument("--mu", type=float, default=0.0, help="FedProx's proximal weight (with --strategy fedprox)")
+    p.add_argument("--site-rule", default="site", choices=["site", "age", "random"],
+                   help="how sites are made: by body site (default), age band, or at random (control)")
+    p.add_argument("--engine", default="auto", choices=["auto", "simulation", "processes"],
+                   help="Flower's simulation (needs Ray), or a server and one process per site on "
+                        "127.0.0.1 (default auto: the simulation where Ray is installed)")
+    p.add_argument("--central", action="store_true",
+                   help="also train centrally for rounds x local epochs on the same rows and compare")
+    _add_train_options(p)
+    # --- end explain-eval / federate --------------------------------------------------------
+
     p = sub.add_parser("serve", help="HTTP API and web page for a bundle")
     p.add_argument("bundle")
     p.add_argument("--host", default="127.0.0.1")
@@ -410,6 +447,41 @@ def _dispatch(args: argparse.Namespace) -> int:
             out.print(render_summary(json.loads((run_dir / "summary.json").read_text())))
         err.print(f"run directory: {run_dir}")
         return 0  # --- end cv / ablate ---
+    if args.command == "explain-eval":  # --- explain-eval ---
+        from .explain_eval import explain_eval, render_markdown
+
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        res = explain_eval(args.bundle, args.data, split_file=args.split_file, part=args.part, methods=methods,
+                           n_images=args.n or None, steps=args.steps, fill=args.fill, band=args.band, pad=args.pad,
+                           seed=args.seed, format=args.format, out=args.out, progress=progress)
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            out.print(render_markdown(res), markup=False, highlight=False)
+        if args.out:
+            err.print(f"wrote {Path(args.out) / 'explain_eval.json'} and {Path(args.out) / 'plots'}")
+        return 0
+    if args.command == "federate":  # --- federate ---
+        from .errors import ConfigError
+        from .federate import federate
+
+        if args.epochs is not None:
+            raise ConfigError("federate: the epochs are --rounds x --local-epochs; leave out --epochs")
+        cfg = _run_config(args, args.data, args.model)
+        if args.out is None and cfg.out == f"runs/{cfg.model.name}":
+            cfg.out = f"runs/federate-{cfg.model.name}"
+        res = federate(cfg, sites=args.sites, rounds=args.rounds, local_epochs=args.local_epochs,
+                       strategy=args.strategy, mu=args.mu, site_rule=args.site_rule, engine=args.engine,
+                       central=args.central, progress=progress)
+        _print_holdout(f"federated ({args.strategy}, {args.sites} sites, best round {res.metrics['best_round']})",
+                       res.metrics)
+        if res.central is not None:
+            _print_holdout("central", res.central)
+            d = res.comparison["federated_minus_central"]["balanced_accuracy"]
+            err.print(f"federated - central balanced accuracy: {d['diff']:+.4f} "
+                      f"[{d['low']:+.4f}, {d['high']:+.4f}] (lesion bootstrap)")
+        err.print(f"run directory: {res.run_dir}")
+        return 0  # --- end explain-eval / federate ---
     if args.command == "serve":
         from .serve.app import run_server
 

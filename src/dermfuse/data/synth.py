@@ -261,8 +261,10 @@ def _draw_lesion(rng: np.random.Generator, cls: str) -> _Lesion:
     )
 
 
-def _render(les: _Lesion, rng: np.random.Generator, size: tuple[int, int], variant: int) -> Image.Image:
-    """Draw one image of a lesion; variant > 0 shifts, rotates, rescales and re-lights it."""
+def _render(les: _Lesion, rng: np.random.Generator, size: tuple[int, int], variant: int,
+            masks: list[np.ndarray] | None = None) -> Image.Image:
+    """Draw one image of a lesion; variant > 0 shifts, rotates, rescales and re-lights it.
+    With ``masks``, the lesion's mask (H, W) bool (inside its drawn border) is appended to it."""
     w, h = size
     px = min(w, h) / 150.0  # pixel scale relative to the 200x150 reference
     st = les.style
@@ -295,6 +297,8 @@ def _render(les: _Lesion, rng: np.random.Generator, size: tuple[int, int], varia
         zk = zk * z
     rn = d / np.maximum(border, 0.3)  # < 1 inside the lesion
     alpha = _sigmoid((1.0 - rn) * radius / (les.edge * px)) * les.opacity
+    if masks is not None:  # the border: alpha at half the lesion's opacity
+        masks.append(rn < 1.0)
 
     # lesion colour: main colour, patches of the other palette colours, shading, mottle
     pal = les.palette
@@ -431,7 +435,7 @@ def _prepare_out(out: Path) -> None:
         raise ValueError(f"{out} exists and is not empty; make_synthetic writes only into an empty "
                          "folder or one it wrote before")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    for old in (out / "images").glob("*.jpg"):  # a previous synthetic set: replace it whole
+    for old in [*(out / "images").glob("*.jpg"), *(out / "masks").glob("*.png")]:  # a previous set: replace it whole
         old.unlink()
     for name in ("metadata.csv", "defects.json"):
         if (out / name).exists():
@@ -495,6 +499,7 @@ def make_synthetic(
     seed: int = 0,
     defects: bool = False,
     size: tuple[int, int] = (200, 150),
+    masks: bool = False,
 ) -> Path:
     """Write a synthetic HAM10000-layout data set of n images into `out`; return `out`.
 
@@ -502,6 +507,8 @@ def make_synthetic(
     be empty or hold an earlier synthetic set (which is replaced). With `defects=True`
     (needs n >= 20) metadata.csv gets n + 2 rows (a duplicated row, a duplicate image) and
     the planted problems are listed in `defects.json`. Same seed -> byte-identical files.
+    With `masks=True` the lesion mask of every image is written as `masks/<image_id>.png`
+    (uint8 0/255, the image's size); the other files are the same as without it.
     """
     n, (w, h) = int(n), (int(size[0]), int(size[1]))
     if n < 1:
@@ -519,6 +526,7 @@ def make_synthetic(
     image_numbers = 24306 + id_rng.permutation(n)
     rows: list[dict[str, str]] = []
     files: dict[str, bytes] = {}
+    lesion_masks: dict[str, np.ndarray] = {}
     j = 0
     for li, (cls, k) in enumerate(lesions):
         rng = np.random.default_rng([seed, 2, li])
@@ -527,13 +535,23 @@ def make_synthetic(
         for variant in range(k):
             image_id = "ISIC_%07d" % image_numbers[j]
             j += 1
-            files[image_id] = _jpeg(_render(les, rng, (w, h), variant))
+            drawn: list[np.ndarray] | None = [] if masks else None
+            files[image_id] = _jpeg(_render(les, rng, (w, h), variant, drawn))
+            if drawn:
+                lesion_masks[image_id] = drawn[0]
             rows.append({"lesion_id": "HAM_%07d" % lesion_numbers[li], "image_id": image_id, **meta})
 
     planted = _plant_defects(rows, files, seed) if defects else {}
 
     for image_id, data in files.items():
         (out / "images" / f"{image_id}.jpg").write_bytes(data)
+    if masks:
+        (out / "masks").mkdir(exist_ok=True)
+        if "duplicate_image" in planted:  # same bytes, same lesion
+            dup = planted["duplicate_image"]
+            lesion_masks[dup["image_id"]] = lesion_masks[dup["same_bytes_as"]]
+        for image_id, mask in lesion_masks.items():
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / "masks" / f"{image_id}.png")
     columns = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
     with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")

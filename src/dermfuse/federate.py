@@ -1,0 +1,469 @@
+"""``dermfuse federate``: federated training across sites that keep their images, on Flower.
+
+Sites are made from the data by a stated rule (`assign_sites`): by **body site** (the
+anatomical sites are dealt to K centres, largest first to the centre with the fewest
+images, so centres see different anatomy, hence different class mixes), by **age** band
+(K bands of about equal size over the lesions' ages) or at **random** (an i.i.d. control).
+Every lesion (patient, where the data have patient ids) goes to one site whole.
+
+The held-out lesions are those of a central ``dermfuse train`` run with the same config
+and seed (`dermfuse.data.splits.holdout`), and so is the validation part; each site
+trains on its share of the training rows, the server scores the global model on the
+validation part after every round and keeps the best round's weights (as central early
+stopping keeps the best epoch's). One feature layout for all sites: the metadata encoder
+is built from per-site summaries only (`site_summary`: counts, sums, sums of squares and
+a histogram of ages, and the category levels each site has seen; `encoder_from_summaries`),
+never from pooled rows, and equals the encoder fitted on the pooled training rows.
+
+Each round a client runs the existing training loop (`dermfuse.train.fit`) for
+``local_epochs`` epochs from the global weights, at the learning rate the central schedule
+has at that point (rounds x local epochs = central epochs), with a fresh Adam state. FedProx
+adds mu/2 ||w - w_global||^2 to the local loss as a gradient hook on the parameters
+(mu (w - w_global) added to each gradient), so the loop itself is unchanged.
+
+Engines: ``simulation`` is Flower's simulation (`flwr.simulation.start_simulation`, which
+needs Ray: ``pip install 'dermfuse[federate]'``); ``processes`` starts a Flower server on
+127.0.0.1 and one client process per site (Flower's gRPC transport, no Ray), which the
+tests use. ``auto`` takes the simulation where Ray is installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import RunConfig, config_from_dict, config_to_dict, save_config
+from .data.encode import UNKNOWN, MetadataEncoder, _ages, _category
+from .data.splits import group_ids, holdout, validation_split
+from .errors import ConfigError, DataError
+
+__all__ = ["SITE_RULES", "STRATEGIES", "ENGINES", "assign_sites", "site_summary", "encoder_from_summaries",
+           "round_lr", "FederatedResult", "federate"]
+
+log = logging.getLogger("dermfuse")
+SITE_RULES = ("site", "age", "random")
+STRATEGIES = ("fedavg", "fedprox")
+ENGINES = ("auto", "simulation", "processes")
+
+
+# --- sites ----------------------------------------------------------------------------------
+
+
+def assign_sites(table: pd.DataFrame, k: int, rule: str = "site", seed: int = 0) -> np.ndarray:
+    """Site index (N,) in 0..k-1 for every row; the rows of one lesion (or patient) share one.
+
+    rule ``site``: the body sites (each lesion's most common one) are dealt, largest first,
+    to the centre with the fewest images so far; ``age``: lesions sorted by age (missing
+    last) cut into k runs of about equal image count; ``random``: lesions shuffled, then cut
+    the same way."""
+    if rule not in SITE_RULES:
+        raise ConfigError(f"federate --site-rule {rule!r}: expected one of {SITE_RULES}")
+    if k < 2:
+        raise ConfigError(f"federate --sites {k}: expected 2 or more sites")
+    groups = pd.Series(group_ids(table)).astype(str)
+    sizes = groups.value_counts()
+    if len(sizes) < k:
+        raise DataError(f"{len(sizes)} lesions cannot make {k} sites")
+    out = np.zeros(len(table), np.int64)
+    if rule == "site":
+        column = table["site"] if "site" in table else pd.Series([None] * len(table))
+        site_of = pd.Series([_category(v) for v in column]).groupby(groups.values).agg(lambda s: s.mode().iloc[0])
+        per_site = groups.map(site_of).value_counts()  # images per body site
+        if len(per_site) < k:
+            raise DataError(f"--site-rule site: the data have {len(per_site)} body sites, fewer than {k} sites")
+        load, centre = np.zeros(k), {}
+        for name, count in sorted(per_site.items(), key=lambda kv: (-kv[1], kv[0])):
+            c = int(np.argmin(load))
+            centre[name], load[c] = c, load[c] + count
+        return groups.map(site_of).map(centre).to_numpy(np.int64)
+    if rule == "age":
+        age = pd.Series(_ages(table["age"] if "age" in table else [None] * len(table)))
+        lesion_age = age.groupby(groups.values).mean()
+        order = lesion_age.sort_values(na_position="last", kind="stable").index
+    else:
+        order = sizes.index[np.random.default_rng(seed).permutation(len(sizes))]
+    cum = sizes.reindex(order).cumsum().to_numpy()
+    band = np.minimum((cum - 1) * k // cum[-1], k - 1)  # k runs of about equal image count
+    centre = dict(zip(order, band))
+    out[:] = groups.map(centre).to_numpy(np.int64)
+    return out
+
+
+# --- one feature layout from per-site summaries ------------------------------------------------
+
+
+def site_summary(rows: pd.DataFrame) -> dict[str, Any]:
+    """What one site shares to build the common metadata encoder: age count, sum, sum of
+    squares and histogram {age: count}, and the sex and body-site levels it has seen."""
+    age = _ages(rows["age"] if "age" in rows else [None] * len(rows))
+    seen = age[~np.isnan(age)]
+    return {"n_age": int(len(seen)), "age_sum": float(seen.sum()), "age_sumsq": float((seen ** 2).sum()),
+            "age_hist": {float(a): int(c) for a, c in Counter(seen.tolist()).items()},
+            "sexes": sorted({_category(v) for v in (rows["sex"] if "sex" in rows else [])} - {UNKNOWN}),
+            "sites": sorted({_category(v) for v in (rows["site"] if "site" in rows else [])} - {UNKNOWN})}
+
+
+def _median(hist: Counter) -> float:
+    values = sorted(hist)
+    counts = np.cumsum([hist[v] for v in values])
+    n = int(counts[-1])
+    lo = values[int(np.searchsorted(counts, (n - 1) // 2 + 1))]
+    hi = values[int(np.searchsorted(counts, n // 2 + 1))]
+    return (lo + hi) / 2
+
+
+def encoder_from_summaries(summaries: Sequence[dict[str, Any]]) -> MetadataEncoder:
+    """The MetadataEncoder that `MetadataEncoder.fit` would give on all the sites' rows
+    pooled, made from their `site_summary` dicts alone."""
+    enc = MetadataEncoder()
+    n = sum(s["n_age"] for s in summaries)
+    if n:
+        mean = sum(s["age_sum"] for s in summaries) / n
+        var = max(0.0, sum(s["age_sumsq"] for s in summaries) / n - mean * mean)
+        hist: Counter = Counter()
+        for s in summaries:
+            hist.update({float(a): c for a, c in s["age_hist"].items()})
+        std = math.sqrt(var)
+        enc.age_mean, enc.age_median, enc.age_std = mean, _median(hist), std if std > 0 else 1.0
+    else:
+        enc.age_mean, enc.age_median, enc.age_std = 0.0, 0.0, 1.0
+    enc.sexes = sorted(set().union(*(s["sexes"] for s in summaries))) + [UNKNOWN]
+    enc.sites = sorted(set().union(*(s["sites"] for s in summaries))) + [UNKNOWN]
+    return enc
+
+
+def round_lr(cfg: RunConfig, epoch: int) -> float:
+    """The learning rate the central schedule (train.schedule none or cosine, with linear
+    warmup) uses at ``epoch`` of ``train.epochs``: what a round starting there trains at."""
+    t = cfg.train
+    if epoch < t.warmup_epochs:
+        return t.lr * (epoch + 1) / (t.warmup_epochs + 1)
+    if t.schedule == "cosine":
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - t.warmup_epochs) / max(1, t.epochs - t.warmup_epochs)))
+    return t.lr
+
+
+# --- the client: one site ------------------------------------------------------------------------
+
+
+@dataclass
+class _SiteData:
+    images: np.ndarray  # (n, S, S, 3) uint8
+    meta: np.ndarray  # (n, D) float32
+    labels: np.ndarray  # (n,) int64
+
+
+class _Site:
+    """One site's training: `fit` of the configured model from the global weights."""
+
+    def __init__(self, cfg: RunConfig, classes: list[str], data: _SiteData, kwargs: dict[str, Any], site: int):
+        self.cfg, self.classes, self.data, self.kwargs, self.site = cfg, classes, data, kwargs, site
+
+    def train(self, weights: list[np.ndarray], lr: float, mu: float, round_: int, epochs: int) -> list[np.ndarray]:
+        from .models import create_model
+        from .train import ArrayDataset, fit
+
+        net = create_model(self.cfg.model.name, pretrained=False, **self.kwargs)
+        _load(net, weights)
+        handles = []
+        if mu > 0:  # FedProx: d/dw mu/2 ||w - w_global||^2 = mu (w - w_global)
+            for p in net.parameters():
+                if p.requires_grad:
+                    anchor = p.detach().clone()
+                    handles.append(p.register_hook(lambda g, p=p, a=anchor: g + mu * (p.detach() - a.to(p.device))))
+        local = replace(self.cfg.train, epochs=epochs, lr=lr, schedule="none", warmup_epochs=0,
+                        early_stopping="none", amp=self.cfg.train.amp and mu == 0,
+                        seed=self.cfg.train.seed + 1000 * round_ + self.site)
+        d = self.data
+        try:
+            fit(net, ArrayDataset(d.images, d.meta, d.labels), None, local, self.classes, progress=False)
+        finally:
+            for h in handles:
+                h.remove()
+        return _weights(net)
+
+
+def _weights(net: torch.nn.Module) -> list[np.ndarray]:
+    return [v.detach().cpu().numpy().copy() for v in net.state_dict().values()]
+
+
+def _load(net: torch.nn.Module, weights: Sequence[np.ndarray]) -> None:
+    state = net.state_dict()
+    if len(weights) != len(state):
+        raise ValueError(f"{len(weights)} arrays for a model with {len(state)} tensors")
+    net.load_state_dict({k: torch.from_numpy(np.asarray(w)).to(v.dtype).reshape(v.shape)
+                         for (k, v), w in zip(state.items(), weights)})
+
+
+def _numpy_client(site: _Site):
+    import flwr as fl
+
+    class SiteClient(fl.client.NumPyClient):
+        def fit(self, parameters, config):
+            t0 = time.perf_counter()
+            new = site.train(parameters, float(config["lr"]), float(config.get("proximal_mu", 0.0)),
+                             int(config["round"]), int(config["local_epochs"]))
+            return new, len(site.data.labels), {"site": site.site, "seconds": time.perf_counter() - t0}
+
+        def evaluate(self, parameters, config):  # the server scores the global model itself
+            return 0.0, len(site.data.labels), {}
+
+    return SiteClient()
+
+
+# --- the whole run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FederatedResult:
+    run_dir: Path
+    metrics: dict[str, Any]  # test metrics of the federated model
+    history: list[dict[str, Any]]  # per round: val balanced accuracy, loss, lr, seconds
+    sites: list[dict[str, Any]]
+    central: dict[str, Any] | None = None  # test metrics of central training, with --central
+    comparison: dict[str, Any] | None = None
+
+
+def _prepare(cfg: RunConfig, k: int, rule: str, progress: bool):
+    from .data.cache import build_cache
+    from .experiment import _split_by, check_config, cohort_for, image_size_for, model_kwargs
+    from .models import model_spec
+
+    check_config(cfg)
+    if cfg.model.input != "image":
+        raise ConfigError("federate trains image-input models (model.input: image); heatmap input needs a "
+                          "CAM backbone per site")
+    if cfg.data.test_fraction <= 0 or cfg.data.val_fraction <= 0:
+        raise ConfigError("federate needs data.test_fraction > 0 (held-out lesions to score) and "
+                          "data.val_fraction > 0 (the server picks the best round on it)")
+    if cfg.train.schedule == "plateau" or cfg.train.members > 1 or cfg.train.calibration != "none":
+        raise ConfigError("federate: train.schedule plateau, train.members > 1 and train.calibration are "
+                          "not supported; use schedule none or cosine, one model, calibration none")
+    cohort = cohort_for(cfg, progress)
+    table, y = cohort.table, cohort.labels
+    by = _split_by(cfg.data.split)
+    is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+    train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
+                                          seed=cfg.seed, by=by)
+    test_idx = np.flatnonzero(is_test)
+    site_of = assign_sites(table, k, rule, seed=cfg.seed)
+    cache = build_cache(table, size=image_size_for(cfg), method=cfg.data.resize_method, progress=progress)
+    summaries = [site_summary(table.iloc[train_idx[site_of[train_idx] == s]]) for s in range(k)]
+    encoder = encoder_from_summaries(summaries)
+    spec = model_spec(cfg.model.name)
+    meta = encoder.transform(table) if spec.uses_meta else np.zeros((len(table), 0), np.float32)
+    kwargs = model_kwargs(cfg, len(cohort.classes), meta.shape[1])
+    return cohort, table, y, train_idx, val_idx, test_idx, site_of, cache.images, meta, encoder, kwargs
+
+
+def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, strategy: str = "fedavg",
+             mu: float = 0.0, site_rule: str = "site", engine: str = "auto", central: bool = False,
+             progress: bool = True) -> FederatedResult:
+    """Federated training of ``cfg.model`` on ``cfg.data.path`` split into ``sites`` sites;
+    writes config.yaml, sites.json, split.csv, history.json, metrics.json, predictions.csv
+    (and with ``central``: central/ and comparison.json) into ``cfg.out``."""
+    from .experiment import _write_predictions
+    from .metrics import compute_metrics, paired_bootstrap
+    from .models import create_model
+    from .train import ArrayDataset, evaluate, predict_proba
+
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"federate --strategy {strategy!r}: expected one of {STRATEGIES}")
+    if strategy == "fedprox" and mu <= 0:
+        raise ConfigError(f"federate --strategy fedprox needs --mu > 0, got {mu}")
+    if strategy == "fedavg" and mu != 0:
+        raise ConfigError("federate --mu is FedProx's; use --strategy fedprox with it")
+    if rounds < 1 or local_epochs < 1:
+        raise ConfigError(f"federate: --rounds and --local-epochs must be >= 1, got {rounds} and {local_epochs}")
+    if engine not in ENGINES:
+        raise ConfigError(f"federate --engine {engine!r}: expected one of {ENGINES}")
+    if engine == "auto":
+        engine = "simulation" if importlib.util.find_spec("ray") else "processes"
+    if importlib.util.find_spec("flwr") is None:
+        raise ConfigError("federate needs Flower: pip install 'dermfuse[federate]' (or flwr)")
+    if engine == "simulation" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("federate --engine simulation needs Ray: pip install 'dermfuse[federate]'; "
+                          "or use --engine processes")
+    cfg.train.epochs = rounds * local_epochs  # the central schedule the rounds follow
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (cohort, table, y, train_idx, val_idx, test_idx, site_of, images, meta, encoder,
+     kwargs) = _prepare(cfg, sites, site_rule, progress)
+    classes = cohort.classes
+    part = np.full(len(table), "train", dtype=object)
+    part[val_idx], part[test_idx] = "val", "test"
+    pd.DataFrame({"image_id": table["image_id"], "part": part,
+                  "site": np.where(part == "train", site_of, -1)}).to_csv(run_dir / "split.csv", index=False)
+    site_rows = [train_idx[site_of[train_idx] == s] for s in range(sites)]
+    if any(len(r) == 0 for r in site_rows):
+        raise DataError(f"a site has no training rows ({[len(r) for r in site_rows]}); use fewer sites")
+    site_info = [{"site": s, "images": int(len(r)), "lesions": int(len(set(group_ids(table.iloc[r])))),
+                  "classes": {classes[c]: int(n) for c, n in sorted(Counter(y[r].tolist()).items())},
+                  "body_sites": sorted({str(v) for v in table.iloc[r].get("site", pd.Series(dtype=str))
+                                        if isinstance(v, str)})[:20]}
+                 for s, r in enumerate(site_rows)]
+    (run_dir / "sites.json").write_text(json.dumps({"rule": site_rule, "sites": site_info}, indent=2))
+    spec = {"config": config_to_dict(cfg), "classes": classes, "kwargs": kwargs, "encoder": encoder.to_dict(),
+            "rows": [r.tolist() for r in site_rows]}
+
+    torch.manual_seed(cfg.train.seed)  # the global model's initial weights, as a central run's
+    global_net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
+                              **kwargs)
+    init = _weights(global_net)
+    val = ArrayDataset(np.ascontiguousarray(images[val_idx]), meta[val_idx], y[val_idx])
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"score": -1.0, "weights": init, "round": 0}
+    t_round = [time.perf_counter()]
+
+    def server_eval(server_round: int, parameters, config):
+        _load(global_net, parameters)
+        m = evaluate(global_net, torch.utils.data.DataLoader(val, batch_size=64), torch.device("cpu"))
+        row = {"round": server_round, "val_loss": m["loss"], "val_acc": m["acc"],
+               "val_balanced_accuracy": m["balanced_accuracy"],
+               "lr": round_lr(cfg, (server_round - 1) * local_epochs) if server_round else None,
+               "seconds": time.perf_counter() - t_round[0]}
+        t_round[0] = time.perf_counter()
+        history.append(row)
+        if server_round > 0 and m["balanced_accuracy"] > best["score"]:
+            best.update(score=m["balanced_accuracy"], weights=[np.array(p) for p in parameters], round=server_round)
+        if progress:
+            log.warning("round %d/%d: val balanced accuracy %.3f, loss %.4f", server_round, rounds,
+                        m["balanced_accuracy"], m["loss"])
+        return m["loss"], {"balanced_accuracy": m["balanced_accuracy"]}
+
+    _run_flower(engine, spec, sites, rounds, local_epochs, strategy, mu, init, server_eval, cfg)
+    if len(history) != rounds + 1:
+        raise DataError(f"federate: the server scored {len(history) - 1} of {rounds} rounds; a site failed")
+    _load(global_net, best["weights"])
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    test = ArrayDataset(np.ascontiguousarray(images[test_idx]), meta[test_idx], y[test_idx])
+    proba = predict_proba(global_net, test, batch_size=64, tta=cfg.train.tta)
+    metrics = compute_metrics(y[test_idx], proba, classes)
+    metrics.update(best_round=best["round"], rounds=rounds, local_epochs=local_epochs, sites=sites,
+                   site_rule=site_rule, strategy=strategy, mu=mu, engine=engine)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
+    result = FederatedResult(run_dir, metrics, history, site_info)
+    if central:
+        from .experiment import train_run
+
+        ccfg = config_from_dict(config_to_dict(cfg))
+        ccfg.out = str(run_dir / "central")
+        cres = train_run(ccfg, progress=progress)
+        cpred = pd.read_csv(run_dir / "central" / "predictions.csv")
+        if list(cpred["image_id"]) != list(table["image_id"].iloc[test_idx]):
+            raise DataError("central and federated runs scored different test images")
+        cp = cpred[[f"p_{c}" for c in classes]].to_numpy().argmax(1)
+        boot = paired_bootstrap(y[test_idx], proba.argmax(1), cp, group_ids(table.iloc[test_idx]), classes)
+        result.central = cres.metrics
+        result.comparison = {"federated_minus_central": boot, "central_epochs": cfg.train.epochs,
+                             "test_images": int(len(test_idx))}
+        (run_dir / "comparison.json").write_text(json.dumps(result.comparison, indent=2))
+    return result
+
+
+def _strategy(name: str, mu: float, sites: int, rounds: int, local_epochs: int, init, server_eval, cfg: RunConfig):
+    import flwr as fl
+    from flwr.common import ndarrays_to_parameters
+
+    def fit_config(server_round: int) -> dict[str, Any]:
+        return {"round": server_round, "local_epochs": local_epochs,
+                "lr": round_lr(cfg, (server_round - 1) * local_epochs)}
+
+    kw = dict(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=sites, min_evaluate_clients=0,
+              min_available_clients=sites, initial_parameters=ndarrays_to_parameters(init),
+              evaluate_fn=server_eval, on_fit_config_fn=fit_config)
+    if name == "fedprox":
+        return fl.server.strategy.FedProx(proximal_mu=mu, **kw)
+    return fl.server.strategy.FedAvg(**kw)
+
+
+def _site_from_spec(spec: dict[str, Any], s: int) -> _Site:
+    """Rebuild site ``s`` from the run spec (in a client process: its rows, the image cache,
+    the common encoder)."""
+    from .data.cache import build_cache
+    from .experiment import cohort_for, image_size_for
+    from .models import model_spec
+
+    cfg = config_from_dict(spec["config"])
+    cohort = cohort_for(cfg, progress=False)
+    rows = np.asarray(spec["rows"][s], np.int64)
+    images = build_cache(cohort.table, size=image_size_for(cfg), method=cfg.data.resize_method,
+                         progress=False).images
+    encoder = MetadataEncoder.from_dict(spec["encoder"])
+    sub = cohort.table.iloc[rows]
+    meta = encoder.transform(sub) if model_spec(cfg.model.name).uses_meta else np.zeros((len(rows), 0), np.float32)
+    data = _SiteData(np.ascontiguousarray(images[rows]), meta, cohort.labels[rows])
+    return _Site(cfg, spec["classes"], data, spec["kwargs"], s)
+
+
+def _client_process(spec_path: str, s: int, address: str) -> None:
+    import flwr as fl
+
+    torch.set_num_threads(1)
+    spec = json.loads(Path(spec_path).read_text())
+    site = _site_from_spec(spec, s)
+    fl.client.start_client(server_address=address, client=_numpy_client(site).to_client(), insecure=True,
+                           max_retries=60, max_wait_time=120.0)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_flower(engine: str, spec: dict[str, Any], sites: int, rounds: int, local_epochs: int, strategy: str,
+                mu: float, init, server_eval, cfg: RunConfig) -> None:
+    import flwr as fl
+
+    strat = _strategy(strategy, mu, sites, rounds, local_epochs, init, server_eval, cfg)
+    config = fl.server.ServerConfig(num_rounds=rounds)
+    if engine == "simulation":
+        built: dict[int, _Site] = {}
+
+        def client_fn(context):
+            s = int(context.node_config["partition-id"])
+            if s not in built:
+                built[s] = _site_from_spec(spec, s)
+            return _numpy_client(built[s]).to_client()
+
+        fl.simulation.start_simulation(client_fn=client_fn, num_clients=sites, config=config, strategy=strat,
+                                       client_resources={"num_cpus": 1},
+                                       ray_init_args={"include_dashboard": False, "num_cpus": max(1, min(sites, 2))})
+        return
+    import multiprocessing as mp
+
+    spec_path = Path(cfg.out) / "federate_spec.json"
+    spec_path.write_text(json.dumps(spec))
+    address = f"127.0.0.1:{_free_port()}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_client_process, args=(str(spec_path), s, address), daemon=True) for s in range(sites)]
+    for p in procs:
+        p.start()
+    try:
+        fl.server.start_server(server_address=address, config=config, strategy=strat)
+    finally:
+        codes = []
+        for p in procs:  # told to disconnect after the last round; a slow exit is ended here
+            p.join(timeout=120)
+            codes.append(p.exitcode)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=10)
+        spec_path.unlink(missing_ok=True)
+    bad = [c for c in codes if c is not None and c > 0]
+    if bad:
+        raise DataError(f"federate: {len(bad)} site process(es) failed (exit codes {bad}); their traceback is above")

@@ -234,3 +234,24 @@ def test_onnx_parity_on_real_images(tmp_path):
         meta = bundle.encoder.transform(table.rename(columns={"localization": "site"}))[:, : bundle.model_meta_dim]
         ours, ref = OnnxPredictor(tmp_path / f"{kind}_onnx").predict(images, meta), predict_arrays(bundle, images, meta)
         assert np.abs(ours - ref).max() < TOL and (ours.argmax(1) == ref.argmax(1)).all()
+
+
+def test_score_export_measures_int8_on_the_split_files_test_rows(tmp_path):
+    import pandas as pd
+
+    from dermfuse.data.synth import make_synthetic
+    from dermfuse.export.score import score_export
+
+    data = make_synthetic(tmp_path / "data", n=40, seed=5)
+    ids = pd.read_csv(next(data.glob("*metadata*.csv")))["image_id"]
+    parts = np.where(np.arange(len(ids)) % 4 == 0, "test", "train")
+    pd.DataFrame({"image_id": ids, "part": parts}).to_csv(tmp_path / "split.csv", index=False)
+    bundle = make_image_bundle(tmp_path / "b")
+    export_onnx(bundle, tmp_path / "o", int8=True, progress=False)
+    res = score_export(bundle, tmp_path / "o", data, tmp_path / "split.csv")
+    assert res["rows"] == (parts == "test").sum() and res["part"] == "test"
+    assert set(res["scores"]) == {"pytorch", "onnx_fp32", "onnx_int8"}
+    assert res["scores"]["pytorch"] == res["scores"]["onnx_fp32"] and res["fp32_max_abs_diff_vs_pytorch"] < TOL
+    d = res["int8_minus_fp32"]["balanced_accuracy"]
+    assert d == res["scores"]["onnx_int8"]["balanced_accuracy"] - res["scores"]["onnx_fp32"]["balanced_accuracy"]
+    assert res["file_bytes"]["classifier.int8.onnx"] < res["file_bytes"]["classifier.onnx"]

@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, help="folder for the .onnx graph(s) and export.json")
-    p.add_argument("--int8", action="store_true", help="also write int8 (onnxruntime dynamic quantisation) graphs")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--int8", action="store_true", help="also write 8-bit (onnxruntime dynamic quantisation) graphs")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--json", action="store_true", help="print export.json's summary on stdout")
     # --- end export ---
     p = sub.add_parser("serve", help="HTTP API and web page for a bundle")

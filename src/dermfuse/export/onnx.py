@@ -132,19 +132,18 @@ def _maps(feats: torch.Tensor, weights: torch.Tensor, size: tuple[int, int], met
     dScore/dA = W / (h w) at every position."""
     b, k, h, w = feats.shape
     g = weights / (h * w)  # (., M, K) the gradient, the same at every position
-    if method in ("gradcam", "hirescam"):
-        alpha = g[..., None]  # (., M, K, 1)
+    if method in ("gradcam", "hirescam"):  # HiResCAM's per-position weights are all g here
+        alpha = g
     elif method == "layercam":
-        alpha = g.clamp_min(0)[..., None]
+        alpha = g.clamp_min(0)
     elif method == "gradcam++":
         g2, g3 = g * g, g * g * g
         sum_a = feats.sum(dim=(2, 3))[:, None, :]  # (B, 1, K)
         aij = torch.where(g != 0, g2 / (2 * g2 + sum_a * g3 + 1e-6), torch.zeros_like(g2))
-        alpha = (g.clamp_min(0) * aij * (h * w))[..., None]
+        alpha = g.clamp_min(0) * aij * (h * w)  # the sum over positions of a constant
     else:
         raise ConfigError(f"CAM method {method!r} has no closed form here")
-    flat = feats.flatten(2)  # (B, K, hw)
-    cam = (alpha * flat[:, None]).sum(dim=2).view(b, -1, h, w)  # (B, M, h, w)
+    cam = torch.matmul(alpha, feats.flatten(2)).view(b, -1, h, w)  # (., M, K) @ (B, K, hw) -> (B, M, h, w)
     cam = _scale(cam.clamp_min(0))
     cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
     return _scale(cam)
@@ -200,7 +199,8 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
-    """onnxruntime dynamic quantisation (int8 weights, activations quantised per call)."""
+    """onnxruntime dynamic quantisation: 8-bit weights, activations quantised per call.
+    Weights are unsigned (QUInt8): onnxruntime's CPU ConvInteger takes uint8 x uint8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -208,7 +208,7 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     pre = dst.with_name(dst.stem + ".pre.onnx")
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QUInt8)
     finally:
         pre.unlink(missing_ok=True)
     return dst
@@ -311,7 +311,7 @@ def _spec(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool, int8: 
     return spec
 
 
-def export_onnx(bundle_path: str | Path, out: str | Path, int8: bool = False, opset: int = 17,
+def export_onnx(bundle_path: str | Path, out: str | Path, int8: bool = False, opset: int = 18,
                 progress: bool = True) -> dict[str, Any]:
     """Write classifier.onnx (and cam.onnx for heatmap-input bundles), their int8 copies with
     ``int8``, and export.json into ``out``. Returns export.json's content plus ``files``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,7 +77,7 @@ def _two_workers_share_one_study(data: Path, tmp_path: Path, storage: str | None
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # no duplicate
     by_worker = pd.Series([t.user_attrs["worker"] for t in trials]).value_counts()
     assert sorted(by_worker.tolist()) == [2, 2]  # each worker finished its own two trials
-    assert set(by_worker.index) == {f"{os.uname().nodename}:{w.pid}" for w in workers}
+    assert set(by_worker.index) == {f"{socket.gethostname()}:{w.pid}" for w in workers}
     assert all(0.0 <= t.value <= 1.0 and t.user_attrs["epochs_run"] == 1 for t in trials)
     report = pd.read_csv(out / "trials.csv")
     assert len(report) >= 2  # the report of whichever worker ended last

@@ -232,6 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     # --- end explain-eval / federate --------------------------------------------------------
 
+    # --- tune ---
+    p = sub.add_parser("tune", help="hyper-parameter search (Optuna, TPE + pruning) on the validation part")
+    p.add_argument("data")
+    p.add_argument("--model", help="registered model name (see `dermfuse models`)")
+    p.add_argument("--trials", type=int, required=True, help="trials this worker runs (0: only write the report)")
+    p.add_argument("--space", help="search space YAML (default: dermfuse/runs/search_space.yaml)")
+    p.add_argument("--storage", help="Optuna storage URL shared by workers, e.g. postgresql://user:pass@host/db "
+                                     "(default: sqlite:///OUT/study.db)")
+    p.add_argument("--study", help="study name in the storage (default: dermfuse)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    _add_train_options(p)
+    # --- end tune ---
+    # --- export ---
+    p = sub.add_parser("export", help="export a bundle for runtimes without PyTorch (ONNX)")
+    p.add_argument("bundle")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="folder for the .onnx graph(s) and export.json")
+    p.add_argument("--int8", action="store_true", help="also write 8-bit (onnxruntime dynamic quantisation) graphs")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--json", action="store_true", help="print export.json's summary on stdout")
+    # --- end export ---
     p = sub.add_parser("serve", help="HTTP API and web page for a bundle")
     p.add_argument("bundle")
     p.add_argument("--host", default="127.0.0.1")
@@ -482,6 +503,36 @@ def _dispatch(args: argparse.Namespace) -> int:
                       f"[{d['low']:+.4f}, {d['high']:+.4f}] (lesion bootstrap)")
         err.print(f"run directory: {res.run_dir}")
         return 0  # --- end explain-eval / federate ---
+    if args.command == "tune":  # --- tune ---
+        from .runs.tune import load_space, tune
+
+        cfg = _run_config(args, args.data, args.model)
+        if args.out is None and cfg.out == f"runs/{cfg.model.name}":
+            cfg.out = "runs/tune"
+        res = tune(cfg, args.trials, cfg.out, storage=args.storage, study_name=args.study,
+                   space=load_space(args.space), progress=progress)
+        if args.json:
+            print(json.dumps({"out": str(res.out), "study": res.study_name, "storage": res.storage,
+                              "trials_run": res.trials_run, "trials": res.counts, "best_value": res.best_value,
+                              "best_params": res.best_params,
+                              "best_config": None if res.best_config is None else str(res.best_config)}, indent=2))
+        else:
+            err.print(f"study {res.study_name!r} ({res.storage}): {res.counts}")
+            if res.best_config is not None:
+                err.print(f"best validation balanced accuracy {res.best_value:.4f}: {res.best_params}")
+                err.print(f"best config: {res.best_config}  (dermfuse train {args.data} --config {res.best_config})")
+            err.print(f"report: {res.out / 'trials.html'}")
+        return 0  # --- end tune ---
+    if args.command == "export":  # --- export ---
+        from .export.onnx import export_onnx
+
+        res = export_onnx(args.bundle, args.out, int8=args.int8, opset=args.opset, progress=progress)
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            for f in res["files"]:
+                err.print(f"wrote {Path(args.out) / f}")
+        return 0  # --- end export ---
     if args.command == "serve":
         from .serve.app import run_server
 

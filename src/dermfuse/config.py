@@ -66,6 +66,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     balance: str = "weighted-loss"  # weighted-loss | oversample | undersample | none
     augment: bool = True  # the paper's recipe (dermfuse.transforms)
+    augment_strength: float = 1.0  # scales the recipe's magnitudes; 1 = the paper's (dermfuse tune searches it)
     augment_on: str = "auto"  # workers (per image, in the data loader) | device (per batch) | auto: device on CUDA
     early_stopping: str = "balanced_accuracy"  # balanced_accuracy | loss | none
     patience: int = 8

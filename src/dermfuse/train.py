@@ -300,6 +300,8 @@ def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
                          ("augment_on", AUGMENT_ON)):
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"train.{key}: expected one of {allowed}, got {getattr(cfg, key)!r}")
+    if not 0.0 <= cfg.augment_strength <= 5.0:
+        raise ConfigError(f"train.augment_strength: expected 0..5 (1 = the paper's recipe), got {cfg.augment_strength!r}")
     if len(train) == 0:
         raise ValueError("fit: the training set is empty")
     if train.labels.min() < 0 or train.labels.max() >= len(classes):
@@ -311,7 +313,8 @@ def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
 
 
 def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: TrainConfig, classes: list[str],
-        run_dir: Path | None = None, resume: bool = False, progress: bool = True) -> FitResult:
+        run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``model`` (forward(image (B,3,H,W) float [0,1], meta (B,D)) -> logits (B,C)) in place.
 
     Each epoch appends {epoch, train_loss, train_acc, val_loss, val_acc,
@@ -320,6 +323,8 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     epochs without improvement and the best epoch's weights are loaded back; otherwise the
     model keeps the last epoch's weights. With ``run_dir``, rank 0 writes checkpoint.pt and
     history.json after every epoch; ``resume=True`` continues from checkpoint.pt there.
+    ``on_epoch(row)`` is called on every rank after each epoch's row (and checkpoint); an
+    exception it raises (e.g. optuna's TrialPruned) ends the fit and propagates.
     """
     _check(cfg, train, list(classes))
     device = _resolve_device(cfg.device)
@@ -340,10 +345,10 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     batch_augment = None  # the recipe per batch on the device, or per image in the loader
     if cfg.augment and train.transform is None:
         if _augment_on_device(cfg, device, train):
-            batch_augment = BatchAugmentation()
+            batch_augment = BatchAugmentation(strength=cfg.augment_strength)
         else:
             train = copy.copy(train)  # shares the arrays
-            train.transform = train_augmentation(tuple(train.images.shape[1:3]))
+            train.transform = train_augmentation(tuple(train.images.shape[1:3]), strength=cfg.augment_strength)
     augment_rng = torch.Generator()  # reseeded per epoch from (seed, epoch, rank), as the loader's
     sampler = EpochSampler(train.labels, cfg.balance, seed=cfg.seed, num_replicas=world, rank=rank)
     # Own generators, reseeded per epoch: loader and worker seeds come from (seed, epoch, rank)
@@ -430,6 +435,8 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
             _atomic_write(run_dir / "history.json", lambda tmp: tmp.write_text(history_json))
         if show:
             console.print(_summary(row, cfg.epochs), soft_wrap=True, highlight=False)
+        if on_epoch is not None:
+            on_epoch(dict(row))
 
     if monitor is not None and best_weights is not None:
         model.load_state_dict(best_weights)

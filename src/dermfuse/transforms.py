@@ -240,8 +240,20 @@ PAPER_AUGMENTATION: tuple[AugmentationStep, ...] = (
 """The paper's augmentation, transform by transform (Section 3.2.3), as dermfuse implements it."""
 
 
-def train_augmentation(size: int | tuple[int, int] | None = None) -> v2.Compose:
+def _check_strength(strength: float) -> float:
+    s = float(strength)
+    if not 0.0 <= s <= 5.0:  # above 10, scale 1 - 0.1 s would turn negative
+        raise ValueError(f"augmentation strength must be in [0, 5] (1 = the paper's recipe), got {strength!r}")
+    return s
+
+
+def train_augmentation(size: int | tuple[int, int] | None = None, strength: float = 1.0) -> v2.Compose:
     """The paper's training augmentation: uint8 tensor (3, H, W) -> uint8 tensor (3, h, w).
+
+    ``strength`` s >= 0 scales every magnitude around "no change" (rotate ±90s°, brightness
+    ±0.2s, contrast 1 ± 0.2s, ShiftScaleRotate shift ±0.1s, scale 1 ± 0.1s, rotate ±15s°);
+    probabilities, flips, the transpose and the blur stay as they are. s = 1 is the paper's
+    recipe exactly (same parameters, same random draws); ``dermfuse tune`` searches s.
 
     Order as the paper lists it: Transpose, VerticalFlip, HorizontalFlip, Rotate,
     RandomBrightness, RandomContrast, GaussianBlur, ShiftScaleRotate. Without `size` the
@@ -249,16 +261,17 @@ def train_augmentation(size: int | tuple[int, int] | None = None) -> v2.Compose:
     image; with `size` (int or (h, w)) a final bilinear resize makes every output that size.
     Normalize (/255) is not here: `to_input` does it for training and evaluation alike.
     """
+    s = _check_strength(strength)
     steps: list[v2.Transform] = [
         Transpose(p=0.5),
         v2.RandomVerticalFlip(p=0.5),
         v2.RandomHorizontalFlip(p=0.5),
-        Rotate(angle_range=(-90.0, 90.0), p=0.5, fill=0),
-        RandomBrightness(brightness_range=(-0.2, 0.2), p=0.5),
-        RandomContrast(contrast_range=(0.8, 1.2), p=0.5),
+        Rotate(angle_range=(-90.0 * s, 90.0 * s), p=0.5, fill=0),
+        RandomBrightness(brightness_range=(-0.2 * s, 0.2 * s), p=0.5),
+        RandomContrast(contrast_range=(1.0 - 0.2 * s, 1.0 + 0.2 * s), p=0.5),
         GaussianBlur(kernel_range=(3, 5), p=0.25),
         v2.RandomApply(
-            [v2.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.9, 1.1),
+            [v2.RandomAffine(degrees=15 * s, translate=(0.1 * s, 0.1 * s), scale=(1.0 - 0.1 * s, 1.0 + 0.1 * s),
                              interpolation=v2.InterpolationMode.BILINEAR, fill=0)],
             p=0.85,
         ),
@@ -309,8 +322,9 @@ class BatchAugmentation:
     Images must be square, since Transpose would change a non-square batch's shape.
     """
 
-    def __init__(self, size: int | None = None) -> None:
+    def __init__(self, size: int | None = None, strength: float = 1.0) -> None:
         self.size = None if size is None else int(size)
+        self.strength = _check_strength(strength)  # as in `train_augmentation`
 
     def sample(self, n: int, generator: torch.Generator | None = None, width: int = 128) -> dict[str, torch.Tensor]:
         """Per-image parameters for ``n`` images ``width`` pixels wide (CPU tensors of length n)."""
@@ -320,15 +334,17 @@ class BatchAugmentation:
         def coin(p: float) -> torch.Tensor:
             return torch.rand(n, generator=generator) < p
 
-        max_shift = 0.1 * width
+        s = self.strength
+        max_shift = 0.1 * s * width
         return {
             "transpose": coin(0.5), "vflip": coin(0.5), "hflip": coin(0.5),
-            "rotate": coin(0.5), "rotate_angle": u(-90.0, 90.0),
-            "brightness": coin(0.5), "beta": u(-0.2, 0.2),
-            "contrast": coin(0.5), "alpha": u(0.8, 1.2),
+            "rotate": coin(0.5), "rotate_angle": u(-90.0 * s, 90.0 * s),
+            "brightness": coin(0.5), "beta": u(-0.2 * s, 0.2 * s),
+            "contrast": coin(0.5), "alpha": u(1.0 - 0.2 * s, 1.0 + 0.2 * s),
             "blur": coin(0.25), "blur_kernel": 3 + 2 * torch.randint(2, (n,), generator=generator),
-            "affine": coin(0.85), "affine_angle": u(-15.0, 15.0),
-            "tx": u(-max_shift, max_shift).round(), "ty": u(-max_shift, max_shift).round(), "scale": u(0.9, 1.1),
+            "affine": coin(0.85), "affine_angle": u(-15.0 * s, 15.0 * s),
+            "tx": u(-max_shift, max_shift).round(), "ty": u(-max_shift, max_shift).round(),
+            "scale": u(1.0 - 0.1 * s, 1.0 + 0.1 * s),
         }
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:

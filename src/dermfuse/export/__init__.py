@@ -1,0 +1,1 @@
+"""Export of bundles for runtimes without PyTorch (ONNX)."""

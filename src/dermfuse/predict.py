@@ -115,3 +115,67 @@ def answer(engine: Predictor, images: np.ndarray, meta: np.ndarray, explain: boo
                                 None if out.explained is None else engine.classes[int(out.explained[i])],
                                 engine.model_id))
     return preds
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_inputs(source: str | Path) -> "pd.DataFrame":
+    """The images to predict: a folder (every image file in it, sorted) or a CSV with a column
+    ``image`` (or ``path``) and optional ``age``, ``sex``, ``site``; relative paths are read
+    from the CSV's folder. Returns a table with path, age, sex, site (None where missing)."""
+    import pandas as pd
+
+    from .errors import InputError
+
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise InputError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return pd.DataFrame({"path": [str(p) for p in files], "age": None, "sex": None, "site": None})
+    try:
+        table = pd.read_csv(source, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise InputError(f"{source}: not a readable CSV ({e})") from None
+    col = next((c for c in ("image", "path", "file") if c in table.columns), None)
+    if col is None:
+        raise InputError(f"{source}: expected a column image (or path) naming the image files; "
+                         f"found {list(table.columns)}")
+    paths = [str(p if Path(p).is_absolute() else source.parent / p) for p in table[col]]
+    out = pd.DataFrame({"path": paths})
+    for c in ("age", "sex", "site"):
+        out[c] = [v if v.strip() else None for v in table[c]] if c in table.columns else None
+    return out
+
+
+def predict_table(engine: Predictor, items: "pd.DataFrame", operating_point: str = "argmax",
+                  batch_size: int = 32, progress: bool = True) -> "pd.DataFrame":
+    """Predictions for every row of `read_inputs`: path, status, top_class, confidence,
+    ood_score, p_<class>. Each bad row (unreadable image, bad metadata) is refused with an
+    InputError naming the row."""
+    import pandas as pd
+    from rich.progress import Progress
+
+    from .errors import InputError
+
+    rows = []
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("predicting", total=len(items))
+        for s in range(0, len(items), batch_size):
+            chunk = items.iloc[s:s + batch_size]
+            imgs, metas = [], []
+            for i, r in chunk.iterrows():
+                try:
+                    imgs.append(engine.prepare_image(r["path"]))
+                    metas.append(engine.encode_meta(age=r["age"], sex=r["sex"], site=r["site"]))
+                except InputError as e:
+                    raise InputError(f"row {i + 1} ({r['path']}): {e}") from None
+            for p, (_, r) in zip(answer(engine, np.stack(imgs), np.concatenate(metas), explain=False,
+                                        operating_point=operating_point), chunk.iterrows()):
+                rows.append({"path": r["path"], "status": p.status, "top_class": p.top_class,
+                             "confidence": round(p.assessment.confidence, 6),
+                             "ood_score": None if p.assessment.ood_score is None else round(p.assessment.ood_score, 4),
+                             **{f"p_{c}": round(v, 6) for c, v in p.probabilities.items()}})
+            bar.advance(task, len(chunk))
+    return pd.DataFrame(rows)

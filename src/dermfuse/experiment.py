@@ -566,14 +566,13 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
     risk_coverage.png and report.html into ``out`` when given."""
     from .explain import resolve_device
     from .inference.predictor import Predictor
-    from .inference.trust import plot_risk_coverage, selective_report
+    from .inference.trust import Trust, plot_risk_coverage, selective_report
     from .released import resolve_bundle
 
     bundle = load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
     engine = Predictor.from_bundle(bundle)
     if operating_point != "argmax":
-        (bundle.trust or __import__("dermfuse.inference.trust", fromlist=["Trust"]).Trust()).decide(
-            np.zeros((0, len(bundle.classes))), bundle.classes, operating_point)
+        (bundle.trust or Trust()).decide(np.zeros((0, len(bundle.classes))), bundle.classes, operating_point)
     trained_on = bundle.info.get("training_data", {}).get("path")
     if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
         log.warning("%s is the data set this bundle was trained on: every row is scored, training "

@@ -131,20 +131,12 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> Predictor:
-        """The engine for a loaded `dermfuse.bundle.Bundle` (cached on it, so wrappers that
-        take a bundle do not rebuild anything)."""
-        cached = getattr(bundle, "_predictor", None)
-        if cached is not None:
-            return cached
-        p = cls(bundle.model, bundle.classes, bundle.encoder, bundle.image_size, meta_dim=bundle.model_meta_dim,
+        """The engine for a loaded `dermfuse.bundle.Bundle` (it holds references only: building
+        one per call is free, and it always sees the bundle's current parts)."""
+        return cls(bundle.model, bundle.classes, bundle.encoder, bundle.image_size, meta_dim=bundle.model_meta_dim,
                 resize_method=bundle.resize_method, input_mode=bundle.input_mode, cam_model=bundle.cam_model,
                 cam_method=bundle.cam_method, calibration=bundle.calibration, tta=bundle.tta,
                 trust=getattr(bundle, "trust", None), model_id=bundle.model_id, info=bundle.info)
-        try:
-            bundle._predictor = p
-        except AttributeError:
-            pass
-        return p
 
     # -- inputs --------------------------------------------------------------------------
 

@@ -105,11 +105,14 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
 
     ood = fit_ood(train_out.features, y[train_idx], val_out.proba, val_out.features, keep=ood_keep,
                   ood_proba=pick_p, ood_features=pick_f)
-    trust = Trust(fit_selective(val_out.proba, coverage), ood,
-                  fit_melanoma(val_out.proba, y[val_idx], bundle.classes, mel_sensitivity) if "mel" in bundle.classes
-                  else None,
-                  {"run": str(run_dir), "train_rows": int(len(train_idx)), "val_rows": int(len(val_idx)),
-                   "note": "OOD means/covariance on training rows; every threshold on validation rows; no test rows"})
+    fitted_on = {"run": str(run_dir), "train_rows": int(len(train_idx)), "val_rows": int(len(val_idx)),
+                 "note": "OOD means/covariance on training rows; every threshold on validation rows; no test rows"}
+    try:
+        melanoma = fit_melanoma(val_out.proba, y[val_idx], bundle.classes, mel_sensitivity)
+    except ValueError as e:  # no 'mel' class, or no melanoma among the validation rows
+        melanoma = None
+        fitted_on["melanoma_operating_point"] = f"not fitted: {e}"
+    trust = Trust(fit_selective(val_out.proba, coverage), ood, melanoma, fitted_on)
 
     # measured on images the choice did not see
     val_scores = ood.score(val_out.proba, val_out.features)

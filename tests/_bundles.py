@@ -39,18 +39,37 @@ def make_encoder() -> MetadataEncoder:
 
 
 def make_bundle(out: str | Path, model: str = "ft_multicnn", image_size: int = 64, seed: int = 0,
-                temperature: float = 1.0) -> Path:
+                temperature: float = 1.0, input_mode: str = "image", tta: bool = False, members: int = 1,
+                prior_shift: bool = False) -> Path:
     """Write a bundle of a randomly initialised ``model`` ('cnn' or 'ft_multicnn') to ``out``.
 
-    A temperature below 1 spreads the random model's near-uniform probabilities (screenshots)."""
+    A temperature below 1 spreads the random model's near-uniform probabilities (screenshots).
+    ``input_mode`` other than 'image' adds a random 'cnn' CAM backbone; ``members`` > 1 makes
+    a seed ensemble; ``prior_shift`` adds a (made-up) prior-shift calibration."""
+    from dermfuse.models.ensemble import ENSEMBLE, build_ensemble
+
     torch.manual_seed(seed)
     encoder = make_encoder()
     meta_dim = encoder.n_features if model == "ft_multicnn" else 0
     kwargs = {"num_classes": len(HAM10000_CLASSES), "meta_dim": meta_dim, "input_size": image_size}
-    net = create_model(model, pretrained=False, **kwargs).eval()
+    name = model
+    if members > 1:
+        net = build_ensemble(model, kwargs, members).eval()
+        name, kwargs = ENSEMBLE, {"member": model, "member_kwargs": kwargs, "n_members": members,
+                                  "num_classes": len(HAM10000_CLASSES), "meta_dim": meta_dim}
+    else:
+        net = create_model(model, pretrained=False, **kwargs).eval()
+    cam = cam_kwargs = None
+    if input_mode != "image":
+        cam_kwargs = {"num_classes": len(HAM10000_CLASSES), "meta_dim": 0, "input_size": image_size}
+        cam = create_model("cnn", pretrained=False, **cam_kwargs).eval()
+    log_prior = np.log(np.linspace(1, 3, len(HAM10000_CLASSES)) / np.linspace(1, 3, len(HAM10000_CLASSES)).sum())
+    calibration = Calibration(temperature=temperature, prior_shift=0.7 if prior_shift else 0.0,
+                              log_prior=log_prior.tolist() if prior_shift else None)
     return save_bundle(
-        out, model=net, model_name=model, model_kwargs=kwargs, classes=list(HAM10000_CLASSES),
-        encoder=encoder, image_size=image_size, calibration=Calibration(temperature=temperature),
+        out, model=net, model_name=name, model_kwargs=kwargs, classes=list(HAM10000_CLASSES),
+        encoder=encoder, image_size=image_size, calibration=calibration, input_mode=input_mode,
+        cam_model=cam, cam_name=None if cam is None else "cnn", cam_kwargs=cam_kwargs, tta=tta,
         metrics={"balanced_accuracy": 0.5, "auc_macro": 0.5, "n_images": 10},
         training_data={"name": "untrained test bundle"},
     )

@@ -137,3 +137,117 @@ def test_page_uploads_and_shows_result_and_heatmap(server_url, tmp_path):
     assert not problems, f"browser console errors: {problems}"
     foreign = [u for u in requests if not u.startswith((server_url, "data:", "blob:"))]
     assert not foreign, f"the page fetched from outside the server: {foreign}"
+
+
+@pytest.fixture(scope="module")
+def synthetic_server_url(tmp_path_factory):
+    """A server whose bundle says it was trained on synthetic data, with a trust part whose
+    OOD threshold flags everything, so the page's out-of-distribution state shows."""
+    import json as _json
+
+    import numpy as np
+    import uvicorn
+
+    from dermfuse.bundle import update_bundle_info
+    from dermfuse.inference.trust import OOD, Selective, Trust, save_trust_arrays
+    from dermfuse.serve.app import create_app
+
+    path = make_bundle(tmp_path_factory.mktemp("sb") / "b", temperature=0.04)
+    info = _json.loads((path / "bundle.json").read_text())
+    update_bundle_info(path, training_data={**info["training_data"], "name": "synthetic demo data", "synthetic": True})
+    trust = Trust(Selective(0.0, 0.9, 0.9, 10), OOD("max_probability", -1.0, 0.95, 10, 10))
+    update_bundle_info(path, trust=trust.to_dict(save_trust_arrays(path, trust)))
+    app = create_app(path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _no_horizontal_overflow(page) -> list[str]:
+    """Elements whose right edge passes the viewport (nothing may be off-screen)."""
+    return page.evaluate("""() => {
+        const w = document.documentElement.clientWidth;
+        return [...document.querySelectorAll('body *')].filter(e => {
+            const r = e.getBoundingClientRect();
+            return r.width > 0 && e.offsetParent !== null && r.right > w + 1;
+        }).map(e => e.id || e.className || e.tagName);
+    }""")
+
+
+def test_page_at_phone_width_shows_model_triptych_class_choice_and_json(server_url, tmp_path):
+    image = tmp_path / "lesion.png"
+    image.write_bytes(png_bytes(lesion_image(5)))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, accept_downloads=True)
+            page.goto(server_url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+            assert "untrained test bundle" in page.locator("#model-data").inner_text()
+            assert page.locator("#synthetic-banner").is_hidden()
+            page.click("#card summary")
+            assert "Intended use" in page.locator("#card-body").inner_text()
+            page.set_input_files("#image", str(image))
+            page.select_option("#explain", "mel")
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            page.wait_for_function("['original', 'heatmap', 'overlay'].every(id => document.getElementById(id)"
+                                   ".complete && document.getElementById(id).naturalWidth > 0)", timeout=15_000)
+            assert "mel" in page.locator("#map-caption").inner_text()
+            assert page.locator("#colorbar").is_visible()
+            assert page.locator("#status").get_attribute("data-status") == "ok"
+            assert page.locator("#bars li").count() == 7
+            for i in range(7):  # every bar is on screen at 390 px
+                box = page.locator("#bars li .track").nth(i).bounding_box()
+                assert box["width"] > 20 and box["x"] + box["width"] <= 390
+            assert not _no_horizontal_overflow(page)
+            with page.expect_download() as dl:
+                page.click("#download")
+            answer = __import__("json").loads(Path(dl.value.path()).read_text())
+            assert answer["explained_class"] == "mel" and set(answer["probabilities"]) >= {"mel", "nv"}
+            shot = tmp_path / "web_page_390.png"
+            page.screenshot(path=str(shot), full_page=True)
+            from PIL import Image
+
+            with Image.open(shot) as img:
+                assert img.width == 390
+            # a failing request clears the previous result
+            page.fill("#age", "500")
+            page.click("#submit")
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert page.locator("#result").is_hidden() and page.locator("#bars li").count() == 0
+        finally:
+            browser.close()
+
+
+def test_page_labels_a_synthetic_model_and_shows_out_of_distribution(synthetic_server_url, tmp_path):
+    image = tmp_path / "flat.png"
+    from PIL import Image
+
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(image)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(synthetic_server_url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+            banner = page.locator("#synthetic-banner")
+            assert banner.is_visible() and "SYNTHETIC" in banner.inner_text().upper()
+            page.set_input_files("#image", str(image))
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            assert page.locator("#status").get_attribute("data-status") == "out_of_distribution"
+            assert "no class" in page.locator("#top-class").inner_text()
+            assert page.locator("#bars.unreliable").count() == 1
+        finally:
+            browser.close()

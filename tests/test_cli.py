@@ -235,3 +235,100 @@ def test_train_member_jobs_then_build_the_ensemble(synth_small, tmp_path, capsys
     metrics = json.loads((run / "metrics.json").read_text())
     assert [m["member"] for m in metrics["members"]] == [0, 1]
     assert json.loads((run / "bundle" / "bundle.json").read_text())["model"]["kwargs"]["n_members"] == 2
+
+
+# --- trust: release, card, batch predict, bundle forms ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def released(bundle, tmp_path_factory, synth_small):
+    out = tmp_path_factory.mktemp("rel") / "bundle"
+    code = main(["-q", "release", str(bundle.parent), "--out", str(out), "--holdout", str(bundle.parent),
+                 "--data", str(synth_small), "--json"])
+    assert code == 0
+    return out
+
+
+def test_release_writes_trust_and_card_and_keeps_the_weights(released, bundle, capsys):
+    from dermfuse.bundle import load_bundle
+
+    capsys.readouterr()
+    b, orig = load_bundle(released), load_bundle(bundle)
+    assert b.model_id == orig.model_id and (released / "trust.safetensors").is_file()
+    t = b.trust
+    assert t.selective.achieved >= 0.9 and t.melanoma.sensitivity >= 0.85 and t.ood.keep == 0.95
+    assert t.fitted_on["val_rows"] > 0 and "no test rows" in t.fitted_on["note"]
+    card = b.info["model_card"]
+    assert card["license"]["weights"].startswith("CC BY-NC 4.0") and card["license"]["code"] == "Apache-2.0"
+    hold = card["performance"]["holdout"]
+    acc = hold["overall"]["accuracy"]
+    assert acc["low"] <= acc["value"] <= acc["high"] and set(hold["per_class"]) == set(b.classes)
+    assert {"sex", "age_band", "site"} <= set(hold["subgroups"])
+
+
+def test_card_renders_text_and_json(released, capsys):
+    code, out, _ = _run(["card", "--bundle", str(released)], capsys)
+    assert code == 0 and "Intended use" in out and "CC BY-NC 4.0" in out and "Must not be used for" in out
+    code, out, _ = _run(["card", "--bundle", str(released), "--json"], capsys)
+    assert json.loads(out)["schema"].startswith("dermfuse-model-card")
+
+
+def test_predict_with_trust_json_and_forms(released, image, capsys):
+    code, out, _ = _run(["predict", "--bundle", str(released), image, "--age", "50", "--json",
+                         "--operating-point", "melanoma"], capsys)
+    d = json.loads(out)
+    assert code == 0 and d["status"] in ("ok", "uncertain", "out_of_distribution")
+    assert d["operating_point"] == "melanoma" and d["model_id"]
+    code, out2, _ = _run(["predict", str(released), image, "--age", "50", "--json", "--operating-point", "melanoma"],
+                         capsys)
+    assert json.loads(out2)["probabilities"] == d["probabilities"]
+    code, _, err = _run(["predict", "--bundle", str(released), str(released), image], capsys)
+    assert code == 2 and "with --bundle" in err
+
+
+def test_predict_folder_and_csv_to_a_predictions_csv(released, synth_small, tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted((synth_small / "images").glob("*.jpg"))[:3]:
+        shutil.copy(p, folder / p.name)
+    code, _, _ = _run(["predict", "--bundle", str(released), str(folder), "--out", str(tmp_path / "a.csv")], capsys)
+    a = pd.read_csv(tmp_path / "a.csv")
+    assert code == 0 and len(a) == 3 and {"status", "top_class", "p_mel"} <= set(a.columns)
+    names = sorted(p.name for p in folder.iterdir())
+    pd.DataFrame({"image": names, "age": ["40", "", "70"], "sex": ["male", "", "female"]}).to_csv(folder / "in.csv",
+                                                                                                index=False)
+    code, out, _ = _run(["predict", "--bundle", str(released), str(folder / "in.csv")], capsys)
+    b = pd.read_csv(__import__("io").StringIO(out))
+    assert code == 0 and len(b) == 3
+    pd.DataFrame({"image": ["nope.jpg"]}).to_csv(folder / "bad.csv", index=False)
+    code, _, err = _run(["predict", "--bundle", str(released), str(folder / "bad.csv")], capsys)
+    assert code == 2 and "row 1" in err and "nope.jpg" in err
+
+
+def test_evaluate_reports_trust_and_writes_the_risk_coverage_plot(released, bundle, synth_small, tmp_path, capsys):
+    code, out, _ = _run(["evaluate", "--bundle", str(released), str(synth_small), "--split-file",
+                         str(bundle.parent / "split.csv"), "--json", "--out", str(tmp_path / "ev")], capsys)
+    m = json.loads(out)
+    assert code == 0 and 0 <= m["trust"]["selective"]["coverage"] <= 1
+    assert "sensitivity" in m["trust"]["melanoma_operating_point"]
+    assert (tmp_path / "ev" / "risk_coverage.png").stat().st_size > 0
+    assert "risk-coverage" in (tmp_path / "ev" / "report.html").read_text()
+
+
+def test_cam_explains_a_chosen_class(released, image, tmp_path, capsys):
+    code, _, err = _run(["cam", str(released), image, "--out", str(tmp_path / "c"), "--explain", "mel"], capsys)
+    assert code == 0 and len(list((tmp_path / "c").glob("*.png"))) == 1
+    code, _, err = _run(["cam", str(released), image, "--out", str(tmp_path / "c"), "--explain", "zzz"], capsys)
+    assert code == 2 and "zzz" in err
+
+
+def test_no_bundle_and_no_released_model_is_a_clear_error(image, capsys, monkeypatch, tmp_path):
+    import dermfuse.released as rel
+
+    monkeypatch.setattr(rel, "RELEASED_BUNDLE", tmp_path / "none")
+    code, _, err = _run(["predict", image], capsys)
+    assert code == 2 and "--bundle" in err

@@ -176,9 +176,10 @@ def test_ensemble_explanation_is_the_mean_member_map(ensemble_run):
     expected = np.mean([_gradcam(net, x, m, [0, 1, 2]) for net in bundle.model.members], axis=0)
     assert maps.shape == (3, 32, 32) and np.allclose(maps, expected, atol=1e-6)
     assert 0 <= maps.min() and maps.max() <= 1
-    # without targets: the ensemble's own class for each image
-    with torch.no_grad():
-        own = [int(i) for i in bundle.model(x, m).argmax(1)]
+    # without targets: the class the ensemble answers (test-time views and calibration included)
+    from dermfuse.predict import predict_arrays
+
+    own = [int(i) for i in predict_arrays(bundle, images, meta).argmax(1)]
     assert np.allclose(explain_arrays(bundle, images, meta), explain_arrays(bundle, images, meta, targets=own))
     other = [(t + 1) % len(bundle.classes) for t in own]
     assert not np.allclose(explain_arrays(bundle, images, meta), explain_arrays(bundle, images, meta, targets=other))

@@ -241,10 +241,10 @@ def test_a_failing_item_does_not_fail_its_batch(bundle, monkeypatch):
 
     real = serve_app._infer
 
-    def infer(b, images, meta):  # a batch holding the marked image fails, like a model bug would
+    def infer(b, images, meta, *rest):  # a batch holding the marked image fails, like a model bug would
         if (images[:, 0, 0, 0] == 255).any():
             raise RuntimeError("boom")
-        return real(b, images, meta)
+        return real(b, images, meta, *rest)
 
     monkeypatch.setattr(serve_app, "_infer", infer)
     batcher = create_app(bundle).state.batcher
@@ -257,6 +257,38 @@ def test_a_failing_item_does_not_fail_its_batch(bundle, monkeypatch):
         assert all(f.result(timeout=60) is not None for i, f in enumerate(futures) if i != 1)
     finally:
         batcher.stop()
+
+
+def test_predict_answers_status_and_explains_a_chosen_class(client, bundle):
+    image = jpeg_bytes(lesion_image(4))
+    r = client.post("/predict", files={"image": ("a.jpg", image, "image/jpeg")},
+                    data={"age": "50", "sex": "male", "site": "back", "explain": "mel"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = predict_one(bundle, image, "50", "male", "back", explain_class="mel")
+    assert body["explained_class"] == "mel" == want.explained_class
+    assert body["status"] == "ok" and body["probabilities_reliable"] is True  # no trust part: as before
+    assert body["operating_point"] == "argmax" and body["message"]
+    heat = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["heatmap_png"]))))
+    np.testing.assert_allclose(heat.astype(int), want.overlay.astype(int), atol=1)
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["image_png"]))))
+    assert seen.shape == (bundle.image_size, bundle.image_size, 3)
+    assert np.asarray(Image.open(io.BytesIO(base64.b64decode(body["map_png"])))).shape == seen.shape
+
+
+@pytest.mark.parametrize("field,value,needle", [("explain", "melanomaa", "not one of this model's classes"),
+                                                ("operating_point", "melanoma", "offers")])
+def test_bad_explain_class_or_operating_point_is_422(client, field, value, needle):
+    r = client.post("/predict", files={"image": ("a.jpg", jpeg_bytes(lesion_image(1)), "image/jpeg")},
+                    data={"age": "50", field: value})
+    assert r.status_code == 422 and needle in r.json()["detail"]
+
+
+def test_model_says_whether_it_is_synthetic_and_carries_the_card(client, bundle):
+    body = client.get("/model").json()
+    assert body["synthetic"] is False and body["released"] is False
+    assert body["card"]["model_id"] == bundle.model_id and "intended_use" in body["card"]
+    assert body["operating_points"] == ["argmax"] and body["trust"] is None
 
 
 # --- the page ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from . import __version__
 from .calibrate import Calibration
 from .data.encode import MetadataEncoder
 from .errors import BundleError
+from .inference.trust import load_trust
 from .models import create_model
 from .models.ensemble import ENSEMBLE, build_ensemble
 
@@ -65,6 +66,8 @@ class Bundle:
     calibration: Calibration = field(default_factory=Calibration)  # fitted on validation rows
     tta: bool = False  # average predictions over flips (and the transpose for square inputs)
     info: dict[str, Any] = field(default_factory=dict)  # the whole bundle.json
+    trust: Any = None  # dermfuse.inference.trust.Trust, or None for a bundle made before trust
+    path: Path | None = None  # the directory it was loaded from
 
     @property
     def model_id(self) -> str:
@@ -77,8 +80,9 @@ class Bundle:
 
     def encode_table(self, table) -> "np.ndarray":
         """Metadata features for a cleaned table, (N, model_meta_dim) float32."""
-        meta = self.encoder.transform(table)
-        return meta[:, : self.model_meta_dim]
+        from .inference.predictor import encode_metadata
+
+        return encode_metadata(self.encoder, self.model_meta_dim, table)
 
 
 def _sha256(path: Path) -> str:
@@ -262,6 +266,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             calibration=calibration,
             tta=bool(pre.get("tta", False)),
             info=info,
+            trust=load_trust(path, info.get("trust")),
+            path=path,
         )
     except BundleError:
         raise

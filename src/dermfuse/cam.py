@@ -70,6 +70,9 @@ class BaseCAM:
         self._hook_calls = 0
         self._clone = False  # set when the layer's output is modified in place downstream
         self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._logits: torch.Tensor | None = None  # graph kept between forward() and maps()
+        self._saved: tuple | None = None  # modes and requires_grad flags to restore
+        self._size: tuple[int, int] | None = None
 
     # -- the one function a method overrides -------------------------------------------
     def cam_weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,7 @@ class BaseCAM:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        self._activation = None
+        self._restore()
 
     # -- hook ----------------------------------------------------------------------------
     def _hook(self, module: nn.Module, inputs: object, output: object) -> torch.Tensor:
@@ -125,36 +128,67 @@ class BaseCAM:
             ``(B, H, W)`` float32 CPU tensor in [0, 1]; an all-zero map where the class
             score has no positive evidence at the target layer.
         """
+        self.forward(image, meta)
+        return self.maps(targets)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """First half of a call: one forward pass that keeps the graph from the target layer
+        to the logits. Returns the detached logits ``(B, C)`` (also ``self.outputs``), so a
+        caller can choose the class to explain from them before calling :meth:`maps`."""
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image)
             raise ValueError(f"image must be a (B, 3, H, W) float tensor in [0, 1], got {got}")
+        self._restore()  # a forward without maps() leaves nothing behind
         device = next(self.model.parameters(), image).device
         image = image.detach().to(device)
         if isinstance(meta, torch.Tensor):
             meta = meta.detach().to(device)
-        modes = [m.training for m in self.model.modules()]
         params = list(self.model.parameters())
-        flags = [p.requires_grad for p in params]
+        self._saved = ([m.training for m in self.model.modules()], params, [p.requires_grad for p in params])
         self.model.eval()
         for p in params:
             p.requires_grad_(False)
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                activations, grads = self._activations_and_grads(image, meta, targets)
+                self._logits = self._activations(image, meta)
+        except BaseException:
+            self._restore()
+            raise
+        self._size = image.shape[-2:]
+        return self.outputs
+
+    def maps(self, targets: int | Sequence[int] | np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """Second half: heatmaps ``(B, H, W)`` float32 CPU in [0, 1] for ``targets`` (None: the
+        predicted class) from the forward pass of :meth:`forward`."""
+        if self._logits is None:
+            raise RuntimeError("maps() needs a forward() first")
+        try:
+            logits, act = self._logits, self._activation
+            with torch.inference_mode(False), torch.enable_grad():
+                idx = _target_indices(targets, logits)
+                score = logits.gather(1, idx[:, None]).sum()  # images are independent in eval mode
+                (grads,) = torch.autograd.grad(score, act)
+            activations = act.detach()
             with torch.no_grad():
                 cam = (self.cam_weights(activations, grads) * activations).sum(dim=1)  # (B, h, w)
                 cam = _scale(cam.clamp_min(0))
-                cam = F.interpolate(
-                    cam[:, None], size=image.shape[-2:], mode="bilinear", align_corners=False
-                )[:, 0]
+                cam = F.interpolate(cam[:, None], size=self._size, mode="bilinear", align_corners=False)[:, 0]
                 cam = _scale(cam)  # (B, H, W)
         finally:
-            self._activation = None
+            self._restore()
+        return cam.float().cpu()
+
+    def _restore(self) -> None:
+        """Drop the graph and give the model back its modes and requires_grad flags."""
+        self._activation = None
+        self._logits = None
+        if self._saved is not None:
+            modes, params, flags = self._saved
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
             for m, mode in zip(self.model.modules(), modes):
                 m.training = mode
-        return cam.float().cpu()
+            self._saved = None
 
     def _forward(self, image: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
         self._hook_calls = 0
@@ -165,12 +199,8 @@ class BaseCAM:
             self._handle.remove()
             self._handle = None
 
-    def _activations_and_grads(
-        self,
-        image: torch.Tensor,
-        meta: torch.Tensor | None,
-        targets: int | Sequence[int] | np.ndarray | torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _activations(self, image: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+        """Forward with the hook; returns logits (with graph back to ``self._activation``)."""
         try:
             logits = self._forward(image, meta)
         except RuntimeError as err:  # an in-place op after the layer touched the leaf
@@ -178,19 +208,15 @@ class BaseCAM:
                 raise
             self._clone = True
             logits = self._forward(image, meta)
-        act = self._activation
-        if act is None or self._hook_calls != 1:
+        if self._activation is None or self._hook_calls != 1:
             raise ValueError(
                 f"Grad-CAM target layer {type(self.target_layer).__name__} ran "
                 f"{self._hook_calls} times in one forward pass; expected exactly once"
             )
         if logits.ndim != 2:
             raise ValueError(f"model must return logits (B, C), got {tuple(logits.shape)}")
-        idx = _target_indices(targets, logits)
         self.outputs = logits.detach()
-        score = logits.gather(1, idx[:, None]).sum()  # images are independent in eval mode
-        (grads,) = torch.autograd.grad(score, act)
-        return act.detach(), grads
+        return logits
 
 
 class GradCAM(BaseCAM):

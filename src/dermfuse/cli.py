@@ -15,7 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import DermfuseError
+from .errors import DermfuseError, InputError
+
+
+class UsageError(InputError):
+    """Wrong positional arguments (exit 2 with `error: ...`)."""
 
 __all__ = ["main", "build_parser"]
 
@@ -62,6 +66,29 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config value, e.g. --set train.schedule=cosine (repeatable)")
+
+
+def _add_bundle_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", help="bundle directory (default: the released model that ships with dermfuse)")
+    p.add_argument("--operating-point", default="argmax", choices=["argmax", "melanoma"],
+                   help="argmax, or melanoma: answer 'mel' whenever P(mel) reaches the bundle's threshold "
+                        "chosen on validation rows for sensitivity 0.85")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
+
+
+def _split_bundle(args: argparse.Namespace, n_inputs: int, what: str) -> tuple[str | None, list[str]]:
+    """(bundle or None for the released model, the other positionals): with --bundle every
+    positional is an input; without it, one more positional than ``n_inputs`` is the bundle."""
+    paths = list(args.paths)
+    if args.bundle is not None:
+        if len(paths) != n_inputs:
+            raise UsageError(f"with --bundle give {what} only (got {len(paths)} paths: {paths})")
+        return args.bundle, paths
+    if len(paths) == n_inputs + 1:
+        return paths[0], paths[1:]
+    if len(paths) == n_inputs:
+        return None, paths
+    raise UsageError(f"expected [BUNDLE] {what} (got {len(paths)} paths: {paths})")
 
 
 def _run_config(args: argparse.Namespace, data: str, model: str | None):
@@ -137,23 +164,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--mode", default="prior-temperature", choices=["temperature", "prior-temperature"])
 
-    p = sub.add_parser("evaluate", help="score a bundle on a data set")
-    p.add_argument("bundle")
-    p.add_argument("data")
+    p = sub.add_parser("evaluate", help="score a bundle (default: the released model) on a data set",
+                       description="dermfuse evaluate DATA (the released model) | evaluate BUNDLE DATA | "
+                                   "evaluate --bundle BUNDLE DATA")
+    p.add_argument("paths", nargs="+", metavar="[BUNDLE] DATA", help="one path: the data set; two: bundle, data set")
+    _add_bundle_options(p)
     _add_format_options(p)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--out", help="write metrics.json and predictions.csv here")
+    p.add_argument("--out", help="write metrics.json, predictions.csv, risk_coverage.png and report.html here")
     p.add_argument("--split-file", help="a run's split.csv: score only the rows it puts in --part")
     p.add_argument("--part", default="test", help="with --split-file: train, val or test (default test)")
 
-    p = sub.add_parser("predict", help="classify one image with its metadata")
-    p.add_argument("bundle")
-    p.add_argument("image")
+    p = sub.add_parser("predict", help="classify an image, a folder of images or a CSV of images",
+                       description="dermfuse predict IMAGE (the released model) | predict BUNDLE IMAGE | "
+                                   "predict --bundle BUNDLE IMAGE. IMAGE may be a folder of images or a CSV "
+                                   "with a column image (or path) and optional age, sex, site columns: then "
+                                   "the answers go to a predictions CSV (--out, default stdout).")
+    p.add_argument("paths", nargs="+", metavar="[BUNDLE] IMAGE", help="one path: the input; two: bundle, input")
+    _add_bundle_options(p)
     p.add_argument("--age")
     p.add_argument("--sex")
     p.add_argument("--site")
     p.add_argument("--json", action="store_true")
     p.add_argument("--heatmap", help="save the heatmap overlay (PNG) here")
+    p.add_argument("--explain", metavar="CLASS", help="the class whose heatmap to draw (default: the answer)")
+    p.add_argument("--out", help="folder/CSV input: write the predictions CSV here")
+
+    p = sub.add_parser("release", help="fit the trust part and the model card on a finished train run; "
+                                       "write a releasable bundle")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--holdout", metavar="HOLDOUT_RUN_DIR",
+                   help="the recipe's holdout run: its test predictions give the card's held-out metrics")
+    p.add_argument("--data", help="data set path (default: the run config's data.path)")
+    p.add_argument("--coverage", type=float, default=0.90, help="selective prediction: share of validation "
+                                                               "rows answered (default 0.90)")
+    p.add_argument("--mel-sensitivity", type=float, default=0.85, help="melanoma operating point: target "
+                                                                       "sensitivity on validation rows (0.85)")
+    p.add_argument("--ood-keep", type=float, default=0.95, help="OOD threshold keeps this share of validation "
+                                                                "images (0.95)")
+    p.add_argument("--max-train", type=int, help="fit the OOD statistics on at most this many training rows")
+    p.add_argument("--train-command", help="the exact training command, for the card")
+    p.add_argument("--commit", help="the git commit that trained it, for the card")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("card", help="the model card of a bundle (default: the released model)")
+    p.add_argument("--bundle", help="bundle directory (default: the released model)")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("demo", help="the whole pipeline on synthetic data (minutes on a CPU)")
     p.add_argument("--out", default="demo-out")
@@ -163,11 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered models")
 
-    p = sub.add_parser("cam", help="original | heatmap | overlay figures for images")
-    p.add_argument("bundle")
-    p.add_argument("images", nargs="+")
+    p = sub.add_parser("cam", help="original | heatmap | overlay figures for images",
+                       description="dermfuse cam IMAGE... (the released model) | cam BUNDLE IMAGE... | "
+                                   "cam --bundle BUNDLE IMAGE...; the first path is the bundle when it is a "
+                                   "directory holding bundle.json")
+    p.add_argument("paths", nargs="+", metavar="[BUNDLE] IMAGE")
+    p.add_argument("--bundle", help="bundle directory (default: the released model)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", required=True)
     p.add_argument("--alpha", type=float, default=0.4)
+    p.add_argument("--explain", metavar="CLASS", help="the class to explain (default: each image's answer)")
 
     # --- cv / ablate (dermfuse.cv, dermfuse.ablate) ------------------------------------
     p = sub.add_parser("cv", help="k-fold cross-validation of several models on the same folds")
@@ -253,8 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--json", action="store_true", help="print export.json's summary on stdout")
     # --- end export ---
-    p = sub.add_parser("serve", help="HTTP API and web page for a bundle")
-    p.add_argument("bundle")
+    p = sub.add_parser("serve", help="HTTP API and web page for a bundle (default: the released model)",
+                       description="dermfuse serve (the released model) | serve BUNDLE | serve --bundle BUNDLE")
+    p.add_argument("paths", nargs="*", metavar="BUNDLE")
+    _add_bundle_options(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     return ap
@@ -325,16 +389,40 @@ def _print_summary(summary: dict, report) -> None:
     out.print(report.render())
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def _load(bundle_path: str | None, device: str = "cpu"):
     from .bundle import load_bundle
+    from .explain import resolve_device
+    from .released import resolve_bundle
+
+    return load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.predictor import Predictor
     from .predict import predict_one
 
-    bundle = load_bundle(args.bundle)
-    pred = predict_one(bundle, args.image, args.age, args.sex, args.site, explain=bool(args.heatmap) or not args.json)
+    bundle_path, (source,) = _split_bundle(args, 1, "IMAGE (a file, a folder of images or a CSV)")
+    bundle = _load(bundle_path, args.device)
+    if Path(source).is_dir() or Path(source).suffix.lower() == ".csv":
+        from .predict import predict_table, read_inputs
+
+        if args.heatmap or args.explain:
+            raise UsageError("--heatmap and --explain are for one image; use `dermfuse cam` for many")
+        table = predict_table(Predictor.from_bundle(bundle), read_inputs(source),
+                              operating_point=args.operating_point, progress=not args.quiet)
+        if args.json:
+            print(json.dumps({"model_id": bundle.model_id, "predictions": table.to_dict(orient="records")}, indent=2))
+        elif args.out:
+            table.to_csv(args.out, index=False)
+            err.print(f"{len(table)} predictions ({dict(table['status'].value_counts())}) -> {args.out}")
+        else:
+            sys.stdout.write(table.to_csv(index=False))
+        return 0
+    pred = predict_one(bundle, source, args.age, args.sex, args.site,
+                       explain=bool(args.heatmap) or bool(args.explain) or not args.json,
+                       explain_class=args.explain, operating_point=args.operating_point)
     if args.heatmap:
         from PIL import Image
-
-        from .errors import InputError
 
         if pred.overlay is None:
             raise InputError(f"this bundle ({bundle.info['model']['name']}) has no image branch: no heatmap to save")
@@ -347,15 +435,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    t = Table(title=f"{Path(args.image).name} — top: {pred.top_class}")
+    verdict = {"ok": pred.top_class, "uncertain": f"UNCERTAIN - refer (tentatively {pred.top_class})",
+               "out_of_distribution": "NOT A DERMOSCOPIC LESION IMAGE like the training ones: no class; "
+                                      "do not rely on these probabilities"}[pred.status]
+    t = Table(title=f"{Path(source).name} — {verdict}")
     t.add_column("class")
     t.add_column("probability", justify="right")
     for c, p in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]):
         t.add_row(c, f"{p:.3f}")
     out.print(t)
     if args.heatmap:
-        err.print(f"heatmap overlay: {args.heatmap}")
-    err.print("[dim]Research use only; not a diagnosis.[/dim]")
+        err.print(f"heatmap overlay ({pred.explained_class}): {args.heatmap}")
+    err.print(f"[dim]model {bundle.model_id}; research use only; not a diagnosis.[/dim]")
     return 0
 
 
@@ -412,8 +503,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from .experiment import evaluate_bundle
 
-        m = evaluate_bundle(args.bundle, args.data, format=args.format, progress=progress, out=args.out,
-                            split_file=args.split_file, part=args.part, column_map=args.column_map)
+        bundle_path, (data,) = _split_bundle(args, 1, "DATA")
+        m = evaluate_bundle(bundle_path, data, format=args.format, progress=progress, out=args.out,
+                            split_file=args.split_file, part=args.part, column_map=args.column_map,
+                            operating_point=args.operating_point, device=args.device)
         if args.json:
             print(json.dumps(m, indent=2))
         else:
@@ -422,6 +515,38 @@ def _dispatch(args: argparse.Namespace) -> int:
             for k in _HEADLINE:
                 if k in m:
                     out.print(f"{k:22s} {m[k]}")
+            for line in _trust_lines(m.get("trust") or {}):
+                out.print(line)
+        return 0
+    if args.command == "release":
+        from .release import release_run
+
+        r = release_run(args.run_dir, args.out, holdout=args.holdout, data=args.data, coverage=args.coverage,
+                        mel_sensitivity=args.mel_sensitivity, ood_keep=args.ood_keep, max_train=args.max_train,
+                        train_command=args.train_command, commit=args.commit, progress=progress)
+        if args.json:
+            print(json.dumps(r, indent=2, default=str))
+        else:
+            t = r["trust"]
+            err.print(f"released bundle {r['model_id']} -> {r['bundle']}")
+            err.print(f"selective threshold {t['selective']['threshold']:.4f} (coverage {t['selective']['achieved']:.3f} "
+                      f"of validation); melanoma threshold {t['melanoma']['threshold']:.4f} (val sensitivity "
+                      f"{t['melanoma']['sensitivity']:.3f}, specificity {t['melanoma']['specificity']:.3f})"
+                      if t.get("melanoma") else "")
+            o = r["ood_measured"]
+            err.print(f"OOD {t['ood']['method']} threshold {t['ood']['threshold']:.3f}: AUROC all {o['auroc_all']:.4f}, "
+                      f"synthetic {o['auroc_synthetic']:.4f}, skimage {o['auroc_skimage']}")
+        return 0
+    if args.command == "card":
+        from .bundle import read_bundle_info
+        from .inference.card import model_card, render_card
+        from .released import resolve_bundle
+
+        card = model_card(read_bundle_info(resolve_bundle(args.bundle)))
+        if args.json:
+            print(json.dumps(card, indent=2))
+        else:
+            sys.stdout.write(render_card(card))
         return 0
     if args.command == "predict":
         return _cmd_predict(args)
@@ -440,7 +565,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "cam":
         from .explain import cam_figures
 
-        for path in cam_figures(args.bundle, args.images, args.out, alpha=args.alpha):
+        paths = list(args.paths)
+        bundle_path = args.bundle
+        if bundle_path is None and len(paths) > 1 and (Path(paths[0]) / "bundle.json").is_file():
+            bundle_path, paths = paths[0], paths[1:]
+        for path in cam_figures(bundle_path, paths, args.out, alpha=args.alpha, explain_class=args.explain,
+                                device=args.device):
             err.print(f"wrote {path}")
         return 0
     if args.command in ("cv", "ablate"):  # --- cv / ablate ---
@@ -536,9 +666,29 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from .serve.app import run_server
 
-        run_server(args.bundle, host=args.host, port=args.port)
+        bundle_path, _ = _split_bundle(args, 0, "nothing else")
+        run_server(bundle_path, host=args.host, port=args.port, operating_point=args.operating_point,
+                   device=args.device)
         return 0
     raise AssertionError(args.command)
+
+
+def _trust_lines(t: dict) -> list[str]:
+    lines = []
+    if t.get("aurc") is not None:
+        lines.append(f"{'risk_coverage_area':22s} {t['aurc']:.4f}")
+    s = t.get("selective")
+    if s:
+        lines.append(f"selective: threshold {s['threshold']:.4f} answers {s['coverage']:.3f} of these rows "
+                     f"(target {s['target_coverage']:.2f}): accuracy {s['accuracy']:.4f}, balanced accuracy "
+                     f"{s['balanced_accuracy']:.4f} (all rows: {s['accuracy_all']:.4f}, {s['balanced_accuracy_all']:.4f})")
+    mo = t.get("melanoma_operating_point")
+    if mo:
+        lines.append(f"melanoma operating point: P(mel) >= {mo['threshold']:.4f}: sensitivity {mo['sensitivity']}, "
+                     f"specificity {mo['specificity']} (argmax: {mo['argmax_sensitivity']}, {mo['argmax_specificity']})")
+    if t.get("status_counts"):
+        lines.append(f"status: {t['status_counts']}")
+    return lines
 
 
 def _error(message: str) -> None:

@@ -554,16 +554,25 @@ def _select_part(table: pd.DataFrame, split_file: str | Path, part: str) -> np.n
     return idx
 
 
-def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str | None = None,
+def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, format: str | None = None,
                     progress: bool = True, out: str | Path | None = None,
                     split_file: str | Path | None = None, part: str = "test",
-                    column_map: dict[str, str] | None = None) -> dict[str, Any]:
-    """Score a bundle on every clean row of a data set, or with ``split_file`` (a run's
-    split.csv) only on the rows it puts in ``part``; returns the metrics dict (and writes
-    predictions.csv + metrics.json into ``out`` when given)."""
-    from .predict import predict_arrays
+                    column_map: dict[str, str] | None = None, operating_point: str = "argmax",
+                    device: str = "cpu") -> dict[str, Any]:
+    """Score a bundle (None: the released model) on every clean row of a data set, or with
+    ``split_file`` (a run's split.csv) only on the rows it puts in ``part``; returns the
+    metrics dict with a ``trust`` part (risk-coverage, the selective threshold's coverage and
+    accuracy, the melanoma operating point), and writes predictions.csv, metrics.json,
+    risk_coverage.png and report.html into ``out`` when given."""
+    from .explain import resolve_device
+    from .inference.predictor import Predictor
+    from .inference.trust import Trust, plot_risk_coverage, selective_report
+    from .released import resolve_bundle
 
-    bundle = load_bundle(bundle_path)
+    bundle = load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
+    engine = Predictor.from_bundle(bundle)
+    if operating_point != "argmax":
+        (bundle.trust or Trust()).decide(np.zeros((0, len(bundle.classes))), bundle.classes, operating_point)
     trained_on = bundle.info.get("training_data", {}).get("path")
     if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
         log.warning("%s is the data set this bundle was trained on: every row is scored, training "
@@ -584,8 +593,16 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
     y = table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
     cache = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
     meta = bundle.encode_table(table)
-    proba = predict_arrays(bundle, cache.images, meta, progress=progress)
+    res = engine.run(cache.images, meta, progress=progress, features=engine.needs_features)
+    proba = res.proba
     metrics = compute_metrics(y, proba, bundle.classes)
+    metrics["model_id"] = bundle.model_id
+    metrics["operating_point"] = operating_point
+    metrics["trust"] = selective_report(y, proba, bundle.classes, bundle.trust, res.features)
+    if operating_point != "argmax":
+        decided = bundle.trust.decide(proba, bundle.classes, operating_point)
+        metrics["at_operating_point"] = {k: v for k, v in compute_metrics(y, decided, bundle.classes).items()
+                                         if not isinstance(v, (dict, list))}
     metrics["unseen_categories"] = bundle.encoder.unseen_counts
     metrics["cleaning"] = cohort.report.counts
     metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
@@ -594,4 +611,45 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         _write_predictions(out / "predictions.csv", table, bundle.classes, y, proba)
+        from .plots import save_figure
+
+        shipped = bundle.trust.selective.threshold if bundle.trust and bundle.trust.selective else None
+        save_figure(plot_risk_coverage(y, proba, shipped, title=f"{bundle.model_id} on {Path(data_path).name}"),
+                    out / "risk_coverage.png")
+        _evaluate_report(out, bundle, metrics, data_path)
     return metrics
+
+
+def _evaluate_report(out: Path, bundle, metrics: dict[str, Any], data_path: str | Path) -> None:
+    """report.html of ``dermfuse evaluate --out``: headline metrics, the risk-coverage curve and
+    what the trust part does on these rows."""
+    t = metrics.get("trust") or {}
+    rows = [[k, metrics.get(k)] for k in ("n_images", "accuracy", "balanced_accuracy", "macro_f1",
+                                          "melanoma_sensitivity", "auc_macro") if k in metrics]
+    sections = [Section("Metrics (argmax, every row)", table_html(rows, ["metric", "value"]))]
+    body = figure_html((out / "risk_coverage.png").read_bytes(), "risk-coverage: error rate of the answered images against "
+                       "the share answered, ordered by top probability") if (out / "risk_coverage.png").exists() else ""
+    s = t.get("selective")
+    if s:
+        body += table_html([["threshold (top probability)", s["threshold"]], ["target coverage", s["target_coverage"]],
+                            ["coverage on these rows", s["coverage"]], ["accuracy of answered", s["accuracy"]],
+                            ["balanced accuracy of answered", s["balanced_accuracy"]],
+                            ["accuracy, all rows", s["accuracy_all"]],
+                            ["balanced accuracy, all rows", s["balanced_accuracy_all"]]], ["selective prediction", ""])
+    mo = t.get("melanoma_operating_point")
+    if mo:
+        body += table_html([["threshold P(mel)", mo["threshold"]], ["target sensitivity", mo["target_sensitivity"]],
+                            ["sensitivity", mo["sensitivity"]], ["specificity", mo["specificity"]],
+                            ["argmax sensitivity", mo["argmax_sensitivity"]],
+                            ["argmax specificity", mo["argmax_specificity"]], ["melanomas", mo["n_mel"]]],
+                           ["melanoma operating point", ""])
+    if t.get("status_counts"):
+        body += table_html([[k, v] for k, v in t["status_counts"].items()], ["status", "images"])
+    if not bundle.trust:
+        body += "<p class='muted'>This bundle has no trust part (made before `dermfuse release`).</p>"
+    sections.append(Section("When not to trust it", body))
+    synthetic = bundle.info.get("training_data", {}).get("synthetic")
+    write_report(out / "report.html", f"dermfuse evaluate: {bundle.model_id}", sections,
+                 subtitle=f"data: {data_path} ({metrics.get('rows')})",
+                 banners=["SYNTHETIC model: trained on synthetic data; says nothing about real lesions."]
+                 if synthetic else [])

@@ -34,7 +34,7 @@ from ._distributed import (all_gather_objects, all_reduce_sum, broadcast_buffers
 from .config import TrainConfig
 from .errors import ConfigError
 from .metrics import balanced_accuracy
-from .transforms import BatchAugmentation, to_input, train_augmentation
+from .transforms import BatchAugmentation, to_input, train_augmentation, tta_views
 
 __all__ = [
     "tta_views",
@@ -454,15 +454,6 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
 
 
 # --- inference ----------------------------------------------------------------------------
-
-
-def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """Test-time views of a batch (B, 3, H, W): identity, h-flip, v-flip, hv-flip and, for
-    square images, the transpose. Training, evaluation and bundles all use these."""
-    views = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
-    if x.shape[-1] == x.shape[-2]:
-        views.append(x.transpose(-2, -1))
-    return views
 
 
 @torch.inference_mode()

@@ -46,6 +46,7 @@ __all__ = [
     "to_input",
     "train_augmentation",
     "transpose",
+    "tta_views",
 ]
 
 
@@ -399,6 +400,16 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"to_input expects a uint8 array (B, H, W, 3), got {arr.dtype} {arr.shape}")
     x = torch.from_numpy(arr.astype(np.float32))  # copy: the cache's memmap stays read-only
     return x.permute(0, 3, 1, 2).div_(255.0).contiguous()
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Test-time views of a batch (B, 3, H, W): identity, h-flip, v-flip, hv-flip and, for
+    square images, the transpose. Training, evaluation and every
+    inference path use these (``dermfuse.inference.predictor``)."""
+    views = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
+    if x.shape[-1] == x.shape[-2]:
+        views.append(x.transpose(-2, -1))
+    return views
 
 
 def plot_augmentations(images: np.ndarray, n_variants: int = 5, seed: int = 0):

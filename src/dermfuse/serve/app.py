@@ -2,10 +2,14 @@
 
 Endpoints::
 
-    POST /predict      multipart: image (file), age, sex, site  ->  probabilities, top_class,
-                       heatmap_png (base64 PNG of the Grad-CAM overlay), model_id, disclaimer
+    POST /predict      multipart: image (file), age, sex, site, [explain], [operating_point]
+                       ->  probabilities, top_class (null out of distribution), status
+                       (ok | uncertain | out_of_distribution), message, probabilities_reliable,
+                       confidence, ood_score, operating_point, explained_class, heatmap_png
+                       (overlay), map_png (the map alone), image_png, model_id, disclaimer
     GET  /health       liveness, the model id and the batcher's counters
-    GET  /model        model card, classes, accepted sexes and sites, age range, metrics
+    GET  /model        model card (``card``), trust thresholds, classes, accepted sexes and
+                       sites, age range, metrics, whether the model is synthetic or released
     GET  /openapi.json the OpenAPI spec (no /docs or /redoc: those pages load from a CDN)
     GET  /             the web page (static files under /static, no asset from the internet)
 
@@ -51,7 +55,10 @@ from .. import CLASS_NAMES, __version__
 from ..bundle import Bundle, load_bundle
 from ..data.encode import AGE_RANGE
 from ..errors import InputError
-from ..predict import explain_arrays, predict_arrays, prepare_image
+from ..inference.predictor import Predictor
+from ..inference.trust import OPERATING_POINTS, Trust
+from ..inference.card import model_card
+from ..predict import prepare_image
 
 __all__ = ["create_app", "run_server", "MAX_UPLOAD_BYTES", "DISCLAIMER", "PredictResponse"]
 
@@ -81,12 +88,32 @@ class PredictResponse(BaseModel):
     """What ``POST /predict`` returns."""
 
     probabilities: dict[str, float] = Field(description="class -> probability; sums to 1")
-    top_class: str
+    top_class: str | None = Field(description="the answer; null when the image is out of distribution")
+    status: str = Field(description="ok | uncertain (refer: below the selective threshold) | "
+                                    "out_of_distribution (not a dermoscopic lesion image like the training ones)")
+    message: str = Field(description="the status in words")
+    probabilities_reliable: bool = Field(description="false out of distribution: do not rely on the probabilities")
+    confidence: float = Field(description="the top probability")
+    ood_score: float | None = Field(description="out-of-distribution score (higher: further from training images); "
+                                                "null for a model without one")
+    operating_point: str = Field(description="argmax | melanoma")
+    explained_class: str | None = Field(description="the class the heatmap explains")
     heatmap_png: str | None = Field(
         description="Grad-CAM overlay on the preprocessed image, base64 PNG (None: model has no image branch)"
     )
+    map_png: str | None = Field(description="the heatmap alone, jet-coloured, base64 PNG")
+    image_png: str = Field(description="the preprocessed image the model saw, base64 PNG")
     model_id: str
     disclaimer: str
+
+
+STATUS_MESSAGES = {
+    "ok": "The model answers with its top class.",
+    "uncertain": "Uncertain - refer: the top probability is below the threshold chosen on validation images "
+                 "for this model's stated coverage.",
+    "out_of_distribution": "Not like the dermoscopic lesion images this model was trained on: no class is "
+                           "given and the probabilities must not be relied on.",
+}
 
 
 class _Error(BaseModel):
@@ -101,6 +128,8 @@ class _Job:
     image: np.ndarray  # (S, S, 3) uint8
     meta: np.ndarray  # (D,) float32
     future: Future
+    explain: int | None = None  # class index to explain (None: the answered class)
+    operating_point: str = "argmax"
 
 
 class _Batcher:
@@ -111,6 +140,7 @@ class _Batcher:
 
     def __init__(self, bundle: Bundle, max_batch: int = 8) -> None:
         self.bundle = bundle
+        self.engine = Predictor.from_bundle(bundle)
         self.max_batch = max_batch
         self.batches = 0  # forward passes run
         self.items = 0  # images predicted
@@ -131,9 +161,10 @@ class _Batcher:
             self._thread.join(timeout=30)
         self._thread = None
 
-    def submit(self, image: np.ndarray, meta: np.ndarray) -> Future:
+    def submit(self, image: np.ndarray, meta: np.ndarray, explain: int | None = None,
+               operating_point: str = "argmax") -> Future:
         self.start()
-        job = _Job(image, meta, Future())
+        job = _Job(image, meta, Future(), explain, operating_point)
         self._queue.put(job)
         return job.future
 
@@ -158,7 +189,8 @@ class _Batcher:
 
     def _process(self, jobs: list[_Job]) -> None:
         try:
-            results = _infer(self.bundle, np.stack([j.image for j in jobs]), np.stack([j.meta for j in jobs]))
+            results = _infer(self.engine, np.stack([j.image for j in jobs]), np.stack([j.meta for j in jobs]),
+                             [j.explain for j in jobs], [j.operating_point for j in jobs])
         except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
             if len(jobs) > 1:  # one at a time, so a failure stays with the request that caused it
                 for j in jobs:
@@ -173,17 +205,33 @@ class _Batcher:
             j.future.set_result(r)
 
 
-def _infer(bundle: Bundle, images: np.ndarray, meta: np.ndarray) -> list[tuple[np.ndarray, str | None]]:
-    """Probabilities and base64 overlay PNG for a batch. images: (B, S, S, 3) uint8; meta: (B, D)."""
-    from ..cam import overlay
+def _infer(engine: Predictor, images: np.ndarray, meta: np.ndarray, explain: list[int | None],
+           points: list[str]) -> list[dict[str, Any]]:
+    """One engine run for a batch (probabilities, features, maps), then the trust verdict.
+    images: (B, S, S, 3) uint8; meta: (B, D); explain: class index per image or None (the
+    answered class at that image's operating point)."""
+    from ..cam import colorize, overlay
 
-    proba = predict_arrays(bundle, images, meta, batch_size=len(images))  # (B, C)
-    pngs: list[str | None] = [None] * len(images)
-    if bundle.input_mode != "image" or getattr(bundle.model, "cam_layer", None) is not None:
-        targets = [int(i) for i in proba.argmax(axis=1)]  # explain the predicted class
-        heat = explain_arrays(bundle, images, meta, targets=targets)  # (B, S, S) in [0, 1]
-        pngs = [_png_base64(o) for o in overlay(images, heat, alpha=OVERLAY_ALPHA)]
-    return list(zip(proba, pngs))
+    trust = engine.trust or Trust()
+
+    def choose(proba: np.ndarray) -> np.ndarray:
+        answered = {op: trust.decide(proba, engine.classes, op) for op in set(points)}
+        return np.array([e if e is not None else answered[op][i] for i, (e, op) in enumerate(zip(explain, points))])
+
+    out = engine.run(images, meta, features=engine.needs_features, explain=engine.can_explain,
+                     decide=choose, batch_size=len(images))
+    results = []
+    for i, op in enumerate(points):
+        verdict = trust.assess(out.proba[i:i + 1], None if out.features is None else out.features[i:i + 1],
+                               engine.classes, op)[0]
+        r = {"proba": out.proba[i], "verdict": verdict, "heatmap_png": None, "map_png": None,
+             "explained_class": None, "image_png": _png_base64(images[i])}
+        if out.maps is not None:
+            r["heatmap_png"] = _png_base64(overlay(images[i:i + 1], out.maps[i:i + 1], alpha=OVERLAY_ALPHA)[0])
+            r["map_png"] = _png_base64(colorize(out.maps[i:i + 1])[0])
+            r["explained_class"] = engine.classes[int(out.explained[i])]
+        results.append(r)
+    return results
 
 
 def _png_base64(rgb: np.ndarray) -> str:
@@ -313,10 +361,17 @@ def _validation_message(exc: RequestValidationError) -> str:
 # --- the app -----------------------------------------------------------------------------
 
 
-def create_app(bundle_or_path: Bundle | str | Path, max_batch: int = 8) -> FastAPI:
-    """The FastAPI app serving one bundle (a loaded ``Bundle`` or a bundle directory)."""
-    bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
+def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int = 8,
+               operating_point: str = "argmax", device: str = "cpu") -> FastAPI:
+    """The FastAPI app serving one bundle (a loaded ``Bundle``, a bundle directory, or None
+    for the released model). ``operating_point``: the default of the form field of that name."""
+    from ..explain import resolve_device
+    from ..released import resolve_bundle
+
+    bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(
+        resolve_bundle(bundle_or_path), device=resolve_device(device))
     batcher = _Batcher(bundle, max_batch=max_batch)
+    default_point = _check_point(bundle, operating_point)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -363,19 +418,40 @@ def create_app(bundle_or_path: Bundle | str | Path, max_batch: int = 8) -> FastA
         age: str | None = Form(None, description="years, 0..120; empty for unknown"),
         sex: str | None = Form(None, description="one of /model's sexes; empty for unknown"),
         site: str | None = Form(None, description="body site, one of /model's sites; empty for unknown"),
+        explain: str | None = Form(None, description="class whose heatmap to draw, one of /model's classes; "
+                                                     "empty for the answered class"),
+        operating_point: str | None = Form(None, description="argmax or melanoma (see /model's "
+                                                             "operating_points); empty for the server's default"),
     ) -> dict[str, Any]:
-        """Classify one lesion image with its metadata and explain it with a Grad-CAM overlay."""
+        """Classify one lesion image with its metadata, say whether to trust the answer, and
+        explain it with a Grad-CAM overlay."""
         data = await image.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise StarletteHTTPException(
                 413, f"upload too large: image {image.filename!r} is over the {MAX_UPLOAD_BYTES // (1024 * 1024)} MB limit"
             )
+        point = _check_point(bundle, operating_point) if operating_point and operating_point.strip() else default_point
+        target = None
+        if explain and explain.strip():
+            target = batcher.engine.class_index(explain)
+            if not batcher.engine.can_explain:
+                raise InputError(f"model {bundle.info['model']['name']!r} has no image branch to explain")
         img, meta = await run_in_threadpool(_prepare, bundle, data, image.filename or "", age, sex, site)
-        proba, png = await asyncio.wrap_future(batcher.submit(img, meta))
+        r = await asyncio.wrap_future(batcher.submit(img, meta, target, point))
+        verdict = r["verdict"]
         return {
-            "probabilities": {c: float(p) for c, p in zip(bundle.classes, proba)},
-            "top_class": bundle.classes[int(np.argmax(proba))],
-            "heatmap_png": png,
+            "probabilities": {c: float(p) for c, p in zip(bundle.classes, r["proba"])},
+            "top_class": verdict.top_class,
+            "status": verdict.status,
+            "message": STATUS_MESSAGES[verdict.status],
+            "probabilities_reliable": verdict.reliable,
+            "confidence": verdict.confidence,
+            "ood_score": verdict.ood_score,
+            "operating_point": point,
+            "explained_class": r["explained_class"],
+            "heatmap_png": r["heatmap_png"],
+            "map_png": r["map_png"],
+            "image_png": r["image_png"],
             "model_id": bundle.model_id,
             "disclaimer": DISCLAIMER,
         }
@@ -406,6 +482,13 @@ def create_app(bundle_or_path: Bundle | str | Path, max_batch: int = 8) -> FastA
             "model_card": info.get("model_card", {}),
             "training_data": info.get("training_data", {}),
             "preprocessing": info.get("preprocessing", {}),
+            "synthetic": bool(info.get("training_data", {}).get("synthetic", False)),
+            "released": _is_released(bundle),
+            "card": model_card(info),
+            "trust": (bundle.trust.to_dict() if bundle.trust is not None else None),
+            "operating_points": _points(bundle),
+            "default_operating_point": default_point,
+            "can_explain": batcher.engine.can_explain,
             "disclaimer": DISCLAIMER,
         }
 
@@ -417,11 +500,31 @@ def create_app(bundle_or_path: Bundle | str | Path, max_batch: int = 8) -> FastA
     return app
 
 
-def run_server(bundle_path: Bundle | str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the bundle and serve it until interrupted (``dermfuse serve``)."""
+def _points(bundle: Bundle) -> list[str]:
+    """The operating points this bundle offers."""
+    has_mel = bundle.trust is not None and bundle.trust.melanoma is not None and "mel" in bundle.classes
+    return [p for p in OPERATING_POINTS if p == "argmax" or has_mel]
+
+
+def _check_point(bundle: Bundle, point: str | None) -> str:
+    point = (point or "argmax").strip()
+    if point not in _points(bundle):
+        raise InputError(f"operating point {point!r}: this model offers {_points(bundle)}")
+    return point
+
+
+def _is_released(bundle: Bundle) -> bool:
+    from ..released import RELEASED_BUNDLE
+
+    return bundle.path is not None and Path(bundle.path).resolve() == RELEASED_BUNDLE.resolve()
+
+
+def run_server(bundle_path: Bundle | str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+               operating_point: str = "argmax", device: str = "cpu") -> None:
+    """Load the bundle (None: the released model) and serve it until interrupted (``dermfuse serve``)."""
     import uvicorn
 
-    app = create_app(bundle_path)
+    app = create_app(bundle_path, operating_point=operating_point, device=device)
     print(f"dermfuse: serving model {app.state.bundle.model_id} at http://{host}:{port}/ "
           f"(research use only, not a diagnosis)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

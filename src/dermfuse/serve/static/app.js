@@ -6,6 +6,18 @@ const MB = 1024 * 1024;
 const $ = (id) => document.getElementById(id);
 let model = null;
 let file = null;
+let lastAnswer = null;
+let objectUrl = null;
+
+function clearResult() {
+  // a failed request must not leave the previous answer on screen
+  $("result").hidden = true;
+  $("bars").replaceChildren();
+  $("top-class").textContent = "";
+  $("status").textContent = "";
+  for (const id of ["original", "heatmap", "overlay"]) $(id).removeAttribute("src");
+  lastAnswer = null;
+}
 
 function showError(message) {
   const box = $("error");
@@ -37,9 +49,10 @@ function setFile(f) {
   $("submit").disabled = !model;
 }
 
-function drawBars(probabilities, names, top) {
+function drawBars(probabilities, names, top, reliable) {
   const list = $("bars");
   list.replaceChildren();
+  list.classList.toggle("unreliable", !reliable);
   const rows = Object.entries(probabilities).sort((a, b) => b[1] - a[1]);
   for (const [cls, p] of rows) {
     const li = document.createElement("li");
@@ -62,6 +75,41 @@ function drawBars(probabilities, names, top) {
   }
 }
 
+const STATUS_TEXT = {
+  ok: "",
+  uncertain: "Uncertain — refer. ",
+  out_of_distribution: "Not a dermoscopic lesion image like the ones this model was trained on. ",
+};
+
+function showAnswer(data) {
+  const names = model.class_names;
+  const label = (c) => (names[c] && names[c] !== c ? `${c} (${names[c]})` : c);
+  const top = $("top-class");
+  if (data.status === "out_of_distribution") top.textContent = "no class (out of distribution)";
+  else if (data.status === "uncertain") top.textContent = `uncertain — refer (tentatively ${label(data.top_class)})`;
+  else top.textContent = label(data.top_class);
+  const status = $("status");
+  status.className = `status ${data.status}`;
+  status.dataset.status = data.status;
+  status.textContent = STATUS_TEXT[data.status] + data.message +
+    (data.probabilities_reliable ? "" : " The bars below are shown greyed: do not rely on them.");
+  if (objectUrl) URL.revokeObjectURL(objectUrl);
+  objectUrl = URL.createObjectURL(file);
+  $("original").src = objectUrl;
+  const hasMap = Boolean(data.heatmap_png);
+  $("map-figure").hidden = !hasMap;
+  $("overlay-figure").hidden = !hasMap;
+  $("colorbar").hidden = !hasMap;
+  if (hasMap) {
+    $("heatmap").src = `data:image/png;base64,${data.map_png}`;
+    $("overlay").src = `data:image/png;base64,${data.heatmap_png}`;
+    $("map-caption").textContent = `heatmap for ${label(data.explained_class)}`;
+  }
+  drawBars(data.probabilities, names, data.top_class, data.probabilities_reliable);
+  $("result-disclaimer").textContent = data.disclaimer;
+  $("result").hidden = false;
+}
+
 async function submit(event) {
   event.preventDefault();
   showError("");
@@ -74,6 +122,8 @@ async function submit(event) {
   body.append("age", $("age").value.trim());
   body.append("sex", $("sex").value);
   body.append("site", $("site").value);
+  body.append("explain", $("explain").value);
+  body.append("operating_point", $("operating-point").value);
   const button = $("submit");
   button.disabled = true;
   button.textContent = "Classifying…";
@@ -82,19 +132,14 @@ async function submit(event) {
     let data = null;
     try { data = await response.json(); } catch (_) { /* not JSON */ }
     if (!response.ok) {
+      clearResult();
       showError((data && data.detail) || `The server answered ${response.status}.`);
       return;
     }
-    $("top-class").textContent = model.class_names[data.top_class]
-      ? `${data.top_class} (${model.class_names[data.top_class]})` : data.top_class;
-    $("original").src = URL.createObjectURL(file);
-    const overlay = $("overlay");
-    overlay.closest("figure").hidden = !data.heatmap_png;
-    if (data.heatmap_png) overlay.src = `data:image/png;base64,${data.heatmap_png}`;
-    drawBars(data.probabilities, model.class_names, data.top_class);
-    $("result-disclaimer").textContent = data.disclaimer;
-    $("result").hidden = false;
+    lastAnswer = data;
+    showAnswer(data);
   } catch (err) {
+    clearResult();
     showError(`Could not reach the server: ${err.message}`);
   } finally {
     button.disabled = false;
@@ -102,6 +147,72 @@ async function submit(event) {
   }
 }
 
+function downloadAnswer() {
+  if (!lastAnswer) return;
+  const blob = new Blob([JSON.stringify(lastAnswer, null, 2)], { type: "application/json" });
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = `dermfuse-${lastAnswer.model_id}-answer.json`;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+function el(tag, text) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function fmtCi(m) {
+  if (!m || m.value === null || m.value === undefined) return "–";
+  const f = (v) => (v === null || v === undefined ? "–" : v.toFixed(3));
+  return `${f(m.value)} [${f(m.low)}, ${f(m.high)}]`;
+}
+
+function renderCard(card) {
+  const body = $("card-body");
+  body.replaceChildren();
+  const section = (title, items) => {
+    if (!items || (Array.isArray(items) && !items.length)) return;
+    body.append(el("h3", title));
+    if (Array.isArray(items)) {
+      const ul = el("ul");
+      for (const x of items) ul.append(el("li", x));
+      body.append(ul);
+    } else if (typeof items === "object") {
+      const ul = el("ul");
+      for (const [k, v] of Object.entries(items)) {
+        if (v !== null && typeof v !== "object") ul.append(el("li", `${k}: ${v}`));
+      }
+      body.append(ul);
+    } else body.append(el("p", String(items)));
+  };
+  section("Intended use", card.intended_use);
+  section("Must not be used for", card.not_for);
+  section("Training data", card.data_source);
+  section("Population limits", card.population_limits);
+  section("Training", card.training);
+  const perf = card.performance || {};
+  if (perf.holdout) {
+    body.append(el("h3", `Held-out lesions (${perf.holdout.n_images} images, 95 % lesion-bootstrap intervals)`));
+    const t = el("table");
+    for (const [k, v] of Object.entries(perf.holdout.overall || {})) {
+      const tr = el("tr");
+      tr.append(el("td", k), el("td", fmtCi(v)));
+      t.append(tr);
+    }
+    for (const [c, v] of Object.entries(perf.holdout.per_class || {})) {
+      const tr = el("tr");
+      tr.append(el("td", `${c} sensitivity / specificity (n ${v.n})`), el("td", `${fmtCi(v.sensitivity)} / ${fmtCi(v.specificity)}`));
+      t.append(tr);
+    }
+    body.append(t);
+  } else section("Performance", perf.note || "none recorded");
+  section("When not to trust it", card.trust);
+  section("Licence", card.license);
+}
 function wireDrop() {
   const drop = $("drop");
   $("image").addEventListener("change", (e) => setFile(e.target.files[0]));
@@ -117,6 +228,7 @@ function wireDrop() {
 async function init() {
   wireDrop();
   $("form").addEventListener("submit", submit);
+  $("download").addEventListener("click", downloadAnswer);
   try {
     const response = await fetch("/model");
     model = await response.json();
@@ -129,8 +241,25 @@ async function init() {
   $("age").min = model.age_range[0];
   $("age").max = model.age_range[1];
   $("disclaimer").textContent = model.disclaimer;
-  const trained = model.training_data && model.training_data.name ? `, trained on: ${model.training_data.name}` : "";
-  $("model-id").textContent = `model ${model.model_id} (${model.architecture}, ${model.classes.length} classes${trained})`;
+  for (const c of model.classes) {
+    const opt = el("option", model.class_names[c] && model.class_names[c] !== c ? `${c} — ${model.class_names[c]}` : c);
+    opt.value = c;
+    $("explain").append(opt);
+  }
+  $("explain").disabled = !model.can_explain;
+  fillSelect($("operating-point"), model.operating_points);
+  $("operating-point").value = model.default_operating_point;
+  $("point-label").hidden = model.operating_points.length < 2;
+  const card = model.card || {};
+  const src = card.data_source || model.training_data || {};
+  const name = card.name || model.architecture;
+  $("model-name").textContent = `${name} — id ${model.model_id}${model.released ? " (the released model)" : ""}`;
+  const n = src.n_train ? `, ${src.n_train} training images` : "";
+  $("model-data").textContent = `${src.name || src.path || "unknown data"}${n}`;
+  $("synthetic-banner").hidden = !model.synthetic;
+  document.body.classList.toggle("is-synthetic", Boolean(model.synthetic));
+  renderCard(card);
+  $("model-id").textContent = `model ${model.model_id} (${model.architecture}, ${model.classes.length} classes)`;
   $("submit").disabled = !file;
   document.body.dataset.ready = "1";
 }

@@ -1,0 +1,81 @@
+"""Images that are not dermoscopic lesions, made offline: flat colours, noise, gradients,
+text renderings and (where scikit-image is installed) the photographs of ``skimage.data``.
+`dermfuse release` chooses the OOD score on one seed of the synthetic kinds and measures it
+on another seed plus the photographs."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["SYNTHETIC_KINDS", "SKIMAGE_PHOTOS", "synthetic_ood", "skimage_photos"]
+
+SYNTHETIC_KINDS = ("flat", "noise", "gradient", "text")
+# the skimage.data images that ship inside the wheel (no download)
+SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "colorwheel", "horse",
+                  "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "rocket",
+                  "text", "clock", "brick", "grass", "gravel", "microaneurysms")
+
+
+def _text_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    bg = tuple(int(v) for v in rng.integers(0, 256, 3))
+    fg = tuple(255 - v for v in bg)
+    img = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    words = ["dermfuse", "lesion", "hello", "2026", "ABCDEF", "scan", "report", "page 3"]
+    for row in range(0, size, 12):
+        draw.text((int(rng.integers(0, 8)), row), " ".join(rng.choice(words, 4)), fill=fg, font=font)
+    return np.asarray(img)
+
+
+def synthetic_ood(size: int, n_per_kind: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """kind -> (n, size, size, 3) uint8 for each of SYNTHETIC_KINDS; 'flat' includes mid grey."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    flat = rng.integers(0, 256, (n_per_kind, 1, 1, 3))
+    flat[0] = 128  # the flat grey of the acceptance test
+    out["flat"] = np.broadcast_to(flat, (n_per_kind, size, size, 3)).astype(np.uint8).copy()
+    noise = []
+    for i in range(n_per_kind):
+        if i % 2:
+            noise.append(rng.integers(0, 256, (size, size, 3)))
+        else:
+            noise.append(np.clip(rng.normal(rng.uniform(60, 200), rng.uniform(10, 60), (size, size, 3)), 0, 255))
+    out["noise"] = np.stack(noise).astype(np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    grads = []
+    for _ in range(n_per_kind):
+        a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        angle = rng.uniform(0, 2 * np.pi)
+        t = np.clip(np.cos(angle) * xx + np.sin(angle) * yy, 0, 1)[..., None]
+        if rng.random() < 0.3:
+            t = np.hypot(xx - 0.5, yy - 0.5)[..., None] / 0.71  # radial
+        grads.append(a * (1 - t) + b * t)
+    out["gradient"] = np.stack(grads).astype(np.uint8)
+    out["text"] = np.stack([_text_image(rng, size) for _ in range(n_per_kind)])
+    return out
+
+
+def skimage_photos(size: int, method: str = "bilinear") -> dict[str, np.ndarray]:
+    """name -> (size, size, 3) uint8 for the skimage.data pictures that load offline (empty
+    without scikit-image), resized like every input (`dermfuse.data.cache.resize_image`)."""
+    from ..data.cache import resize_image
+
+    try:
+        import skimage.data as data
+    except ImportError:
+        return {}
+    out = {}
+    for name in SKIMAGE_PHOTOS:
+        try:
+            arr = np.asarray(getattr(data, name)())
+        except Exception:  # noqa: BLE001 - a picture that needs a download is skipped
+            continue
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        arr = arr[..., :3].astype(np.uint8)
+        out[name] = resize_image(np.ascontiguousarray(arr), size, method)
+    return out

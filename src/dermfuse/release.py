@@ -1,0 +1,307 @@
+"""``dermfuse release RUN_DIR --out DIR [--holdout HOLDOUT_RUN_DIR]``: turn a finished
+``dermfuse train`` run into a releasable bundle.
+
+1. the trust part, fitted on the run's own rows (never on test rows):
+   - out-of-distribution score: class means + shared covariance of the classifier's pooled
+     image features on the TRAINING rows; method chosen by AUROC between VALIDATION images
+     and synthetic non-lesion images (seed 0); threshold keeps 95 % of validation images;
+   - selective threshold on the top probability for the stated coverage of VALIDATION rows;
+   - melanoma threshold on P(mel) for the target sensitivity on VALIDATION rows;
+2. the OOD AUROC measured on other synthetic images (seed 1) and skimage.data photographs;
+3. the model card: intended use, data and population limits, training command and commit,
+   held-out metrics with 95 % lesion-bootstrap intervals from the recipe's HOLDOUT run
+   (per class and by sex, age band and site), what it must not be used for, licences.
+
+The weights are copied unchanged (same model id and checksum)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import CLASS_NAMES, __version__
+from .bundle import META_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
+from .errors import DataError
+from .inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPULATION_LIMITS
+from .inference.ood_images import skimage_photos, synthetic_ood
+from .inference.predictor import Predictor
+from .inference.trust import Trust, auroc, fit_melanoma, fit_ood, fit_selective, save_trust_arrays
+from .metrics import confusion_metrics
+
+__all__ = ["release_run", "lesion_bootstrap", "AGE_BANDS"]
+
+AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+"))
+
+
+def _git_commit(where: Path) -> str | None:
+    try:
+        r = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _run_parts(run_dir: Path, table: pd.DataFrame) -> pd.Series:
+    part = pd.read_csv(run_dir / "split.csv").set_index("image_id")["part"]
+    where = table["image_id"].map(part)
+    if where.isna().any():
+        raise DataError(f"{int(where.isna().sum())} images of the data set are not in {run_dir / 'split.csv'}")
+    return where
+
+
+def _score_images(engine: Predictor, images: np.ndarray, meta_one: np.ndarray, progress: bool):
+    meta = np.repeat(meta_one, len(images), axis=0)
+    out = engine.run(images, meta, features=True, progress=progress)
+    return out.proba, out.features
+
+
+def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None = None, data: str | None = None,
+                coverage: float = 0.90, mel_sensitivity: float = 0.85, ood_keep: float = 0.95,
+                max_train: int | None = None, train_command: str | None = None, commit: str | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Fit the trust part on ``run_dir``'s rows, write the card, and write the bundle to ``out``.
+    Returns a summary (thresholds, OOD AUROCs). ``data`` overrides the run's data path."""
+    from .config import load_config
+    from .data.cache import build_cache
+    from .experiment import load_cohort
+
+    run_dir, out = Path(run_dir), Path(out)
+    for name in ("config.yaml", "split.csv", "bundle"):
+        if not (run_dir / name).exists():
+            raise DataError(f"{run_dir} is not a finished `dermfuse train` run: {name} is missing")
+    cfg = load_config(run_dir / "config.yaml")
+    data_path = data or cfg.data.path
+    bundle = load_bundle(run_dir / "bundle")
+    engine = Predictor.from_bundle(bundle)
+    cohort = load_cohort(data_path, cfg.data.format, cfg.data.check_images, progress, cfg.data.column_map)
+    table = cohort.table
+    if list(cohort.classes) != list(bundle.classes):
+        raise DataError(f"classes of {data_path} {cohort.classes} differ from the bundle's {bundle.classes}")
+    where = _run_parts(run_dir, table).to_numpy()
+    train_idx, val_idx = np.flatnonzero(where == "train"), np.flatnonzero(where == "val")
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise DataError(f"{run_dir / 'split.csv'} needs train and val rows (has {sorted(set(where))})")
+    if max_train and len(train_idx) > max_train:
+        train_idx = np.sort(np.random.default_rng(0).choice(train_idx, max_train, replace=False))
+    y = cohort.labels
+    images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress).images
+    meta = engine.encode_meta(table)
+
+    plain = copy.copy(engine)  # features of the training rows: the identity view is enough
+    plain.tta = False
+    train_out = plain.run(np.ascontiguousarray(images[train_idx]), meta[train_idx], features=True, progress=progress)
+    val_out = engine.run(np.ascontiguousarray(images[val_idx]), meta[val_idx], features=True, progress=progress)
+    unknown = engine.encode_meta(age=None, sex=None, site=None)
+    size = bundle.image_size
+    pick = np.concatenate(list(synthetic_ood(size, 20, seed=0).values()))
+    pick_p, pick_f = _score_images(engine, pick, unknown, False)
+
+    ood = fit_ood(train_out.features, y[train_idx], val_out.proba, val_out.features, keep=ood_keep,
+                  ood_proba=pick_p, ood_features=pick_f)
+    fitted_on = {"run": str(run_dir), "train_rows": int(len(train_idx)), "val_rows": int(len(val_idx)),
+                 "note": "OOD means/covariance on training rows; every threshold on validation rows; no test rows"}
+    try:
+        melanoma = fit_melanoma(val_out.proba, y[val_idx], bundle.classes, mel_sensitivity)
+    except ValueError as e:  # no 'mel' class, or no melanoma among the validation rows
+        melanoma = None
+        fitted_on["melanoma_operating_point"] = f"not fitted: {e}"
+    trust = Trust(fit_selective(val_out.proba, coverage), ood, melanoma, fitted_on)
+
+    # measured on images the choice did not see
+    val_scores = ood.score(val_out.proba, val_out.features)
+    measure: dict[str, Any] = {}
+    groups = {**{f"synthetic:{k}": v for k, v in synthetic_ood(size, 30, seed=1).items()},
+              **{f"skimage:{k}": v[None] for k, v in skimage_photos(size, bundle.resize_method).items()}}
+    all_scores = []
+    flagged = {}
+    for name, imgs in groups.items():
+        p, f = _score_images(engine, imgs, unknown, False)
+        s = ood.score(p, f)
+        all_scores.append(s)
+        flagged[name] = float((s > ood.threshold).mean())
+    skimage_scores = [s for n, s in zip(groups, all_scores) if n.startswith("skimage:")]
+    synth_scores = [s for n, s in zip(groups, all_scores) if n.startswith("synthetic:")]
+    measure = {
+        "in_distribution": f"{len(val_idx)} validation images of {run_dir.name}",
+        "auroc_all": auroc(val_scores, np.concatenate(all_scores)),
+        "auroc_synthetic": auroc(val_scores, np.concatenate(synth_scores)),
+        "auroc_skimage": auroc(val_scores, np.concatenate(skimage_scores)) if skimage_scores else None,
+        "flagged_share": flagged,
+        "val_flagged_share": float((val_scores > ood.threshold).mean()),
+    }
+    ood.selection["measured"] = measure
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_FILE, META_FILE):
+        shutil.copy2(run_dir / "bundle" / name, out / name)
+    digest = save_trust_arrays(out, trust)
+    info = read_bundle_info(out)
+    hold = holdout_metrics(Path(holdout), data_path, progress) if holdout else None
+    card = build_card(info, cfg, run_dir, trust, hold, train_command, commit, data_path)
+    update_bundle_info(out, trust=trust.to_dict(digest), model_card=card)
+    load_bundle(out)  # the result loads, checksums and all
+    return {"bundle": str(out), "model_id": info.get("model_id"), "trust": trust.to_dict(digest),
+            "ood_measured": measure, "holdout": hold}
+
+
+def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dict | None,
+               train_command: str | None, commit: str | None, data_path: str) -> dict[str, Any]:
+    """The model card of a released bundle (MONAI-metadata-like fields where they fit)."""
+    import torch
+
+    td = info.get("training_data", {})
+    synthetic = bool(td.get("synthetic", False))
+    cmd = train_command or (f"dermfuse train {cfg.data.path} --config {run_dir / 'config.yaml'} --out {run_dir}")
+    return {
+        "schema": CARD_SCHEMA,
+        "name": f"dermfuse {info['model']['name']}"
+                + (f" + {info['model']['kwargs'].get('image_backbone')}" if info['model']['kwargs'].get('image_backbone') else "")
+                + f", {info['preprocessing']['image_size']} px, image + metadata",
+        "model_id": info.get("model_id"),
+        "version": __version__,
+        "task": "7-class skin-lesion classification from a dermoscopic image and age, sex, body site",
+        "description": ("Trained on all of the HAM10000 development set except the 10 % of lesions kept as "
+                        "validation rows (early stopping, calibration and the trust thresholds); it has no test "
+                        "part of its own: its held-out metrics come from the same recipe's holdout run."),
+        "synthetic": synthetic,
+        "intended_use": INTENDED_USE,
+        "not_for": NOT_FOR,
+        "data_source": {"name": "HAM10000 (Tschandl et al. 2018, doi:10.1038/sdata.2018.161)",
+                        "path": td.get("path", data_path), "n_train": td.get("n_train"),
+                        "n_val": trust.fitted_on.get("val_rows"), "synthetic": synthetic,
+                        "licence": "CC BY-NC 4.0"},
+        "data_type": "dermoscopic RGB image (any size >= 32 px, squashed to the model's square size) + "
+                     "age (years), sex, body site",
+        "image_classes": {c: CLASS_NAMES.get(c, c) for c in info.get("classes", [])},
+        "population_limits": POPULATION_LIMITS,
+        "training": {"command": cmd, "git_commit": commit or _git_commit(Path(__file__).parent) or "unknown",
+                     "config": str(run_dir / "config.yaml"), "recipe": "configs/ham10000_release.yaml",
+                     "epochs": cfg.train.epochs, "calibration": cfg.train.calibration, "tta": cfg.train.tta},
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "RGB", "num_channels": 3,
+                                 "spatial_shape": [info["preprocessing"]["image_size"]] * 2,
+                                 "value_range": [0, 1], "preprocessing": info["preprocessing"]},
+                       "metadata": {"fields": ["age", "sex", "site"], "missing": "empty or 'unknown'"}},
+            "outputs": {"pred": {"type": "probabilities", "num_channels": len(info.get("classes", [])),
+                                 "channel_def": dict(enumerate(info.get("classes", [])))},
+                        "status": "ok | uncertain | out_of_distribution"}},
+        "performance": {"holdout": hold} if hold else {
+            "note": "held-out metrics: not yet recorded (rerun `dermfuse release ... --holdout HOLDOUT_RUN`)",
+            "metrics": {}},
+        "trust": {
+            "selective": f"answers when the top probability >= {trust.selective.threshold:.3f} "
+                         f"({trust.selective.achieved:.1%} of {trust.selective.n} validation images; target "
+                         f"{trust.selective.coverage:.0%}); otherwise 'uncertain'",
+            "out_of_distribution": f"{trust.ood.method} score > {trust.ood.threshold:.2f} "
+                                   f"(keeps {trust.ood.keep:.0%} of validation images); "
+                                   f"measured AUROC {trust.ood.selection['measured']['auroc_all']:.3f}",
+            **({"melanoma_operating_point":
+                f"'mel' when P(mel) >= {trust.melanoma.threshold:.3f}: validation sensitivity "
+                f"{trust.melanoma.sensitivity:.3f}, specificity {trust.melanoma.specificity:.3f} "
+                f"({trust.melanoma.n_mel} melanomas)"} if trust.melanoma else {})},
+        "license": LICENSES,
+        "pytorch_version": torch.__version__,
+        "references": ["Shimbre & Solanki 2025, Activation Heatmap-Guided FT-MultiCNN, doi:10.18280/isi.300520",
+                       "Tschandl, Rosendahl & Kittler 2018, The HAM10000 dataset, doi:10.1038/sdata.2018.161"],
+    }
+
+
+# --- held-out metrics with lesion-bootstrap intervals ---------------------------------------
+
+
+def lesion_bootstrap(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: Sequence[str],
+                     n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, melanoma sensitivity, and per-class sensitivity and
+    specificity of predicted class indices, each with a percentile interval from resampling
+    whole lesions (``groups``) with replacement. value/low/high per metric."""
+    y, pred = np.asarray(y, np.int64), np.asarray(pred, np.int64)
+    c = len(classes)
+    mel = list(classes).index("mel") if "mel" in classes else None
+    _, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    ng = int(gidx.max()) + 1
+    onehot = np.zeros((len(y), c * c))
+    onehot[np.arange(len(y)), y * c + pred] = 1.0
+    cm = onehot.sum(0).reshape(c, c)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for start in range(0, n_boot, 250):
+        counts = rng.multinomial(ng, np.full(ng, 1.0 / ng), size=min(250, n_boot - start))
+        boots.append((counts[:, gidx].astype(np.float64) @ onehot).reshape(-1, c, c))
+    cms = np.concatenate(boots)
+    tail = (1 - level) / 2 * 100
+
+    def ci(values: np.ndarray, observed: float) -> dict[str, float | None]:
+        v = values[~np.isnan(values)]
+        return {"value": None if np.isnan(observed) else float(observed),
+                "low": float(np.percentile(v, tail)) if len(v) else None,
+                "high": float(np.percentile(v, 100 - tail)) if len(v) else None}
+
+    def sens_spec(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (..., C)
+        tp = np.diagonal(m, axis1=-2, axis2=-1)
+        pos = m.sum(-1)
+        predp = m.sum(-2)
+        tot = m.sum((-2, -1))[..., None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return tp / pos, (tot - pos - predp + tp) / (tot - pos)
+
+    obs, boot = confusion_metrics(cm, mel), confusion_metrics(cms, mel)
+    overall = {k: ci(np.asarray(boot[k], float), float(obs[k])) for k in ("accuracy", "balanced_accuracy",
+                                                                          "melanoma_sensitivity") if k in obs}
+    s_obs, p_obs = sens_spec(cm)
+    s_b, p_b = sens_spec(cms)
+    per_class = {cl: {"sensitivity": ci(s_b[:, k], s_obs[k]), "specificity": ci(p_b[:, k], p_obs[k]),
+                      "n": int(cm[k].sum())} for k, cl in enumerate(classes)}
+    return {"overall": overall, "per_class": per_class}
+
+
+def _age_band(age: Any) -> str:
+    try:
+        a = float(age)
+    except (TypeError, ValueError):
+        return "unknown"
+    if np.isnan(a):
+        return "unknown"
+    return next(label for lo, hi, label in AGE_BANDS if lo <= a < hi)
+
+
+def holdout_metrics(holdout_dir: Path, data_path: str, progress: bool = True, n_boot: int = 1000) -> dict[str, Any]:
+    """Metrics of a holdout run's test predictions (its predictions.csv) with 95 % lesion-bootstrap
+    intervals, per class and by sex, age band and site (with counts)."""
+    from .experiment import load_cohort
+
+    pred_file = holdout_dir / "predictions.csv"
+    if not pred_file.is_file():
+        raise DataError(f"{holdout_dir} has no predictions.csv: not a finished holdout run")
+    pred = pd.read_csv(pred_file)
+    classes = [c[2:] for c in pred.columns if c.startswith("p_")]
+    cohort = load_cohort(data_path, None, False, progress)
+    rows = cohort.table.set_index("image_id").loc[pred["image_id"]].reset_index()
+    y = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    p = pred[[f"p_{c}" for c in classes]].to_numpy(np.float64).argmax(1)
+    groups = rows["lesion_id"].to_numpy() if "lesion_id" in rows else rows["image_id"].to_numpy()
+    res = lesion_bootstrap(y, p, groups, classes, n_boot=n_boot)
+    subgroups: dict[str, dict[str, Any]] = {}
+    keys = {"sex": rows.get("sex"), "age_band": rows.get("age").map(_age_band) if "age" in rows else None,
+            "site": rows.get("site")}
+    for name, col in keys.items():
+        if col is None:
+            continue
+        col = col.fillna("unknown").astype(str)
+        subgroups[name] = {}
+        for g in sorted(col.unique()):
+            m = (col == g).to_numpy()
+            if m.sum() < 10:
+                subgroups[name][g] = {"n": int(m.sum()), "balanced_accuracy": None}
+                continue
+            r = lesion_bootstrap(y[m], p[m], groups[m], classes, n_boot=n_boot // 2)
+            subgroups[name][g] = {"n": int(m.sum()), "balanced_accuracy": r["overall"]["balanced_accuracy"],
+                                  "accuracy": r["overall"]["accuracy"]}
+    return {"source": str(holdout_dir), "n_images": int(len(y)), "n_lesions": int(len(set(groups))),
+            "overall": res["overall"], "per_class": res["per_class"], "subgroups": subgroups}

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--member", type=int, metavar="K",
                    help="with --members N: train member K (0 to N-1) alone and stop; jobs for several "
                         "members can run at once, then `--members N --resume` builds the ensemble")
+    p.add_argument("--init", metavar="BUNDLE|released",
+                   help="fine-tune this bundle (or the released model): its architecture, classes, "
+                        "metadata encoder (extended with new levels) and weights")
     _add_train_options(p)
 
     p = sub.add_parser("calibrate", help="fit prior shift + temperature on a finished run's validation part")
@@ -157,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on synthetic data (minutes on a CPU)")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--n", type=int, default=600)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--n", type=int, default=1000, help="synthetic images (default 1000)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs at most per model (default 10)")
     p.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("models", help="list registered models")
@@ -323,6 +326,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .experiment import train_run
 
         cfg = _run_config(args, args.data, args.model)
+        if args.init is not None:
+            cfg.model.init = args.init
         if args.members is not None:
             cfg.train.members = args.members
         res = train_run(cfg, progress=progress, resume=args.resume, member=args.member)

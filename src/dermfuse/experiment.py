@@ -163,7 +163,7 @@ def check_config(cfg: RunConfig) -> None:
 
 
 def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
-              member: int | None = None) -> RunResult:
+              member: int | None = None, show_cleaning: bool = True) -> RunResult:
     """One holdout run of ``cfg.model`` on ``cfg.data.path``; writes everything into
     ``cfg.out`` and returns the test metrics and the bundle path.
 
@@ -171,7 +171,11 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     into ``cfg.out/members/k`` and stops there: no ensemble, metrics or bundle (the result
     has ``bundle`` None and ``metrics`` {"member": k, ...}). Several such jobs can run at
     once, on one GPU or on several machines sharing the folder; a last run with
-    ``resume=True`` then finds every member finished and builds the ensemble from them."""
+    ``resume=True`` then finds every member finished and builds the ensemble from them.
+
+    With ``cfg.model.init`` (a bundle folder or 'released') the run fine-tunes that bundle:
+    its architecture, classes, extended metadata encoder and weights (`dermfuse.finetune`)."""
+    init_bundle, init_info = _init_bundle(cfg)
     check_config(cfg)
     if member is not None and (cfg.train.members < 2 or not 0 <= member < cfg.train.members):
         raise ConfigError(f"member {member!r}: expected 0 to {cfg.train.members - 1}, one member of a seed "
@@ -187,9 +191,13 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     cohort = cohort_for(cfg, progress)
     if main:
         cohort.report.save_json(run_dir / "cleaning_report.json")
-    if progress and main:
+    if progress and main and show_cleaning:  # the demo shows it once for all its runs
         console.print(cohort.report.render())
     table, classes, y = cohort.table, cohort.classes, cohort.labels
+    if init_bundle is not None:
+        from .finetune import check_classes
+
+        check_classes(classes, init_bundle.classes, str(cfg.data.path))
 
     # Split: holdout test part, then a validation part of the training rows (same grouping).
     by = _split_by(cfg.data.split)
@@ -209,7 +217,13 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
 
     size = image_size_for(cfg)
     cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
-    encoder = MetadataEncoder().fit(table.iloc[train_idx])
+    if init_bundle is not None:  # extended, not refitted: see dermfuse.finetune
+        from .finetune import encoder_summary, extend_encoder
+
+        encoder = extend_encoder(init_bundle.encoder, table.iloc[train_idx])
+        init_info["encoder"] = encoder_summary(init_bundle.encoder, encoder)
+    else:
+        encoder = MetadataEncoder().fit(table.iloc[train_idx])
     meta = encoder.transform(table)
     spec = model_spec(cfg.model.name)
     if not spec.uses_meta:
@@ -234,6 +248,13 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
             build_kw["backbone_weights"], weights = weights, None  # the file is the backbone's
         net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **build_kw)
+        if init_bundle is not None:
+            from .finetune import load_matching
+
+            done = load_matching(net, init_bundle, encoder.feature_names if meta_dim else [])
+            init_info["weights"] = {k: len(v) for k, v in done.items()} | {"skipped_names": done["skipped"]}
+            net.weights_source = f"init: {cfg.model.init}"
+            return net
         has_backbone = cfg.model.name in ("resnet50", "inception_v3", "efficientnet_lite0") or "image_backbone" in kwargs
         if cfg.model.pretrained and has_backbone and getattr(net, "weights_source", "random") == "random":
             text = f"{cfg.model.name}: no pretrained weights available offline; trained from random weights."
@@ -281,6 +302,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     metrics["weights_source"] = getattr(model, "weights_source", "random")
     if member_metrics:
         metrics["members"] = member_metrics
+    if init_info:
+        metrics["init"] = init_info
     if not main:
         return RunResult(run_dir, metrics, None, fit_res.history)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -315,6 +338,21 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
                         n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=warnings,
                         seconds=time.time() - t0)
     return RunResult(run_dir, metrics, bundle, fit_res.history)
+
+
+def _init_bundle(cfg: RunConfig):
+    """The bundle ``cfg.model.init`` names (loaded) and what the run records about it; sets
+    ``cfg``'s architecture to the bundle's. (None, {}) without ``init``."""
+    if not cfg.model.init:
+        return None, {}
+    from .finetune import apply_init_architecture, resolve_init
+
+    path = resolve_init(cfg.model.init)
+    bundle = load_bundle(path)
+    for line in apply_init_architecture(cfg, bundle):
+        log.info(line)
+    cfg.model.init = str(path)  # the resolved folder, so the saved config names what was used
+    return bundle, {"bundle": str(path), "model_id": bundle.model_id}
 
 
 def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, test: ArrayDataset | None,

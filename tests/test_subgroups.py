@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -119,3 +121,24 @@ def test_frame_and_bad_input(result):
     table, proba = _scored(n_lesions=10)
     with pytest.raises(ValueError, match="expected"):
         subgroup_metrics(table, proba[:, :3], CLASSES)
+
+
+def test_evaluate_by_gives_json_text_and_report(synth_small, tmp_path, capsys):
+    from _bundles import make_bundle
+    from dermfuse.cli import main
+
+    bundle = make_bundle(tmp_path / "b", model="ft_multicnn", image_size=32)
+    args = ["-q", "evaluate", str(bundle), str(synth_small), "--by", "sex,age_band,site"]
+    assert main(args + ["--json", "--out", str(tmp_path / "ev")]) == 0
+    m = json.loads(capsys.readouterr().out)
+    sub = m["subgroups"]
+    assert sub["overall"]["n_images"] == m["n_images"]
+    assert sub["overall"]["accuracy"]["value"] == pytest.approx(m["accuracy"])
+    assert {g["by"] for g in sub["subgroups"]} == {"sex", "age_band", "site"}
+    page = (tmp_path / "ev" / "report.html").read_text()
+    assert "Metrics by subgroup" in page and "too small" in page and "SYNTHETIC" in page
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "overall" in text and "age_band=" in text and "gap = subgroup - overall" in text
+    assert main(["-q", "evaluate", str(bundle), str(synth_small), "--by", "colour"]) == 2
+    assert "expected a comma-separated list of sex, age_band, site" in capsys.readouterr().err

@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write metrics.json and predictions.csv here")
     p.add_argument("--split-file", help="a run's split.csv: score only the rows it puts in --part")
     p.add_argument("--part", default="test", help="with --split-file: train, val or test (default test)")
+    p.add_argument("--by", metavar="KEY,...",
+                   help="also score subgroups: any of sex,age_band,site (with --out: report.html shows them)")
 
     p = sub.add_parser("predict", help="classify one image with its metadata")
     p.add_argument("bundle")
@@ -360,7 +362,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .experiment import evaluate_bundle
 
         m = evaluate_bundle(args.bundle, args.data, format=args.format, progress=progress, out=args.out,
-                            split_file=args.split_file, part=args.part, column_map=args.column_map)
+                            split_file=args.split_file, part=args.part, column_map=args.column_map,
+                            by=args.by)
         if args.json:
             print(json.dumps(m, indent=2))
         else:
@@ -369,6 +372,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             for k in _HEADLINE:
                 if k in m:
                     out.print(f"{k:22s} {m[k]}")
+            if "subgroups" in m:
+                from .evaluation.subgroups import render_subgroups
+
+                out.print(render_subgroups(m["subgroups"]), markup=False, highlight=False, soft_wrap=True)
         return 0
     if args.command == "predict":
         return _cmd_predict(args)

@@ -595,12 +595,24 @@ def _select_part(table: pd.DataFrame, split_file: str | Path, part: str) -> np.n
 def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str | None = None,
                     progress: bool = True, out: str | Path | None = None,
                     split_file: str | Path | None = None, part: str = "test",
-                    column_map: dict[str, str] | None = None) -> dict[str, Any]:
+                    column_map: dict[str, str] | None = None, by: Any = None,
+                    n_boot: int = 1000) -> dict[str, Any]:
     """Score a bundle on every clean row of a data set, or with ``split_file`` (a run's
     split.csv) only on the rows it puts in ``part``; returns the metrics dict (and writes
-    predictions.csv + metrics.json into ``out`` when given)."""
+    predictions.csv + metrics.json into ``out`` when given).
+
+    ``by`` ('sex,age_band,site' or a list): also the metrics per subgroup, under
+    ``metrics["subgroups"]`` (`dermfuse.evaluation.subgroups.subgroup_metrics`), and with
+    ``out`` a report.html that shows them."""
     from .predict import predict_arrays
 
+    if by:  # a bad key fails before any image is decoded
+        from .evaluation.subgroups import parse_by
+
+        try:
+            by = parse_by(by)
+        except ValueError as e:
+            raise ConfigError(f"--by: {e}") from None
     bundle = load_bundle(bundle_path)
     trained_on = bundle.info.get("training_data", {}).get("path")
     if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
@@ -627,9 +639,25 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
     metrics["unseen_categories"] = bundle.encoder.unseen_counts
     metrics["cleaning"] = cohort.report.counts
     metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
+    if by:
+        from .evaluation.subgroups import subgroup_metrics
+
+        try:
+            metrics["subgroups"] = subgroup_metrics(table, proba, bundle.classes, by=by, n_boot=n_boot)
+        except ValueError as e:
+            raise ConfigError(f"--by {by}: {e}") from None
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         _write_predictions(out / "predictions.csv", table, bundle.classes, y, proba)
+        if by:
+            from .report import subgroup_section
+
+            banners = ([] if not cohort.synthetic else
+                       ["SYNTHETIC DATA — these numbers say nothing about real lesions."])
+            write_report(out / "report.html", f"dermfuse evaluate — {bundle.model_id}",
+                         [Section("Metrics", metrics_table_html(metrics) + f"<p>Rows: {metrics['rows']}</p>"),
+                          subgroup_section(metrics["subgroups"])],
+                         subtitle=f"{data_path} · dermfuse {__version__}", banners=banners)
     return metrics

@@ -29,7 +29,7 @@ from ..metrics import (_jsonable, accuracy, auc_macro, balanced_accuracy, confus
                        melanoma_sensitivity)
 
 __all__ = ["AGE_BANDS", "SUBGROUP_KEYS", "SUBGROUP_METRICS", "MIN_IMAGES", "MIN_CLASSES", "age_band",
-           "subgroup_columns", "subgroup_metrics", "subgroup_frame", "parse_by"]
+           "subgroup_columns", "subgroup_metrics", "subgroup_frame", "parse_by", "render_subgroups"]
 
 AGE_BANDS: tuple[tuple[float, float, str], ...] = (
     (0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, math.inf, "75+"))
@@ -248,3 +248,31 @@ def subgroup_frame(result: dict[str, Any]) -> pd.DataFrame:
                          f"{m}_gap": v.get("gap", 0.0 if r["by"] == "all" else None)})
         rows.append(flat)
     return pd.DataFrame(rows)
+
+
+def render_subgroups(result: dict[str, Any], metrics: Sequence[str] = ("balanced_accuracy", "accuracy",
+                                                                      "melanoma_sensitivity")) -> str:
+    """Plain-text table of a `subgroup_metrics` result: value [interval] and gap per metric."""
+
+    def cell(v: dict[str, Any] | None, gap: bool) -> str:
+        if not v or v.get("value") is None:
+            return "–"
+        text = f"{v['value']:.3f}"
+        if v.get("low") is not None:
+            text += f" [{v['low']:.2f}, {v['high']:.2f}]"
+        if gap and v.get("gap") is not None:
+            text += f" {v['gap']:+.3f}"
+        return text
+
+    head = ["subgroup", "images", "lesions"] + [f"{m} [{int(round(100 * result['level']))}% CI] gap" for m in metrics]
+    lines = [head]
+    lines.append(["overall", str(result["overall"]["n_images"]), str(result["overall"]["n_lesions"])]
+                 + [cell(result["overall"].get(m), False) for m in metrics])
+    for r in result["subgroups"]:
+        lines.append([f"{r['by']}={r['group']}" + (" (too small)" if r["too_small"] else ""), str(r["n_images"]),
+                      str(r["n_lesions"])] + [cell(r.get(m), True) for m in metrics])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines]
+    out.append(f"too small to judge: {result['rules']['too_small']}; intervals: {result['n_boot']} "
+               f"{result['resampled_by']}-bootstrap resamples; gap = subgroup - overall")
+    return "\n".join(out)

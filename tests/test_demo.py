@@ -12,7 +12,7 @@ def test_demo_report_has_the_papers_figures_and_prints_cleaning_once(tmp_path, c
               DemoModel("hm", "FT-MultiCNN on heatmaps", {"model.name": "ft_multicnn", "model.input": "heatmap", **_SMALL}))
     path = run_demo(tmp_path / "demo", n=100, epochs=1, models=models)
     page = path.read_text()
-    for text in ("SYNTHETIC", "say nothing about real lesions", "Class distribution after cleaning",
+    for text in ("SYNTHETIC", "say nothing about real lesions", "images per class after cleaning",
                  "paper Fig. 4", "paper Fig. 8", "paper Fig. 6", "duplicate row", "FT-MultiCNN on heatmaps"):
         assert text in page, text
     assert page.count("data:image/png;base64") >= 5  # distribution, comparison, triptych, 2 x curves/confusion

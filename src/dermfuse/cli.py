@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--member", type=int, metavar="K",
                    help="with --members N: train member K (0 to N-1) alone and stop; jobs for several "
                         "members can run at once, then `--members N --resume` builds the ensemble")
+    p.add_argument("--init", metavar="BUNDLE|released",
+                   help="fine-tune this bundle (or the released model): its architecture, classes, "
+                        "metadata encoder (extended with new levels) and weights")
     _add_train_options(p)
 
     p = sub.add_parser("calibrate", help="fit prior shift + temperature on a finished run's validation part")
@@ -174,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write metrics.json, predictions.csv, risk_coverage.png and report.html here")
     p.add_argument("--split-file", help="a run's split.csv: score only the rows it puts in --part")
     p.add_argument("--part", default="test", help="with --split-file: train, val or test (default test)")
+    p.add_argument("--by", metavar="KEY,...",
+                   help="also score subgroups: any of sex,age_band,site (with --out: report.html shows them)")
 
     p = sub.add_parser("predict", help="classify an image, a folder of images or a CSV of images",
                        description="dermfuse predict IMAGE (the released model) | predict BUNDLE IMAGE | "
@@ -214,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on synthetic data (minutes on a CPU)")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--n", type=int, default=600)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--n", type=int, default=1000, help="synthetic images (default 1000)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs at most per model (default 10)")
     p.add_argument("--seed", type=int, default=0)
 
     sub.add_parser("models", help="list registered models")
@@ -472,6 +477,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .experiment import train_run
 
         cfg = _run_config(args, args.data, args.model)
+        if args.init is not None:
+            cfg.model.init = args.init
         if args.members is not None:
             cfg.train.members = args.members
         res = train_run(cfg, progress=progress, resume=args.resume, member=args.member)
@@ -506,7 +513,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         bundle_path, (data,) = _split_bundle(args, 1, "DATA")
         m = evaluate_bundle(bundle_path, data, format=args.format, progress=progress, out=args.out,
                             split_file=args.split_file, part=args.part, column_map=args.column_map,
-                            operating_point=args.operating_point, device=args.device)
+                            operating_point=args.operating_point, device=args.device, by=args.by)
         if args.json:
             print(json.dumps(m, indent=2))
         else:
@@ -517,6 +524,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                     out.print(f"{k:22s} {m[k]}")
             for line in _trust_lines(m.get("trust") or {}):
                 out.print(line)
+            if "subgroups" in m:
+                from .evaluation.subgroups import render_subgroups
+
+                out.print(render_subgroups(m["subgroups"]), markup=False, highlight=False, soft_wrap=True)
         return 0
     if args.command == "release":
         from .release import release_run

@@ -54,6 +54,7 @@ class ModelConfig:
     cam_method: str = "gradcam"  # gradcam | gradcam++ | layercam | hirescam
     cam_epochs: int = 5  # fine-tuning epochs of the CAM backbone (per fold)
     cam_lr: float = 5e-4
+    init: str | None = None  # fine-tune from this bundle folder (or "released"): see dermfuse.finetune
 
 
 @dataclass

@@ -163,7 +163,7 @@ def check_config(cfg: RunConfig) -> None:
 
 
 def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
-              member: int | None = None) -> RunResult:
+              member: int | None = None, show_cleaning: bool = True) -> RunResult:
     """One holdout run of ``cfg.model`` on ``cfg.data.path``; writes everything into
     ``cfg.out`` and returns the test metrics and the bundle path.
 
@@ -171,7 +171,11 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     into ``cfg.out/members/k`` and stops there: no ensemble, metrics or bundle (the result
     has ``bundle`` None and ``metrics`` {"member": k, ...}). Several such jobs can run at
     once, on one GPU or on several machines sharing the folder; a last run with
-    ``resume=True`` then finds every member finished and builds the ensemble from them."""
+    ``resume=True`` then finds every member finished and builds the ensemble from them.
+
+    With ``cfg.model.init`` (a bundle folder or 'released') the run fine-tunes that bundle:
+    its architecture, classes, extended metadata encoder and weights (`dermfuse.finetune`)."""
+    init_bundle, init_info = _init_bundle(cfg)
     check_config(cfg)
     if member is not None and (cfg.train.members < 2 or not 0 <= member < cfg.train.members):
         raise ConfigError(f"member {member!r}: expected 0 to {cfg.train.members - 1}, one member of a seed "
@@ -187,9 +191,13 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     cohort = cohort_for(cfg, progress)
     if main:
         cohort.report.save_json(run_dir / "cleaning_report.json")
-    if progress and main:
+    if progress and main and show_cleaning:  # the demo shows it once for all its runs
         console.print(cohort.report.render())
     table, classes, y = cohort.table, cohort.classes, cohort.labels
+    if init_bundle is not None:
+        from .finetune import check_classes
+
+        check_classes(classes, init_bundle.classes, str(cfg.data.path))
 
     # Split: holdout test part, then a validation part of the training rows (same grouping).
     by = _split_by(cfg.data.split)
@@ -209,7 +217,13 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
 
     size = image_size_for(cfg)
     cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
-    encoder = MetadataEncoder().fit(table.iloc[train_idx])
+    if init_bundle is not None:  # extended, not refitted: see dermfuse.finetune
+        from .finetune import encoder_summary, extend_encoder
+
+        encoder = extend_encoder(init_bundle.encoder, table.iloc[train_idx])
+        init_info["encoder"] = encoder_summary(init_bundle.encoder, encoder)
+    else:
+        encoder = MetadataEncoder().fit(table.iloc[train_idx])
     meta = encoder.transform(table)
     spec = model_spec(cfg.model.name)
     if not spec.uses_meta:
@@ -234,6 +248,13 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
             build_kw["backbone_weights"], weights = weights, None  # the file is the backbone's
         net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **build_kw)
+        if init_bundle is not None:
+            from .finetune import load_matching
+
+            done = load_matching(net, init_bundle, encoder.feature_names if meta_dim else [])
+            init_info["weights"] = {k: len(v) for k, v in done.items()} | {"skipped_names": done["skipped"]}
+            net.weights_source = f"init: {cfg.model.init}"
+            return net
         has_backbone = cfg.model.name in ("resnet50", "inception_v3", "efficientnet_lite0") or "image_backbone" in kwargs
         if cfg.model.pretrained and has_backbone and getattr(net, "weights_source", "random") == "random":
             text = f"{cfg.model.name}: no pretrained weights available offline; trained from random weights."
@@ -281,6 +302,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     metrics["weights_source"] = getattr(model, "weights_source", "random")
     if member_metrics:
         metrics["members"] = member_metrics
+    if init_info:
+        metrics["init"] = init_info
     if not main:
         return RunResult(run_dir, metrics, None, fit_res.history)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -315,6 +338,21 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
                         n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=warnings,
                         seconds=time.time() - t0)
     return RunResult(run_dir, metrics, bundle, fit_res.history)
+
+
+def _init_bundle(cfg: RunConfig):
+    """The bundle ``cfg.model.init`` names (loaded) and what the run records about it; sets
+    ``cfg``'s architecture to the bundle's. (None, {}) without ``init``."""
+    if not cfg.model.init:
+        return None, {}
+    from .finetune import apply_init_architecture, resolve_init
+
+    path = resolve_init(cfg.model.init)
+    bundle = load_bundle(path)
+    for line in apply_init_architecture(cfg, bundle):
+        log.info(line)
+    cfg.model.init = str(path)  # the resolved folder, so the saved config names what was used
+    return bundle, {"bundle": str(path), "model_id": bundle.model_id}
 
 
 def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, test: ArrayDataset | None,
@@ -558,17 +596,27 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
                     progress: bool = True, out: str | Path | None = None,
                     split_file: str | Path | None = None, part: str = "test",
                     column_map: dict[str, str] | None = None, operating_point: str = "argmax",
-                    device: str = "cpu") -> dict[str, Any]:
+                    device: str = "cpu", by: Any = None, n_boot: int = 1000) -> dict[str, Any]:
     """Score a bundle (None: the released model) on every clean row of a data set, or with
     ``split_file`` (a run's split.csv) only on the rows it puts in ``part``; returns the
     metrics dict with a ``trust`` part (risk-coverage, the selective threshold's coverage and
     accuracy, the melanoma operating point), and writes predictions.csv, metrics.json,
-    risk_coverage.png and report.html into ``out`` when given."""
+    risk_coverage.png and report.html into ``out`` when given.
+
+    ``by`` ('sex,age_band,site' or a list): also the metrics per subgroup, under
+    ``metrics["subgroups"]`` (`dermfuse.evaluation.subgroups.subgroup_metrics`); report.html shows them."""
     from .explain import resolve_device
     from .inference.predictor import Predictor
     from .inference.trust import Trust, plot_risk_coverage, selective_report
     from .released import resolve_bundle
 
+    if by:  # a bad key fails before any image is decoded
+        from .evaluation.subgroups import parse_by
+
+        try:
+            by = parse_by(by)
+        except ValueError as e:
+            raise ConfigError(f"--by: {e}") from None
     bundle = load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
     engine = Predictor.from_bundle(bundle)
     if operating_point != "argmax":
@@ -606,6 +654,13 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
     metrics["unseen_categories"] = bundle.encoder.unseen_counts
     metrics["cleaning"] = cohort.report.counts
     metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
+    if by:
+        from .evaluation.subgroups import subgroup_metrics
+
+        try:
+            metrics["subgroups"] = subgroup_metrics(table, proba, bundle.classes, by=by, n_boot=n_boot)
+        except ValueError as e:
+            raise ConfigError(f"--by {by}: {e}") from None
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -648,6 +703,10 @@ def _evaluate_report(out: Path, bundle, metrics: dict[str, Any], data_path: str 
     if not bundle.trust:
         body += "<p class='muted'>This bundle has no trust part (made before `dermfuse release`).</p>"
     sections.append(Section("When not to trust it", body))
+    if "subgroups" in metrics:
+        from .report import subgroup_section
+
+        sections.append(subgroup_section(metrics["subgroups"]))
     synthetic = bundle.info.get("training_data", {}).get("synthetic")
     write_report(out / "report.html", f"dermfuse evaluate: {bundle.model_id}", sections,
                  subtitle=f"data: {data_path} ({metrics.get('rows')})",

@@ -26,6 +26,8 @@ __all__ = [
     "plot_reliability",
     "plot_class_distribution",
     "plot_model_comparison",
+    "add_heatmap_colorbar",
+    "plot_subgroups",
     "fig_to_png_bytes",
     "save_figure",
 ]
@@ -213,6 +215,55 @@ def plot_model_comparison(
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, ncols=min(n_m, 4))
+    return fig
+
+
+def add_heatmap_colorbar(fig: Figure, axes: Sequence[Any] | None = None,
+                         label: str = "class activation (0 = none, 1 = strongest)") -> Figure:
+    """Add a colour bar of the heatmaps' jet colours (OpenCV's table, as `cam_render.colorize`
+    draws them) beside ``axes`` (default: every axis of ``fig``); returns ``fig``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+
+    from dermfuse.cam_render import jet_lut
+
+    cmap = ListedColormap(jet_lut().astype(np.float64) / 255.0, name="opencv_jet")
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap), ax=list(axes if axes is not None else fig.axes),
+                       shrink=0.8, pad=0.02)
+    bar.set_label(label)
+    return fig
+
+
+def plot_subgroups(result: Mapping[str, Any], metric: str = "balanced_accuracy",
+                   title: str | None = None) -> Figure:
+    """Forest plot of one metric per subgroup (a ``subgroup_metrics`` result): a dot and
+    its interval per subgroup, grouped by key, the overall value as a dashed line; groups
+    flagged too small to judge are drawn hollow and grey, with their image count."""
+    rows = list(result["subgroups"])
+    overall = result["overall"][metric]
+    fig = Figure(figsize=(7.0, 0.32 * len(rows) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    ys = np.arange(len(rows))[::-1]
+    labels = []
+    for yv, r in zip(ys, rows):
+        v = r[metric]
+        labels.append(f"{r['by']}: {r['group']} (n={r['n_images']})")
+        if v["value"] is None:
+            continue
+        lo = v["low"] if v["low"] is not None else v["value"]
+        hi = v["high"] if v["high"] is not None else v["value"]
+        colour = "0.6" if r["too_small"] else "C0"
+        ax.errorbar(v["value"], yv, xerr=[[v["value"] - lo], [hi - v["value"]]], fmt="o", color=colour,
+                    mfc="white" if r["too_small"] else colour, capsize=2, ms=5)
+    if overall["value"] is not None:
+        ax.axvline(overall["value"], color="black", ls="--", lw=1, label=f"overall {overall['value']:.3f}")
+    ax.set_yticks(ys, labels=labels, fontsize=8)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel(f"{metric.replace('_', ' ')} ({int(round(100 * result.get('level', 0.95)))} % "
+                  f"{result.get('resampled_by', 'lesion')}-bootstrap interval)")
+    ax.set_title(title or f"{metric.replace('_', ' ')} by subgroup (hollow grey: too small to judge)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
     return fig
 
 

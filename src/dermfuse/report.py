@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Section", "table_html", "figure_html", "metrics_table_html", "write_report"]
+__all__ = ["Section", "table_html", "figure_html", "metrics_table_html", "subgroup_section", "write_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -81,6 +81,42 @@ def metrics_table_html(metrics: dict[str, Any]) -> str:
     cols = ("precision", "recall", "f1", "specificity", "auc", "support")
     rows = [(c, *(v.get(k) for k in cols)) for c, v in per.items()]
     return head + (table_html(rows, ("class", *cols)) if rows else "")
+
+
+def subgroup_section(result: dict[str, Any], plot_metrics: Sequence[str] = ("balanced_accuracy",
+                                                                          "melanoma_sensitivity")) -> Section:
+    """'Metrics by subgroup': a forest plot per metric and the table of a
+    `dermfuse.evaluation.subgroups.subgroup_metrics` result (value [interval], gap)."""
+    from .plots import fig_to_png_bytes, plot_subgroups
+
+    def cell(v: dict[str, Any] | None) -> str:
+        if not v or v.get("value") is None:
+            return "–"
+        ci = f" [{v['low']:.3f}, {v['high']:.3f}]" if v.get("low") is not None else ""
+        return f"{v['value']:.3f}{ci}"
+
+    def gap(v: dict[str, Any] | None) -> str:
+        return "–" if not v or v.get("gap") is None else f"{v['gap']:+.3f}"
+
+    metrics = list(result["metrics"])
+    header = ["subgroup", "images", "lesions", "classes"]
+    for m in metrics:
+        header += [m, "gap"]
+    rows = [["overall", result["overall"]["n_images"], result["overall"]["n_lesions"], result["overall"]["n_classes"]]
+            + [x for m in metrics for x in (cell(result["overall"].get(m)), "")]]
+    for r in result["subgroups"]:
+        name = f"{r['by']}: {r['group']}" + (f" — too small ({r['why']})" if r["too_small"] else "")
+        rows.append([name, r["n_images"], r["n_lesions"], r["n_classes"]]
+                    + [x for m in metrics for x in (cell(r.get(m)), gap(r.get(m)))])
+    figs = "<div class='figs'>" + "".join(
+        figure_html(fig_to_png_bytes(plot_subgroups(result, m)), f"{m.replace('_', ' ')} by subgroup", width=520)
+        for m in plot_metrics if m in metrics) + "</div>"
+    text = (f"<p>Value [{int(round(100 * result['level']))} % interval] per subgroup and its gap to the overall "
+            f"figure (subgroup − overall). Intervals: {result['n_boot']} resamples of whole "
+            f"{html.escape(str(result['resampled_by']))}s over all rows, the overall and every subgroup figure "
+            f"computed from the same draw. Too small to judge: {html.escape(result['rules']['too_small'])}. "
+            f"Age bands: {html.escape(', '.join(result['rules']['age_bands']))}.</p>")
+    return Section("Metrics by subgroup", text + figs + table_html(rows, header))
 
 
 def write_report(

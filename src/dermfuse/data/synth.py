@@ -4,8 +4,9 @@
 localization), `out/images/<image_id>.jpg` (200x150 JPEG, quality 90) and
 `out/SYNTHETIC.txt`, which says the data are synthetic. Each lesion is a blob on a skin
 background whose colours, colour variety, border irregularity, asymmetry, size, dots and
-vessels depend on its class; ~12% of lesions are drawn with a neighbouring class's looks
-so a classifier cannot be perfect. Age, sex and body site are drawn per class. Some
+vessels depend on its class, each class with a look of its own (the demo's models must be
+seen to learn); ~4% of lesions are drawn with a neighbouring class's looks so a classifier
+cannot be perfect. Age, sex and body site are drawn per class. Some
 lesions have several images (shifted, rotated, re-lit renderings of the same lesion, with
 the same metadata). The same seed gives byte-identical files.
 
@@ -40,7 +41,7 @@ SITES = ("back", "lower extremity", "trunk", "upper extremity", "abdomen", "face
 """HAM10000 body-site names ('unknown' is only written as a planted defect)."""
 
 _FORMAT_VERSION = 1
-_BORROW_RATE = 0.12  # share of lesions drawn with a neighbouring class's appearance
+_BORROW_RATE = 0.04  # share of lesions drawn with a neighbouring class's appearance
 _NEIGHBOURS = {"mel": ("nv", "bkl"), "nv": ("mel", "bkl", "df"), "bkl": ("mel", "akiec", "nv"),
                "bcc": ("akiec", "vasc"), "akiec": ("bcc", "bkl"), "df": ("nv", "bkl"), "vasc": ("bcc", "mel")}
 
@@ -89,8 +90,8 @@ _STYLES = {
     "nv": _Style(palette=((132, 84, 56), (105, 65, 45), (160, 112, 80)),
                  radius=(0.28, 0.6), asym=(0.0, 0.06), irregular=(0.0, 0.035), edge=(1.5, 4.0),
                  variegation=(0.0, 0.25), opacity=(0.75, 0.95), dots=(0, 6), network=0.5),
-    # benign keratosis: light tan-brown, waxy mottle, sharp border, fissures, milia / comedo dots
-    "bkl": _Style(palette=((172, 112, 86), (140, 92, 70), (196, 142, 114), (105, 72, 56)),
+    # benign keratosis: yellow-tan, waxy mottle, sharp border, fissures, milia / comedo dots
+    "bkl": _Style(palette=((188, 150, 88), (160, 118, 70), (208, 176, 120), (105, 72, 56)),
                   radius=(0.38, 0.78), asym=(0.04, 0.12), irregular=(0.03, 0.08), edge=(0.8, 2.0),
                   variegation=(0.3, 0.7), opacity=(0.7, 0.9), dots=(2, 10), kind="cysts"),
     # basal cell carcinoma: translucent pearly pink, shiny white, blue-grey nests, arborizing vessels
@@ -188,7 +189,7 @@ class _Lesion:
 
 
 def _draw_lesion(rng: np.random.Generator, cls: str) -> _Lesion:
-    """Draw one lesion's looks: its class's style, or ~12% of the time a neighbour's."""
+    """Draw one lesion's looks: its class's style, or ~4% of the time a neighbour's."""
     look = cls
     if rng.random() < _BORROW_RATE:
         nb = _NEIGHBOURS[cls]

@@ -1,0 +1,1 @@
+"""Evaluation beyond the headline metrics (subgroups)."""

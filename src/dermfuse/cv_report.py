@@ -25,7 +25,7 @@ from .errors import DataError
 from .metrics import BOOTSTRAP_METRICS, accuracy, balanced_accuracy, compute_metrics, paired_bootstrap
 from .report import Section, figure_html, json_block, table_html, write_report
 
-__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "render_summary", "protocol_gap", "atomic_write_text",
+__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "paired_differences", "render_summary", "protocol_gap", "atomic_write_text",
            "tmp_path"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece", "log_loss")
@@ -54,6 +54,29 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
     return {"mean": float(v.mean()) if len(v) else None,
             "std": float(v.std(ddof=1)) if len(v) > 1 else None, "n": int(len(v))}
+
+
+def paired_differences(per_fold: Sequence[dict[str, Any]], reference: str, metrics: Sequence[str],
+                       variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-fold differences variant − reference on the folds both finished, and their
+    mean ± std per metric.
+
+    per_fold: rows with variant, fold and one value per metric; variants: the order of the
+    rows (default: as they appear in per_fold), the reference left out. Returns {"reference",
+    "rows": [{variant, n_pairs, metric: {mean, std, n}}], "per_fold": [{variant, fold,
+    metric: difference}]}."""
+    ref = {r["fold"]: r for r in per_fold if r["variant"] == reference}
+    if variants is None:
+        variants = list(dict.fromkeys(r["variant"] for r in per_fold))
+    variants = [v for v in variants if v != reference]
+    rows, diffs = [], []
+    for v in variants:
+        pairs = [(r, ref[r["fold"]]) for r in per_fold if r["variant"] == v and r["fold"] in ref]
+        d = [{"variant": v, "fold": r["fold"],
+              **{m: None if r[m] is None or b[m] is None else r[m] - b[m] for m in metrics}} for r, b in pairs]
+        diffs += d
+        rows.append({"variant": v, "n_pairs": len(d), **{m: mean_std([x[m] for x in d]) for m in metrics}})
+    return {"reference": reference, "rows": rows, "per_fold": diffs}
 
 
 def _pm(s: dict[str, Any] | None, signed: bool = False) -> str:
@@ -171,8 +194,6 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "best": best, "gap": protocol_gap(stats, paired_pooled(oof, classes)), "warnings": warnings,
     }
     if plan.get("reference"):
-        from .ablate import paired_differences
-
         result["ablation"] = paired_differences(per_fold, plan["reference"], METRICS, names)
         ref = plan["reference"]
         result["ablation"]["bootstrap"] = {"reference": ref, **_pooled_bootstrap(

@@ -23,6 +23,7 @@ from rich.table import Table
 from . import __version__
 from .errors import DataError
 from .metrics import BOOTSTRAP_METRICS, accuracy, balanced_accuracy, compute_metrics, paired_bootstrap
+from .predictions_csv import label_indices, probabilities, proba_columns, read_predictions
 from .report import Section, figure_html, json_block, table_html, write_report
 
 __all__ = ["METRICS", "collect", "exposed_images", "mean_std", "paired_differences", "render_summary", "protocol_gap", "atomic_write_text",
@@ -128,8 +129,7 @@ def paired_pooled(oof: dict[str, pd.DataFrame], classes: Sequence[str]) -> dict[
 
 def _score(df: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
     """compute_metrics of out-of-fold prediction rows (label, p_<class> columns)."""
-    y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    return compute_metrics(y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64), classes)
+    return compute_metrics(label_indices(df, classes), probabilities(df, classes), classes)
 
 
 def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict, list[str]]:
@@ -148,7 +148,7 @@ def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict
                          "n_images": m["n_images"], "seconds": m.get("seconds")})
             hist = folder / "history.json"
             histories[v].append(json.loads(hist.read_text()) if hist.exists() else [])
-            preds[v].append(pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}))
+            preds[v].append(read_predictions(folder / "predictions.csv"))
             warnings += [w for w in m.get("warnings", []) if w not in warnings]
             hardware.setdefault(m.get("hardware", "not recorded"), {}).setdefault(v, []).append(k)
     # folds from before dermfuse recorded it are no evidence of a difference by themselves
@@ -237,8 +237,7 @@ def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict
     folds = pd.read_csv(run_dir / "folds.csv", dtype={"image_id": str, "group": str})
     grouped = "group" in folds.columns
     group_of = dict(zip(folds["image_id"], folds["group"])) if grouped else {}
-    cols = [f"p_{c}" for c in classes]
-    index = {c: i for i, c in enumerate(classes)}
+    cols = proba_columns(classes)
     rows = []
     for v, ref in pairs:
         if v not in oof or ref not in oof:
@@ -249,7 +248,7 @@ def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict
         if df.empty:
             continue
         groups = df["image_id"].map(group_of).fillna(df["image_id"]) if grouped else df["image_id"]
-        y = df["label"].map(index).to_numpy(np.int64)
+        y = label_indices(df, classes)
         diff = paired_bootstrap(y, df[cols].to_numpy().argmax(1), df[[f"{c}_ref" for c in cols]].to_numpy().argmax(1),
                                 groups.to_numpy(), classes, n_boot=n_boot, level=level)
         levels = {side: {m: fn(y, df[c].to_numpy()) for m, fn in (("accuracy", accuracy),
@@ -407,8 +406,7 @@ def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dic
         scored = {}
         for v in done:
             df = pd.concat(preds[v], ignore_index=True)
-            y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-            scored[v] = (y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64))
+            scored[v] = (label_indices(df, classes), probabilities(df, classes))
         rocs = fig("roc_variants", _plot_macro_roc(scored, {v: pooled[v]["auc_macro"] for v in done}),
                    "macro-average one-vs-rest ROC per variant, pooled out-of-fold", 480)
         if result["best"]:

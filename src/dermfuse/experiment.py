@@ -29,6 +29,7 @@ from .data.formats import ReadResult, detect_layout, read_dataset
 from .data.splits import SPLIT_LABELS, holdout, validation_split
 from .errors import ConfigError, DataError
 from .metrics import compute_metrics
+from .predictions_csv import label_indices, probabilities, read_predictions, write_predictions
 from .models import create_model, model_spec
 from .models.ensemble import ENSEMBLE, Ensemble
 from .report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
@@ -121,17 +122,6 @@ def image_size_for(cfg: RunConfig) -> int:
     name = cfg.model.image_backbone if cfg.model.name == "ft_multicnn" and cfg.model.image_backbone else cfg.model.name
     size = model_spec(name).default_size
     return int(size or 128)
-
-
-def _write_predictions(path: Path, table: pd.DataFrame, classes: list[str], y: np.ndarray,
-                       proba: np.ndarray, extra: dict[str, Any] | None = None) -> None:
-    df = pd.DataFrame({"image_id": table["image_id"].to_numpy(), "label": [classes[i] for i in y]})
-    for k, v in (extra or {}).items():
-        df[k] = v
-    df["pred"] = [classes[i] for i in proba.argmax(1)]
-    for j, c in enumerate(classes):
-        df[f"p_{c}"] = proba[:, j]
-    df.to_csv(path, index=False, float_format="%.8g")  # float32 precision: argmax ties survive a re-read
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -285,13 +275,12 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         return RunResult(run_dir, metrics, None, fit_res.history)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if has_test:
-        _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
+        test_ids = table["image_id"].to_numpy()[test_idx]
+        write_predictions(run_dir / "predictions.csv", test_ids, classes, y[test_idx], proba)
         for k, p in enumerate(member_proba):  # each member alone, for paired comparisons
-            _write_predictions(run_dir / "members" / str(k) / "predictions.csv", table.iloc[test_idx],
-                               classes, y[test_idx], p)
+            write_predictions(run_dir / "members" / str(k) / "predictions.csv", test_ids, classes, y[test_idx], p)
         if not calibration.is_identity:  # `dermfuse calibrate` starts again from these
-            _write_predictions(run_dir / "predictions_uncalibrated.csv", table.iloc[test_idx], classes,
-                               y[test_idx], raw)
+            write_predictions(run_dir / "predictions_uncalibrated.csv", test_ids, classes, y[test_idx], raw)
 
     model_name, bundle_kwargs = cfg.model.name, kwargs
     if cfg.train.members > 1:
@@ -507,18 +496,16 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
         if not (run_dir / "predictions.csv").exists():
             raise DataError(f"{run_dir} is not a finished holdout run: predictions.csv is missing")
         (run_dir / "predictions.csv").replace(raw_path)
-    pred = pd.read_csv(raw_path)
-    raw = pred[[f"p_{c}" for c in classes]].to_numpy(np.float64)
-    raw = raw / raw.sum(axis=1, keepdims=True)  # rows sum to 1 up to the csv's rounding
-    y_test = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    pred = read_predictions(raw_path)
+    raw = probabilities(pred, classes, renormalise=True)
+    y_test = label_indices(pred, classes)
     proba, metrics = _calibrated_metrics(y_test, raw, calibration, classes)
     metrics["split"] = split_label(cfg.data.split)
     old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     if "members" in old:  # an ensemble's members were scored alone, each with its own calibration
         metrics["members"] = old["members"]
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    test_rows = table.set_index("image_id").loc[pred["image_id"]].reset_index()
-    _write_predictions(run_dir / "predictions.csv", test_rows, classes, y_test, proba)
+    write_predictions(run_dir / "predictions.csv", pred["image_id"].to_numpy(), classes, y_test, proba)
     update_bundle_info(run_dir / "bundle", calibration=calibration.to_dict(),
                        metrics={**_headline(metrics), "split": metrics["split"]})
     history = json.loads((run_dir / "history.json").read_text())
@@ -593,5 +580,5 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        _write_predictions(out / "predictions.csv", table, bundle.classes, y, proba)
+        write_predictions(out / "predictions.csv", table["image_id"].to_numpy(), bundle.classes, y, proba)
     return metrics

@@ -8,11 +8,11 @@ overlay variants of the fold render their inputs from the same maps."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .config import RunConfig
 from .cv import Variant, run_plan
-from .cv_report import mean_std
+from .cv_report import paired_differences  # re-exported: dermfuse.ablate.paired_differences
 from .errors import ConfigError
 
 __all__ = ["ABLATION_INPUTS", "REFERENCE", "ablation_variants", "run_ablation", "paired_differences"]
@@ -51,26 +51,3 @@ def run_ablation(cfg: RunConfig, folds: int | None = None, fold: int | None = No
             raise ConfigError(f"ablate --variants: {what}; expected one or more of {', '.join(names)}")
     return run_plan(cfg, "ablate", grid, folds, fold, progress, resume, keep_checkpoints, reference=REFERENCE,
                     only=only)
-
-
-def paired_differences(per_fold: Sequence[dict[str, Any]], reference: str, metrics: Sequence[str],
-                       variants: Sequence[str] | None = None) -> dict[str, Any]:
-    """Per-fold differences variant − reference on the folds both finished, and their
-    mean ± std per metric.
-
-    per_fold: rows with variant, fold and one value per metric; variants: the order of the
-    rows (default: as they appear in per_fold), the reference left out. Returns {"reference",
-    "rows": [{variant, n_pairs, metric: {mean, std, n}}], "per_fold": [{variant, fold,
-    metric: difference}]}."""
-    ref = {r["fold"]: r for r in per_fold if r["variant"] == reference}
-    if variants is None:
-        variants = list(dict.fromkeys(r["variant"] for r in per_fold))
-    variants = [v for v in variants if v != reference]
-    rows, diffs = [], []
-    for v in variants:
-        pairs = [(r, ref[r["fold"]]) for r in per_fold if r["variant"] == v and r["fold"] in ref]
-        d = [{"variant": v, "fold": r["fold"],
-              **{m: None if r[m] is None or b[m] is None else r[m] - b[m] for m in metrics}} for r, b in pairs]
-        diffs += d
-        rows.append({"variant": v, "n_pairs": len(d), **{m: mean_std([x[m] for x in d]) for m in metrics}})
-    return {"reference": reference, "rows": rows, "per_fold": diffs}

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .constants import OVERLAY_ALPHA
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -85,7 +87,7 @@ def colorize(maps: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def overlay(
-    images: np.ndarray | torch.Tensor, maps: np.ndarray | torch.Tensor, alpha: float = 0.4
+    images: np.ndarray | torch.Tensor, maps: np.ndarray | torch.Tensor, alpha: float = OVERLAY_ALPHA
 ) -> np.ndarray:
     """Heatmaps blended over images: ``round((1 - alpha) * image + alpha * colorize(map))``.
 
@@ -111,7 +113,7 @@ def plot_triptych(
     images: np.ndarray | torch.Tensor,
     maps: np.ndarray | torch.Tensor,
     titles: Sequence[str] | None = None,
-    alpha: float = 0.4,
+    alpha: float = OVERLAY_ALPHA,
 ) -> Figure:
     """The paper's Fig. 6: one row per image, columns original | heatmap | overlay.
 

@@ -517,9 +517,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(m, indent=2))
         else:
-            from .report import _HEADLINE
+            from .constants import HEADLINE_METRICS
 
-            for k in _HEADLINE:
+            for k in HEADLINE_METRICS:
                 if k in m:
                     out.print(f"{k:22s} {m[k]}")
             for line in _trust_lines(m.get("trust") or {}):

@@ -41,10 +41,11 @@ from .data.cache import CachedImages, build_cache
 from .data.encode import MetadataEncoder
 from .data.splits import group_ids, kfold, validation_split
 from .errors import ConfigError, DataError
-from .experiment import (Cohort, _split_by, _write_predictions, cohort_for, image_size_for, model_kwargs,
+from .experiment import (Cohort, _split_by, cohort_for, image_size_for, model_kwargs,
                          split_label)
 from .heatmaps import INPUT_MODES, render_input
 from .metrics import compute_metrics
+from .predictions_csv import write_predictions
 from .models import create_model, list_models, model_spec
 from .train import ArrayDataset, _resolve_device, fit, is_main_process, predict_proba
 
@@ -378,8 +379,8 @@ class _Runner:
         if self.main:
             atomic_write_text(folder / "history.json", json.dumps(res.history, indent=2))
             atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
-            _write_predictions(folder / "predictions.csv", table.iloc[test], classes, y[test], proba,
-                               extra={"fold": k})
+            write_predictions(folder / "predictions.csv", table["image_id"].to_numpy()[test], classes, y[test], proba,
+                              extra={"fold": k})
             atomic_write_text(folder / "DONE", json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                       "seconds": metrics["seconds"]}))
             if not self.keep:

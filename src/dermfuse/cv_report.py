@@ -21,11 +21,13 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from . import __version__
+from .constants import LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER
 from .errors import DataError
 from .metrics import BOOTSTRAP_METRICS, accuracy, balanced_accuracy, compute_metrics, paired_bootstrap
+from .predictions_csv import label_indices, probabilities, proba_columns, read_predictions
 from .report import Section, figure_html, json_block, table_html, write_report
 
-__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "render_summary", "protocol_gap", "atomic_write_text",
+__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "paired_differences", "render_summary", "protocol_gap", "atomic_write_text",
            "tmp_path"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece", "log_loss")
@@ -54,6 +56,29 @@ def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
     return {"mean": float(v.mean()) if len(v) else None,
             "std": float(v.std(ddof=1)) if len(v) > 1 else None, "n": int(len(v))}
+
+
+def paired_differences(per_fold: Sequence[dict[str, Any]], reference: str, metrics: Sequence[str],
+                       variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-fold differences variant − reference on the folds both finished, and their
+    mean ± std per metric.
+
+    per_fold: rows with variant, fold and one value per metric; variants: the order of the
+    rows (default: as they appear in per_fold), the reference left out. Returns {"reference",
+    "rows": [{variant, n_pairs, metric: {mean, std, n}}], "per_fold": [{variant, fold,
+    metric: difference}]}."""
+    ref = {r["fold"]: r for r in per_fold if r["variant"] == reference}
+    if variants is None:
+        variants = list(dict.fromkeys(r["variant"] for r in per_fold))
+    variants = [v for v in variants if v != reference]
+    rows, diffs = [], []
+    for v in variants:
+        pairs = [(r, ref[r["fold"]]) for r in per_fold if r["variant"] == v and r["fold"] in ref]
+        d = [{"variant": v, "fold": r["fold"],
+              **{m: None if r[m] is None or b[m] is None else r[m] - b[m] for m in metrics}} for r, b in pairs]
+        diffs += d
+        rows.append({"variant": v, "n_pairs": len(d), **{m: mean_std([x[m] for x in d]) for m in metrics}})
+    return {"reference": reference, "rows": rows, "per_fold": diffs}
 
 
 def _pm(s: dict[str, Any] | None, signed: bool = False) -> str:
@@ -105,8 +130,7 @@ def paired_pooled(oof: dict[str, pd.DataFrame], classes: Sequence[str]) -> dict[
 
 def _score(df: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
     """compute_metrics of out-of-fold prediction rows (label, p_<class> columns)."""
-    y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    return compute_metrics(y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64), classes)
+    return compute_metrics(label_indices(df, classes), probabilities(df, classes), classes)
 
 
 def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict, list[str]]:
@@ -125,7 +149,7 @@ def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict
                          "n_images": m["n_images"], "seconds": m.get("seconds")})
             hist = folder / "history.json"
             histories[v].append(json.loads(hist.read_text()) if hist.exists() else [])
-            preds[v].append(pd.read_csv(folder / "predictions.csv", dtype={"image_id": str}))
+            preds[v].append(read_predictions(folder / "predictions.csv"))
             warnings += [w for w in m.get("warnings", []) if w not in warnings]
             hardware.setdefault(m.get("hardware", "not recorded"), {}).setdefault(v, []).append(k)
     # folds from before dermfuse recorded it are no evidence of a difference by themselves
@@ -171,8 +195,6 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "best": best, "gap": protocol_gap(stats, paired_pooled(oof, classes)), "warnings": warnings,
     }
     if plan.get("reference"):
-        from .ablate import paired_differences
-
         result["ablation"] = paired_differences(per_fold, plan["reference"], METRICS, names)
         ref = plan["reference"]
         result["ablation"]["bootstrap"] = {"reference": ref, **_pooled_bootstrap(
@@ -216,8 +238,7 @@ def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict
     folds = pd.read_csv(run_dir / "folds.csv", dtype={"image_id": str, "group": str})
     grouped = "group" in folds.columns
     group_of = dict(zip(folds["image_id"], folds["group"])) if grouped else {}
-    cols = [f"p_{c}" for c in classes]
-    index = {c: i for i, c in enumerate(classes)}
+    cols = proba_columns(classes)
     rows = []
     for v, ref in pairs:
         if v not in oof or ref not in oof:
@@ -228,7 +249,7 @@ def _pooled_bootstrap(run_dir: Path, pairs: Sequence[tuple[str, str]], oof: dict
         if df.empty:
             continue
         groups = df["image_id"].map(group_of).fillna(df["image_id"]) if grouped else df["image_id"]
-        y = df["label"].map(index).to_numpy(np.int64)
+        y = label_indices(df, classes)
         diff = paired_bootstrap(y, df[cols].to_numpy().argmax(1), df[[f"{c}_ref" for c in cols]].to_numpy().argmax(1),
                                 groups.to_numpy(), classes, n_boot=n_boot, level=level)
         levels = {side: {m: fn(y, df[c].to_numpy()) for m, fn in (("accuracy", accuracy),
@@ -386,8 +407,7 @@ def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dic
         scored = {}
         for v in done:
             df = pd.concat(preds[v], ignore_index=True)
-            y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-            scored[v] = (y, df[[f"p_{c}" for c in classes]].to_numpy(np.float64))
+            scored[v] = (label_indices(df, classes), probabilities(df, classes))
         rocs = fig("roc_variants", _plot_macro_roc(scored, {v: pooled[v]["auc_macro"] for v in done}),
                    "macro-average one-vs-rest ROC per variant, pooled out-of-fold", 480)
         if result["best"]:
@@ -402,11 +422,9 @@ def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dic
 
     banners = []
     if plan["data"]["synthetic"]:
-        banners.append("SYNTHETIC DATA — generated by dermfuse for demonstration; "
-                       "these numbers say nothing about real lesions.")
+        banners.append(SYNTHETIC_BANNER)
     if plan["split"] == "image":
-        banners.append("Split: image-level (leaky) — images of one lesion can be in train and test folds; "
-                       "metrics are inflated.")
+        banners.append(LEAKY_SPLIT_BANNER)
     elif any(v["split"] == "image" for v in plan["variants"]):
         banners.append("Variants marked @image use the image-level (leaky) split; they are shown only to measure "
                        "how much that protocol inflates the metrics.")

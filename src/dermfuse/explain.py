@@ -9,6 +9,7 @@ from typing import Sequence
 
 from .bundle import load_bundle
 from .cam import plot_triptych
+from .constants import OVERLAY_ALPHA
 from .errors import BundleError, InputError
 from .plots import save_figure
 from .inference.predictor import Predictor
@@ -18,7 +19,7 @@ __all__ = ["cam_figures", "resolve_device"]
 
 
 def cam_figures(bundle_path: str | Path | None, images: Sequence[str | Path], out: str | Path,
-                alpha: float = 0.4, explain_class: str | None = None, device: str = "cpu") -> list[Path]:
+                alpha: float = OVERLAY_ALPHA, explain_class: str | None = None, device: str = "cpu") -> list[Path]:
     """Write one triptych PNG per image into ``out``; returns their paths.
 
     Uses the bundle's CAM backbone where it has one; an image-input bundle is explained by

@@ -273,7 +273,7 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     """Federated training of ``cfg.model`` on ``cfg.data.path`` split into ``sites`` sites;
     writes config.yaml, sites.json, split.csv, history.json, metrics.json, predictions.csv
     (and with ``central``: central/ and comparison.json) into ``cfg.out``."""
-    from .experiment import _write_predictions
+    from .predictions_csv import write_predictions
     from .metrics import compute_metrics, paired_bootstrap
     from .models import create_model
     from .train import ArrayDataset, evaluate, predict_proba
@@ -354,7 +354,7 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     metrics.update(best_round=best["round"], rounds=rounds, local_epochs=local_epochs, sites=sites,
                    site_rule=site_rule, strategy=strategy, mu=mu, engine=engine)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
+    write_predictions(run_dir / "predictions.csv", table.iloc[test_idx]["image_id"].to_numpy(), classes, y[test_idx], proba)
     result = FederatedResult(run_dir, metrics, history, site_info)
     if central:
         from .experiment import train_run

@@ -27,13 +27,13 @@ from torch import nn
 
 from .data.cache import cache_root
 from .cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, colorize, overlay
+from .constants import OVERLAY_ALPHA  # re-exported: dermfuse.heatmaps.OVERLAY_ALPHA
 from .transforms import to_input
 
 __all__ = ["CAM_METHODS", "INPUT_MODES", "compute_maps", "render_input", "heatmap_stage", "HeatmapStage"]
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "hirescam": HiResCAM}
 INPUT_MODES = ("image", "heatmap", "overlay", "masked")
-OVERLAY_ALPHA = 0.4
 _FORMAT = 1  # bump when the map computation changes
 
 

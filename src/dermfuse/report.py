@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .constants import HEADLINE_METRICS
+
 __all__ = ["Section", "table_html", "figure_html", "metrics_table_html", "subgroup_section", "write_report"]
 
 _CSS = """
@@ -70,8 +72,7 @@ def figure_html(png: bytes, caption: str = "", width: int | None = None) -> str:
     return f"<figure><img{w} alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'/>{cap}</figure>"
 
 
-_HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auc_macro",
-             "melanoma_sensitivity", "log_loss", "ece", "n_images")
+_HEADLINE = HEADLINE_METRICS  # the old private name, for callers that still use it
 
 
 def metrics_table_html(metrics: dict[str, Any]) -> str:

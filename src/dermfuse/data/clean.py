@@ -35,7 +35,7 @@ DROP_REASONS = (
     "not_dermoscopic",  # rows a reader left out on purpose (ReadResult.excluded)
 )
 FIX_REASONS = ("age_invalid",)
-AGE_RANGE = (0.0, 120.0)
+from ..constants import AGE_RANGE  # noqa: E402
 _MEMO_VERSION = 1
 _STATUS_REASON = {"empty": "empty_image", "unreadable": "unreadable_image",
                   "truncated": "truncated_image", "missing": "missing_image_file"}

@@ -19,7 +19,7 @@ from dermfuse.errors import InputError
 __all__ = ["MetadataEncoder", "UNKNOWN", "AGE_RANGE"]
 
 UNKNOWN = "unknown"
-AGE_RANGE = (0.0, 120.0)
+from ..constants import AGE_RANGE  # noqa: E402  (re-exported)
 _STATE_VERSION = 1
 
 

@@ -53,7 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import CLASS_NAMES, __version__
 from ..bundle import Bundle, load_bundle
-from ..data.encode import AGE_RANGE
+from ..constants import AGE_RANGE, OVERLAY_ALPHA
 from ..errors import InputError
 from ..inference.predictor import Predictor
 from ..inference.trust import OPERATING_POINTS, Trust
@@ -70,7 +70,6 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 _FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the age/sex/site fields
 _DRAIN_AFTER_413 = 64 * 1024 * 1024  # read (and drop) this much more so clients see the 413
 STATIC_DIR = Path(__file__).parent / "static"
-OVERLAY_ALPHA = 0.4
 
 DISCLAIMER = (
     "Research use only. This is not a diagnosis and not a medical device: the scores come "

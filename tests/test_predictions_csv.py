@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+
+from dermfuse.predictions_csv import (label_indices, probabilities, proba_columns, read_predictions,
+                                      write_predictions)
+
+
+def test_round_trip_keeps_ids_labels_and_float32_probabilities(tmp_path):
+    classes = ["mel", "nv", "bcc"]
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(3), size=5).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+    ids = ["007", "ISIC_1", "x", "010", "y"]  # numeric-looking ids stay text
+    write_predictions(tmp_path / "p.csv", ids, classes, y, proba, extra={"fold": 3})
+    df = read_predictions(tmp_path / "p.csv")
+    assert list(df.columns) == ["image_id", "label", "fold", "pred", *proba_columns(classes)]
+    assert df["image_id"].tolist() == ids and (df["fold"] == 3).all()
+    assert (label_indices(df, classes) == y).all()
+    assert df["pred"].tolist() == [classes[i] for i in proba.argmax(1)]
+    assert np.array_equal(probabilities(df, classes).astype(np.float32), proba)  # 8 digits: float32 exact
+    assert np.allclose(probabilities(df, classes, renormalise=True).sum(1), 1.0, atol=1e-12)
+
+
+def test_missing_class_column_is_named(tmp_path):
+    write_predictions(tmp_path / "p.csv", ["a"], ["mel", "nv"], np.array([0]), np.array([[0.3, 0.7]]))
+    with pytest.raises(ValueError, match="p_bcc"):
+        probabilities(read_predictions(tmp_path / "p.csv"), ["mel", "nv", "bcc"])
+
+
+def test_shape_mismatch_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="expected"):
+        write_predictions(tmp_path / "p.csv", ["a", "b"], ["mel", "nv"], np.array([0, 1]), np.ones((2, 3)) / 3)

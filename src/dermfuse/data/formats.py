@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dermfuse import HAM10000_CLASSES
+from dermfuse.data.vocab import Unrecognised, normalise_sex, normalise_site, parse_age
 from dermfuse.errors import DataError
 
 __all__ = [
@@ -68,7 +69,6 @@ _ISIC2019_ONEHOT = ("AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC", "UNK")
 _ISIC2019_GT = "ISIC_2019_Training_GroundTruth.csv"
 _ISIC2019_META = "ISIC_2019_Training_Metadata.csv"
 _PREFERRED_CSVS = ("HAM10000_metadata.csv", _ISIC2019_GT, "metadata.csv")
-_MISSING_CATEGORY = {"unknown", "unk"}
 _GENERIC_KEYS = ("image_id", "label", "lesion_id", "patient_id", "age", "sex", "site")
 
 _NEEDS = {
@@ -110,10 +110,14 @@ def _text(values: Iterable[Any]) -> list[str | None]:
     return out
 
 
-def _category(values: Iterable[Any]) -> list[str | None]:
-    """Lower-cased text; 'unknown' and 'unk' become None."""
-    return [None if v is None or v.lower() in _MISSING_CATEGORY else v.lower()
-            for v in _text(values)]
+def _category(values: Iterable[Any], normalise) -> list[str | None]:
+    """Canonical levels (`dermfuse.data.vocab`); missing -> None. A value no vocabulary
+    knows keeps its normalised text, so cleaning can count and name it."""
+    out: list[str | None] = []
+    for v in values:
+        level = normalise(v)
+        out.append(level.key if isinstance(level, Unrecognised) else level)
+    return out
 
 
 def _stem(name: str | None) -> str | None:
@@ -373,9 +377,13 @@ def _index_images(root: Path) -> dict[str, list[str]]:
 
 def _build_table(raw: dict[str, list[Any]], extras: pd.DataFrame, paths: list[str | None],
                  image_ids: list[str | None]) -> pd.DataFrame:
+    # One age rule (dermfuse.data.vocab.parse_age): missing spellings are missing, an
+    # unusable value keeps its text in age_raw (cleaning counts it as age_invalid).
     age_text = _text(raw["age"])
-    age = pd.to_numeric(pd.Series(age_text, dtype=object), errors="coerce").astype(float)
-    age_raw = [t if t is not None and np.isnan(a) else None for t, a in zip(age_text, age)]
+    parsed = [parse_age(t) for t in age_text]
+    age = pd.Series([a.number for a in parsed], dtype=float)  # out of range: cleaning fixes it
+    age_raw = [t if a.problem is not None and np.isnan(a.number) else None
+               for t, a in zip(age_text, parsed)]
 
     def obj(values: list[Any]) -> pd.Series:
         return pd.Series(values, dtype=object)
@@ -387,8 +395,8 @@ def _build_table(raw: dict[str, list[Any]], extras: pd.DataFrame, paths: list[st
         "lesion_id": obj(_text(raw["lesion_id"])),
         "patient_id": obj(_text(raw["patient_id"])),
         "age": age.to_numpy(),
-        "sex": obj(_category(raw["sex"])),
-        "site": obj(_category(raw["site"])),
+        "sex": obj(_category(raw["sex"], normalise_sex)),
+        "site": obj(_category(raw["site"], normalise_site)),
         "age_raw": obj(age_raw),
     })
     extras = extras.reset_index(drop=True)

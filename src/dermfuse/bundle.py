@@ -209,6 +209,40 @@ def read_bundle_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def _check_fits(path: Path, info: dict[str, Any], model: nn.Module, encoder: MetadataEncoder,
+                cam: dict[str, Any] | None) -> None:
+    """bundle.json against the weights it ships: input size, metadata width, classes vs the
+    network's output (one forward pass of zeros). A mismatch is a BundleError naming both."""
+    where = path / META_FILE
+    kwargs = info["model"]["kwargs"]
+    size = int(info["preprocessing"]["image_size"])
+    declared = kwargs.get("input_size", kwargs.get("member_kwargs", {}).get("input_size"))
+    if declared and int(declared) != size:
+        raise BundleError(f"{where}: preprocessing.image_size is {size} but the model was built for "
+                          f"input_size {declared}")
+    if cam:
+        cam_size, cam_declared = int(cam["image_size"]), cam.get("kwargs", {}).get("input_size")
+        if cam_declared and int(cam_declared) != cam_size:
+            raise BundleError(f"{where}: cam.image_size is {cam_size} but the CAM backbone was built "
+                              f"for input_size {cam_declared}")
+    meta_dim = int(kwargs.get("meta_dim", kwargs.get("member_kwargs", {}).get("meta_dim", 0)) or 0)
+    if meta_dim not in (0, encoder.n_features):
+        raise BundleError(f"{where}: the model takes {meta_dim} metadata features but the encoder "
+                          f"gives {encoder.n_features} ({', '.join(encoder.feature_names)})")
+    n_classes = len(info["classes"])
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            logits = model(torch.zeros(1, 3, size, size, device=device),
+                           torch.zeros(1, meta_dim, device=device))
+    except (RuntimeError, ValueError) as e:
+        raise BundleError(f"{where}: the model does not run on a {size}x{size} image with {meta_dim} "
+                          f"metadata features ({str(e)[:200]})") from None
+    if logits.ndim != 2 or logits.shape[1] != n_classes:
+        raise BundleError(f"{where}: lists {n_classes} classes ({', '.join(map(str, info['classes']))}) "
+                          f"but the network outputs {tuple(logits.shape[1:])} logits per image")
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle directory; never unpickles. Raises BundleError for a missing,
     truncated, edited or foreign bundle."""
@@ -245,6 +279,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         cam_model = build("cam.", cam["name"], cam["kwargs"]) if cam else None
         pre = info["preprocessing"]
         encoder = MetadataEncoder.from_dict(info["encoder"])
+        _check_fits(path, info, model, encoder, cam)
         calibration = Calibration.from_dict(info.get("calibration"))
         if not calibration.temperature > 0 or (
                 calibration.prior_shift and len(calibration.log_prior or []) != len(info["classes"])):

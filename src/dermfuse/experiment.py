@@ -587,6 +587,7 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
     proba = predict_arrays(bundle, cache.images, meta, progress=progress)
     metrics = compute_metrics(y, proba, bundle.classes)
     metrics["unseen_categories"] = bundle.encoder.unseen_counts
+    metrics["unrecognised_metadata"] = getattr(cohort.report, "unrecognised", {})
     metrics["cleaning"] = cohort.report.counts
     metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
     if out:

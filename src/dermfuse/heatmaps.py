@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
@@ -48,7 +49,7 @@ def compute_maps(cam_model: nn.Module, images: np.ndarray, method: str = "gradca
         raise ValueError(f"unknown CAM method {method!r}; known: {sorted(CAM_METHODS)}")
     device = next(cam_model.parameters()).device
     maps = np.zeros(images.shape[:3], np.float32)
-    with CAM_METHODS[method](cam_model) as cam, Progress(transient=True, disable=not progress) as bar:
+    with CAM_METHODS[method](cam_model) as cam, Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task("heatmaps", total=len(images))
         for s in range(0, len(images), batch_size):
             x = to_input(np.ascontiguousarray(images[s:s + batch_size])).to(device)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import track
 
 from .bundle import Bundle
@@ -45,7 +46,7 @@ def prepare_image(bundle: Bundle, source: str | Path | bytes) -> np.ndarray:
 
 def _batches(n: int, batch_size: int, progress: bool, what: str):
     starts = range(0, n, batch_size)
-    return track(starts, description=what, transient=True) if progress and n > batch_size else starts
+    return track(starts, description=what, transient=True, console=Console(stderr=True)) if progress and n > batch_size else starts
 
 
 def predict_arrays(bundle: Bundle, images: np.ndarray, meta: np.ndarray, batch_size: int = 64,

@@ -37,7 +37,10 @@ __all__ = [
     "MIN_IMAGE_SIDE",
     "RESIZE_METHODS",
     "CachedImages",
+    "CACHE_PARTS",
     "build_cache",
+    "cache_usage",
+    "clear_cache",
     "cache_root",
     "cache_key",
     "decode_count",
@@ -410,3 +413,30 @@ def build_cache(
         if tmp.exists():
             tmp.unlink()
     return CachedImages(np.load(npy, mmap_mode="r"), key, len(table), npy, tuple(image_ids))
+
+
+CACHE_PARTS = ("images", "heatmaps", "image_checks")
+"""The cache root's sub-folders: decoded images, CAM heatmaps, memoised image checks."""
+
+
+def cache_usage(cache_dir: str | os.PathLike | None = None) -> dict:
+    """{"root": str, "parts": {part: {"files": n, "bytes": b}}, "bytes": total} of the cache."""
+    root = cache_root(cache_dir)
+    parts = {}
+    for part in CACHE_PARTS:
+        files = [p for p in (root / part).rglob("*") if p.is_file()] if (root / part).is_dir() else []
+        parts[part] = {"files": len(files), "bytes": int(sum(p.stat().st_size for p in files))}
+    return {"root": str(root), "parts": parts, "bytes": sum(p["bytes"] for p in parts.values())}
+
+
+def clear_cache(cache_dir: str | os.PathLike | None = None) -> dict:
+    """Delete the files of every part in `CACHE_PARTS` (nothing else under the root);
+    returns `cache_usage` as it was before."""
+    import shutil
+
+    before = cache_usage(cache_dir)
+    root = cache_root(cache_dir)
+    for part in CACHE_PARTS:
+        if (root / part).is_dir():
+            shutil.rmtree(root / part)
+    return before

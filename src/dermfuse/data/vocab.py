@@ -136,6 +136,7 @@ class AgeParse:
     number: float = math.nan
 
 
+_AGE_MAX_CHARS = 32  # no age needs more characters; longer text is not read as a number
 _AGE_TEXT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*$", re.IGNORECASE)
 
 
@@ -146,9 +147,9 @@ def parse_age(value: Any) -> AgeParse:
     if is_missing(value):
         return AgeParse(math.nan)
     if isinstance(value, str):
-        match = _AGE_TEXT.match(value)
+        match = _AGE_TEXT.match(value) if len(value) <= _AGE_MAX_CHARS else None
         if match is None:
-            lowered = value.strip().lower().lstrip("+-")
+            lowered = value[:_AGE_MAX_CHARS + 1].strip().lower().lstrip("+-")
             what = "not a finite number" if lowered in ("inf", "infinity") else "not a number"
             return AgeParse(math.nan, f"{shorten(value)} is {what}")
         number = float(match.group(1))
@@ -165,8 +166,12 @@ def parse_age(value: Any) -> AgeParse:
 
 
 def shorten(value: Any, limit: int = 80) -> str:
-    """repr of a value for a message, cut to `limit` characters with its full length named."""
+    """repr of a value for a message, cut to `limit` characters with its full length named:
+    'aaaa…' (10000 characters)."""
     text = repr(value)
     if len(text) <= limit:
         return text
-    return f"{text[:limit - 1]}… ({len(str(value)):,} characters)"
+    if isinstance(value, str):
+        cut = repr(value[: limit - 3])
+        return f"{cut[:-1]}…{cut[-1]} ({len(value)} characters)"
+    return f"{text[: limit - 1]}… ({len(text)} characters)"

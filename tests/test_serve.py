@@ -160,13 +160,13 @@ def test_malformed_multipart_is_400(client):
 
 
 def test_image_sent_as_text_field_is_422(client):
-    r = client.post("/predict", data={"image": "hello", "age": "40"})
+    r = client.post("/predict", data={"image": "hello", "age": "40"}, files={"other": ("x", b"x")})
     assert r.status_code == 422 and "'image' must be a file" in r.json()["detail"]
 
 
-def test_json_body_is_422(client):
+def test_json_body_is_415_naming_multipart(client):
     r = client.post("/predict", json={"age": 40})
-    assert r.status_code == 422 and "image" in r.json()["detail"]
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("extra", [1, 1024 * 1024], ids=["image part", "content-length"])

@@ -26,6 +26,7 @@ from . import __version__
 from .calibrate import Calibration
 from .data.encode import MetadataEncoder
 from .errors import BundleError
+from .io import atomic_write, atomic_write_text
 from .models import create_model
 from .models.ensemble import ENSEMBLE, build_ensemble
 
@@ -124,9 +125,7 @@ def save_bundle(
         tensors.update(
             {f"cam.{k}": v.detach().cpu().contiguous() for k, v in cam_model.state_dict().items()}
         )
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": BUNDLE_FORMAT})
-    tmp.replace(out / WEIGHTS_FILE)
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": BUNDLE_FORMAT}))
     digest = _sha256(out / WEIGHTS_FILE)
     info = {
         "format": BUNDLE_FORMAT,
@@ -162,7 +161,7 @@ def save_bundle(
         "weights_sha256": digest,
         **(extra or {}),
     }
-    (out / META_FILE).write_text(json.dumps(info, indent=2, default=_json_default))
+    atomic_write_text(out / META_FILE, json.dumps(info, indent=2, default=_json_default))
     return out
 
 
@@ -180,9 +179,7 @@ def update_bundle_info(path: str | Path, **changes: Any) -> dict[str, Any]:
     path = Path(path)
     info = read_bundle_info(path)
     info.update(changes)
-    tmp = path / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=_json_default))
-    tmp.replace(path / META_FILE)
+    atomic_write_text(path / META_FILE, json.dumps(info, indent=2, default=_json_default))
     return info
 
 

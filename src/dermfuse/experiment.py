@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from .io import atomic_write, atomic_write_text
 from . import __version__
 from .bundle import load_bundle, save_bundle, update_bundle_info
 from .calibrate import CALIBRATION_MODES, Calibration, fit_calibration
@@ -131,7 +132,7 @@ def _write_predictions(path: Path, table: pd.DataFrame, classes: list[str], y: n
     df["pred"] = [classes[i] for i in proba.argmax(1)]
     for j, c in enumerate(classes):
         df[f"p_{c}"] = proba[:, j]
-    df.to_csv(path, index=False, float_format="%.8g")  # float32 precision: argmax ties survive a re-read
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.8g"))  # float32 precision: argmax ties survive a re-read
 
 
 def check_config(cfg: RunConfig) -> None:
@@ -205,7 +206,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     part = np.full(len(table), "train", dtype=object)
     part[val_idx], part[test_idx] = "val", "test"
     if main:
-        pd.DataFrame({"image_id": table["image_id"], "part": part}).to_csv(run_dir / "split.csv", index=False)
+        split = pd.DataFrame({"image_id": table["image_id"], "part": part})
+        atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
 
     size = image_size_for(cfg)
     cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
@@ -283,7 +285,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         metrics["members"] = member_metrics
     if not main:
         return RunResult(run_dir, metrics, None, fit_res.history)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     if has_test:
         _write_predictions(run_dir / "predictions.csv", table.iloc[test_idx], classes, y[test_idx], proba)
         for k, p in enumerate(member_proba):  # each member alone, for paired comparisons
@@ -349,7 +351,7 @@ def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, 
     val_raw = np.mean(val_p, axis=0, dtype=np.float64).astype(np.float32) if val_p else None
     test_raw = np.mean(test_p, axis=0, dtype=np.float64).astype(np.float32) if test_p else None
     if is_main_process():  # member 0's curves stand for the run (the report's, `dermfuse calibrate`'s)
-        (run_dir / "history.json").write_text(json.dumps(fits[0].history, indent=2))
+        atomic_write_text(run_dir / "history.json", json.dumps(fits[0].history, indent=2))
     return Ensemble(members), fits[0], val_raw, test_raw, member_metrics, member_proba
 
 
@@ -516,7 +518,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     if "members" in old:  # an ensemble's members were scored alone, each with its own calibration
         metrics["members"] = old["members"]
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     test_rows = table.set_index("image_id").loc[pred["image_id"]].reset_index()
     _write_predictions(run_dir / "predictions.csv", test_rows, classes, y_test, proba)
     update_bundle_info(run_dir / "bundle", calibration=calibration.to_dict(),
@@ -593,6 +595,6 @@ def evaluate_bundle(bundle_path: str | Path, data_path: str | Path, format: str 
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         _write_predictions(out / "predictions.csv", table, bundle.classes, y, proba)
     return metrics

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import threading
-import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from dermfuse.errors import DataError, InputError
+from dermfuse.io import atomic_write_text, temp_path
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -369,7 +369,7 @@ def build_cache(
         return CachedImages(existing, key, 0, npy, tuple(image_ids))
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npy.tmp"
+    tmp = temp_path(npy, ".npy")
     paths = [str(p) for p in table["path"]]
 
     def work(i: int) -> np.ndarray:
@@ -406,9 +406,7 @@ def build_cache(
             "n": len(table),
             "image_ids": image_ids,
         }
-        tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp_meta.write_text(json.dumps(info))
-        os.replace(tmp_meta, meta)
+        atomic_write_text(meta, json.dumps(info))
     finally:
         if tmp.exists():
             tmp.unlink()

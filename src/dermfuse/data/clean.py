@@ -9,7 +9,6 @@ folder decodes nothing.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor

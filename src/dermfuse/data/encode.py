@@ -9,7 +9,6 @@ Spellings are normalised by `dermfuse.data.vocab` ('M' -> 'male', 'posterior tor
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any, Iterable
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermfuse.data.cache import MIN_IMAGE_SIDE, build_cache, load_image
+from dermfuse.data.cache import build_cache, load_image
 from dermfuse.errors import InputError
 
 H, W = 36, 48  # not square, above MIN_IMAGE_SIDE: resizing to (H, W) is the identity
@@ -190,6 +190,8 @@ def test_modes_without_a_fixed_range_are_refused_by_name(mode, make):
 
 @pytest.mark.parametrize("size", [(31, 100), (100, 31), (8, 8)])
 def test_an_image_under_the_minimum_side_is_refused_naming_both_sizes(size):
+    from dermfuse.data.cache import MIN_IMAGE_SIDE
+
     data = _save(Image.new("RGB", size, (120, 80, 60)))
     with pytest.raises(InputError, match=rf"{size[0]}x{size[1]} px.*at least {MIN_IMAGE_SIDE} px") as info:
         load_image(data)

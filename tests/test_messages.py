@@ -11,7 +11,6 @@ from PIL import Image
 from _bundles import jpeg_bytes, lesion_image, make_bundle, make_encoder
 from dermfuse.bundle import load_bundle
 from dermfuse.data.formats import read_dataset
-from dermfuse.data.vocab import shorten
 from dermfuse.errors import DataError, InputError
 from dermfuse.serve.app import create_app
 
@@ -81,6 +80,8 @@ def test_long_filenames_are_cut_in_messages(client):
 
 
 def test_shorten_keeps_short_values_and_cuts_long_ones():
+    from dermfuse.data.vocab import shorten
+
     assert shorten("back") == "'back'"
     cut = shorten("y" * 500)
     assert len(cut) < 110 and cut.endswith("(500 characters)")

@@ -15,27 +15,31 @@ from PIL import Image
 from _bundles import make_encoder
 from dermfuse.data.clean import clean, summarize
 from dermfuse.data.formats import read_dataset
-from dermfuse.data.vocab import (SEX_LEVELS, SEX_SYNONYMS, SITE_LEVELS, SITE_SYNONYMS, Unrecognised,
-                                 normalise_sex, normalise_site, parse_age)
 from dermfuse.errors import InputError
+
+def _vocab():
+    from dermfuse.data import vocab  # imported per test: the reader tests also run on older code
+
+    return vocab
+
 
 HAM_SITES = ("abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand",
              "lower extremity", "neck", "scalp", "trunk", "upper extremity")
 
 
 def test_canonical_levels_are_ham10000s_so_existing_bundles_keep_theirs():
-    assert set(HAM_SITES) <= set(SITE_LEVELS) and set(SEX_LEVELS) == {"male", "female"}
-    assert set(SITE_SYNONYMS.values()) <= set(SITE_LEVELS)
-    assert set(SEX_SYNONYMS.values()) <= set(SEX_LEVELS)
+    assert set(HAM_SITES) <= set(_vocab().SITE_LEVELS) and set(_vocab().SEX_LEVELS) == {"male", "female"}
+    assert set(_vocab().SITE_SYNONYMS.values()) <= set(_vocab().SITE_LEVELS)
+    assert set(_vocab().SEX_SYNONYMS.values()) <= set(_vocab().SEX_LEVELS)
     for level in HAM_SITES:
-        assert normalise_site(level) == level
+        assert _vocab().normalise_site(level) == level
 
 
 @pytest.mark.parametrize("raw, level", [
     ("M", "male"), ("F", "female"), ("Male", "male"), ("FEMALE", "female"), (" f ", "female"),
 ])
 def test_sex_spellings(raw, level):
-    assert normalise_sex(raw) == level
+    assert _vocab().normalise_sex(raw) == level
 
 
 @pytest.mark.parametrize("raw, level", [
@@ -49,27 +53,27 @@ def test_sex_spellings(raw, level):
     ("FACE", "face"),  # PAD-UFES-20 region
 ])
 def test_site_spellings(raw, level):
-    assert normalise_site(raw) == level
+    assert _vocab().normalise_site(raw) == level
 
 
 @pytest.mark.parametrize("raw", [None, "", " ", "unknown", "UNK", "nan", "NA", "n/a", float("nan")])
 def test_missing_spellings_are_missing_everywhere(raw):
-    assert normalise_sex(raw) is None and normalise_site(raw) is None
-    assert math.isnan(parse_age(raw).value) and parse_age(raw).problem is None
+    assert _vocab().normalise_sex(raw) is None and _vocab().normalise_site(raw) is None
+    assert math.isnan(_vocab().parse_age(raw).value) and _vocab().parse_age(raw).problem is None
 
 
 def test_one_age_rule_numbers_non_numbers_and_non_finite():
-    assert parse_age("45").value == 45 and parse_age(" 45.0 ").value == 45 and parse_age(60).value == 60
+    assert _vocab().parse_age("45").value == 45 and _vocab().parse_age(" 45.0 ").value == 45 and _vocab().parse_age(60).value == 60
     for bad, why in [("inf", "not a finite number"), ("-Infinity", "not a finite number"),
                      (float("inf"), "not a finite number"), ("forty", "not a number"),
                      ("12 years", "not a number"), ("-3", "outside 0..120"), (121, "outside 0..120")]:
-        parsed = parse_age(bad)
+        parsed = _vocab().parse_age(bad)
         assert math.isnan(parsed.value) and why in parsed.problem, (bad, parsed)
 
 
 def test_unrecognised_values_come_back_as_such():
-    assert normalise_site("left knee") == Unrecognised("left knee", "left knee")
-    assert isinstance(normalise_sex("robot"), Unrecognised)
+    assert _vocab().normalise_site("left knee") == _vocab().Unrecognised("left knee", "left knee")
+    assert isinstance(_vocab().normalise_sex("robot"), _vocab().Unrecognised)
 
 
 # --- readers and the single-input path agree ------------------------------------------------

@@ -11,9 +11,9 @@ Endpoints::
 
 Every bad input is a 4xx with ``{"detail": "<message that names the problem>"}``: 413 for
 a body or image over ``MAX_UPLOAD_BYTES`` (the body is read as it streams and refused as
-soon as it passes the limit), 415 for a body that is not multipart/form-data, 422 for an input the bundle refuses (not an image, corrupt,
-a decompression bomb, age not a number or outside 0..120, unknown sex or site, missing
-form field), 400 for a request that is not valid multipart.
+soon as it passes the limit), 415 for a body that is not multipart/form-data, 422 for an
+input the bundle refuses (not an image, corrupt, a decompression bomb, smaller than 32 px,
+age not a number or outside 0..120, unknown sex or site, missing form field), 400 for a request that is not valid multipart.
 
 Inference runs in one worker thread that owns torch. Requests that arrive while it is busy
 are grouped into one batch (up to ``max_batch``) and go through ``predict_arrays`` and

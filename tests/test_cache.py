@@ -22,7 +22,7 @@ def _write_images(folder: Path) -> pd.DataFrame:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
-    for i, (w, h) in enumerate([(40, 30), (30, 40), (64, 48), (20, 20), (50, 37)]):
+    for i, (w, h) in enumerate([(40, 32), (32, 40), (64, 48), (40, 32), (50, 37)]):
         arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         ext = "png" if i % 2 else "jpg"
         path = folder / f"img_{i}.{ext}"
@@ -145,11 +145,11 @@ def test_decompression_bomb_raises_input_error(tmp_path):
 
 def test_load_image_gives_rgb_from_bytes_and_other_modes():
     buf = io.BytesIO()
-    Image.new("RGBA", (10, 6), (10, 20, 30, 128)).save(buf, "PNG")
+    Image.new("RGBA", (40, 32), (10, 20, 30, 128)).save(buf, "PNG")
     img = load_image(buf.getvalue())
-    assert img.mode == "RGB" and img.size == (10, 6)
+    assert img.mode == "RGB" and img.size == (40, 32)
     buf = io.BytesIO()
-    Image.new("L", (5, 5), 77).save(buf, "PNG")
+    Image.new("L", (32, 32), 77).save(buf, "PNG")
     assert np.asarray(load_image(buf.getvalue()))[0, 0].tolist() == [77, 77, 77]
 
 

@@ -21,7 +21,7 @@ from dermfuse.errors import DataError
 
 def _image(path: Path, color: tuple[int, int, int] = (120, 60, 30)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), color).save(path)
+    Image.new("RGB", (32, 32), color).save(path)
     return path
 
 
@@ -115,7 +115,7 @@ def test_reads_isic2019_onehot_and_metadata(tmp_path: Path) -> None:
     assert result.classes == ISIC2019_CLASSES
     assert list(t["label"]) == ["nv", "ak", "scc"]
     assert list(t["lesion_id"]) == [None, "BCN_1", "HAM_9"]
-    assert list(t["site"]) == ["anterior torso", "head/neck", None]
+    assert list(t["site"]) == ["trunk", "head/neck", None]  # ISIC spellings, canonical levels (vocab)
     assert list(t["sex"]) == ["male", "female", None]
     assert t.loc[1, "age"] == 70.0 and math.isnan(t.loc[2, "age"])
     assert t["path"].notna().all()
@@ -211,7 +211,7 @@ def test_reads_pad_ufes20(tmp_path: Path) -> None:
     assert list(t["label"]) == ["ack", "sek", "mel"]
     assert list(t["lesion_id"]) == ["10", "11", "12"]
     assert list(t["sex"]) == ["female", "female", None]
-    assert list(t["site"]) == ["arm", "face", "chest"]
+    assert list(t["site"]) == ["upper extremity", "face", "chest"]  # PAD ARM -> canonical
     assert t["path"].notna().all()
     assert {"fitspatrick", "itch", "grew", "elevation", "biopsed"} <= set(t.columns)
     assert "img_id" not in t.columns and "gender" not in t.columns
@@ -234,7 +234,7 @@ def test_reads_generic_csv_with_column_map(tmp_path: Path) -> None:
     assert result.classes == ("Benign", "Melanoma")
     assert list(t["image_id"]) == ["a", "b"]
     assert list(t["patient_id"]) == ["S1", "S2"]
-    assert list(t["sex"]) == ["f", "m"] and list(t["site"]) == ["arm", None]
+    assert list(t["sex"]) == ["female", "male"] and list(t["site"]) == ["upper extremity", None]
     assert t["lesion_id"].isna().all() and list(t["scanner"]) == ["X", "Y"]
     assert t["path"].notna().all()
 

@@ -27,6 +27,7 @@ from .calibrate import Calibration
 from .data.encode import MetadataEncoder
 from .errors import BundleError
 from .inference.trust import load_trust
+from .io import atomic_write, atomic_write_text
 from .models import create_model
 from .models.ensemble import ENSEMBLE, build_ensemble
 
@@ -128,9 +129,7 @@ def save_bundle(
         tensors.update(
             {f"cam.{k}": v.detach().cpu().contiguous() for k, v in cam_model.state_dict().items()}
         )
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": BUNDLE_FORMAT})
-    tmp.replace(out / WEIGHTS_FILE)
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": BUNDLE_FORMAT}))
     digest = _sha256(out / WEIGHTS_FILE)
     info = {
         "format": BUNDLE_FORMAT,
@@ -166,7 +165,7 @@ def save_bundle(
         "weights_sha256": digest,
         **(extra or {}),
     }
-    (out / META_FILE).write_text(json.dumps(info, indent=2, default=_json_default))
+    atomic_write_text(out / META_FILE, json.dumps(info, indent=2, default=_json_default))
     return out
 
 
@@ -184,9 +183,7 @@ def update_bundle_info(path: str | Path, **changes: Any) -> dict[str, Any]:
     path = Path(path)
     info = read_bundle_info(path)
     info.update(changes)
-    tmp = path / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=_json_default))
-    tmp.replace(path / META_FILE)
+    atomic_write_text(path / META_FILE, json.dumps(info, indent=2, default=_json_default))
     return info
 
 
@@ -211,6 +208,40 @@ def read_bundle_info(path: str | Path) -> dict[str, Any]:
         if key not in info:
             raise BundleError(f"{meta}: required key {key!r} is missing")
     return info
+
+
+def _check_fits(path: Path, info: dict[str, Any], model: nn.Module, encoder: MetadataEncoder,
+                cam: dict[str, Any] | None) -> None:
+    """bundle.json against the weights it ships: input size, metadata width, classes vs the
+    network's output (one forward pass of zeros). A mismatch is a BundleError naming both."""
+    where = path / META_FILE
+    kwargs = info["model"]["kwargs"]
+    size = int(info["preprocessing"]["image_size"])
+    declared = kwargs.get("input_size", kwargs.get("member_kwargs", {}).get("input_size"))
+    if declared and int(declared) != size:
+        raise BundleError(f"{where}: preprocessing.image_size is {size} but the model was built for "
+                          f"input_size {declared}")
+    if cam:
+        cam_size, cam_declared = int(cam["image_size"]), cam.get("kwargs", {}).get("input_size")
+        if cam_declared and int(cam_declared) != cam_size:
+            raise BundleError(f"{where}: cam.image_size is {cam_size} but the CAM backbone was built "
+                              f"for input_size {cam_declared}")
+    meta_dim = int(kwargs.get("meta_dim", kwargs.get("member_kwargs", {}).get("meta_dim", 0)) or 0)
+    if meta_dim not in (0, encoder.n_features):
+        raise BundleError(f"{where}: the model takes {meta_dim} metadata features but the encoder "
+                          f"gives {encoder.n_features} ({', '.join(encoder.feature_names)})")
+    n_classes = len(info["classes"])
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            logits = model(torch.zeros(1, 3, size, size, device=device),
+                           torch.zeros(1, meta_dim, device=device))
+    except (RuntimeError, ValueError) as e:
+        raise BundleError(f"{where}: the model does not run on a {size}x{size} image with {meta_dim} "
+                          f"metadata features ({str(e)[:200]})") from None
+    if logits.ndim != 2 or logits.shape[1] != n_classes:
+        raise BundleError(f"{where}: lists {n_classes} classes ({', '.join(map(str, info['classes']))}) "
+                          f"but the network outputs {tuple(logits.shape[1:])} logits per image")
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
@@ -249,6 +280,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         cam_model = build("cam.", cam["name"], cam["kwargs"]) if cam else None
         pre = info["preprocessing"]
         encoder = MetadataEncoder.from_dict(info["encoder"])
+        _check_fits(path, info, model, encoder, cam)
         calibration = Calibration.from_dict(info.get("calibration"))
         if not calibration.temperature > 0 or (
                 calibration.prior_shift and len(calibration.log_prior or []) != len(info["classes"])):

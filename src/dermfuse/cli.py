@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     # --- end cv / ablate -----------------------------------------------------------------
 
+    p = sub.add_parser("cache", help="size of the image and heatmap caches; --clear empties them")
+    p.add_argument("--clear", action="store_true", help="delete the cached images, heatmaps and image checks")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     # --- explain-eval (dermfuse.explain_eval) ---------------------------------------------
     p = sub.add_parser("explain-eval", help="are a bundle's heatmaps faithful, on the lesion, free of a border frame?")
     p.add_argument("bundle")
@@ -455,6 +459,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metadata_problems(m: dict) -> None:
+    """evaluate (text): metadata values no vocabulary knows, and values the bundle never saw."""
+    for key, what in (("unrecognised_metadata", "not recognised (read as unknown)"),
+                      ("unseen_categories", "not among the bundle's levels (encoded as unknown)")):
+        for field, values in (m.get(key) or {}).items():
+            if values:
+                named = ", ".join(f"{v[:80]!r} ({n})" for v, n in sorted(values.items(), key=lambda kv: -kv[1]))
+                out.print(f"{field} {what}: {named}", highlight=False, soft_wrap=True)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .data.cache import cache_usage, clear_cache
+
+    usage = clear_cache() if args.clear else cache_usage()
+    if args.json:
+        print(json.dumps({**usage, "cleared": bool(args.clear)}, indent=2))
+        return 0
+    for part, u in usage["parts"].items():
+        out.print(f"{part:13s} {u['files']:6d} files {u['bytes'] / 1e6:10.1f} MB")
+    out.print(f"{'total':13s} {'':12s} {usage['bytes'] / 1e6:10.1f} MB  in {usage['root']}", highlight=False)
+    if args.clear:
+        err.print(f"cleared {usage['bytes'] / 1e6:.1f} MB from {usage['root']}")
+    return 0
+
+
 def _print_holdout(name: str, m: dict) -> None:
     err.print(f"[bold]{name}[/bold] on held-out data: accuracy {m['accuracy']:.4f}, balanced accuracy "
               f"{m['balanced_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, melanoma sensitivity "
@@ -528,6 +557,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 from .evaluation.subgroups import render_subgroups
 
                 out.print(render_subgroups(m["subgroups"]), markup=False, highlight=False, soft_wrap=True)
+            _print_metadata_problems(m)
         return 0
     if args.command == "release":
         from .release import release_run
@@ -674,6 +704,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             for f in res["files"]:
                 err.print(f"wrote {Path(args.out) / f}")
         return 0  # --- end export ---
+    if args.command == "cache":
+        return _cmd_cache(args)
     if args.command == "serve":
         from .serve.app import run_server
 

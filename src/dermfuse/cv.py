@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from rich.console import Console
 
 from . import __version__
 from .config import RunConfig, config_to_dict, save_config
-from .cv_report import atomic_write_text, collect, render_summary, tmp_path
+from .cv_report import atomic_write_text, collect, render_summary
+from .io import atomic_write
 from .data.cache import CachedImages, build_cache
 from .data.encode import MetadataEncoder
 from .data.splits import group_ids, kfold, validation_split
@@ -217,9 +217,7 @@ class _Runner:
                 raise ConfigError(f"{run_dir} was started with another config ({'; '.join(diff)}); "
                                   f"use the same options or another --out")
         elif self.main:
-            tmp = tmp_path(cfg_path)
-            save_config(cfg, tmp)
-            os.replace(tmp, cfg_path)
+            save_config(cfg, cfg_path)  # atomic (dermfuse.io)
         self._prepare_folds({v.split for v in variants})
         if self.main:
             self._write_plan(kind, variants, reference)
@@ -250,9 +248,7 @@ class _Runner:
                 return
             fresh = saved.assign(**{c: fresh[c].to_numpy() for c in extra})
         if self.main:
-            tmp = tmp_path(path)
-            fresh.to_csv(tmp, index=False)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: fresh.to_csv(tmp, index=False))
 
     def _write_plan(self, kind: str, variants: list[Variant], reference: str | None) -> None:
         path = self.run_dir / "plan.json"
@@ -318,9 +314,8 @@ class _Runner:
                                   resume=self.resume)
             maps = stage.maps
             if self.main:
-                tmp = tmp_path(path).with_suffix(".tmp.npy")  # np.save appends .npy otherwise
-                np.save(tmp, np.rint(maps * 255).astype(np.uint8))
-                os.replace(tmp, path)
+                atomic_write(path, lambda tmp: np.save(tmp, np.rint(maps * 255).astype(np.uint8)),
+                             suffix=".npy")  # np.save appends .npy otherwise
                 if not self.keep:
                     (folder / "cam_backbone" / "checkpoint.pt").unlink(missing_ok=True)
         self._maps[key] = maps

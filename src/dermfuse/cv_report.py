@@ -10,8 +10,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import socket
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +18,8 @@ import pandas as pd
 from rich.console import Console, Group
 from rich.table import Table
 
+from .io import atomic_write, temp_path
+from .io import atomic_write_text as _atomic_write_text
 from . import __version__
 from .constants import LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER
 from .errors import DataError
@@ -40,14 +40,12 @@ console = Console(stderr=True)
 def tmp_path(path: Path) -> Path:
     """A temporary name beside ``path``, unique per host and process (fold jobs on several
     machines may write into one shared run directory); rename it over ``path``."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    return temp_path(path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
-    tmp = tmp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic_write_text(path, text)
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
@@ -289,9 +287,7 @@ def _gap_exposure(run_dir: Path, twins: Sequence[str], oof: dict[str, pd.DataFra
 
 def _write_tables(run_dir: Path, result: dict[str, Any]) -> None:
     def save_csv(df: pd.DataFrame, name: str) -> None:
-        tmp = tmp_path(run_dir / name)
-        df.to_csv(tmp, index=False, float_format="%.6f")
-        os.replace(tmp, run_dir / name)
+        atomic_write(run_dir / name, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6f"))
 
     rows = []
     for v in result["variants"]:

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from .io import atomic_write, atomic_write_text
 from . import __version__
 from .bundle import load_bundle, save_bundle, update_bundle_info
 from .calibrate import CALIBRATION_MODES, Calibration, fit_calibration
@@ -204,7 +205,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     part = np.full(len(table), "train", dtype=object)
     part[val_idx], part[test_idx] = "val", "test"
     if main:
-        pd.DataFrame({"image_id": table["image_id"], "part": part}).to_csv(run_dir / "split.csv", index=False)
+        split = pd.DataFrame({"image_id": table["image_id"], "part": part})
+        atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
 
     size = image_size_for(cfg)
     cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
@@ -297,7 +299,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         metrics["init"] = init_info
     if not main:
         return RunResult(run_dir, metrics, None, fit_res.history)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     if has_test:
         test_ids = table["image_id"].to_numpy()[test_idx]
         write_predictions(run_dir / "predictions.csv", test_ids, classes, y[test_idx], proba)
@@ -377,7 +379,7 @@ def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, 
     val_raw = np.mean(val_p, axis=0, dtype=np.float64).astype(np.float32) if val_p else None
     test_raw = np.mean(test_p, axis=0, dtype=np.float64).astype(np.float32) if test_p else None
     if is_main_process():  # member 0's curves stand for the run (the report's, `dermfuse calibrate`'s)
-        (run_dir / "history.json").write_text(json.dumps(fits[0].history, indent=2))
+        atomic_write_text(run_dir / "history.json", json.dumps(fits[0].history, indent=2))
     return Ensemble(members), fits[0], val_raw, test_raw, member_metrics, member_proba
 
 
@@ -542,7 +544,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     if "members" in old:  # an ensemble's members were scored alone, each with its own calibration
         metrics["members"] = old["members"]
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     write_predictions(run_dir / "predictions.csv", pred["image_id"].to_numpy(), classes, y_test, proba)
     update_bundle_info(run_dir / "bundle", calibration=calibration.to_dict(),
                        metrics={**_headline(metrics), "split": metrics["split"]})
@@ -639,6 +641,7 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
         metrics["at_operating_point"] = {k: v for k, v in compute_metrics(y, decided, bundle.classes).items()
                                          if not isinstance(v, (dict, list))}
     metrics["unseen_categories"] = bundle.encoder.unseen_counts
+    metrics["unrecognised_metadata"] = getattr(cohort.report, "unrecognised", {})
     metrics["cleaning"] = cohort.report.counts
     metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
     if by:
@@ -651,7 +654,7 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
         write_predictions(out / "predictions.csv", table["image_id"].to_numpy(), bundle.classes, y, proba)
         from .plots import save_figure
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
 from .data.cache import cache_root
+from .io import atomic_write, atomic_write_text
 from .cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, colorize, overlay
 from .constants import OVERLAY_ALPHA  # re-exported: dermfuse.heatmaps.OVERLAY_ALPHA
 from .transforms import to_input
@@ -48,7 +49,7 @@ def compute_maps(cam_model: nn.Module, images: np.ndarray, method: str = "gradca
         raise ValueError(f"unknown CAM method {method!r}; known: {sorted(CAM_METHODS)}")
     device = next(cam_model.parameters()).device
     maps = np.zeros(images.shape[:3], np.float32)
-    with CAM_METHODS[method](cam_model) as cam, Progress(transient=True, disable=not progress) as bar:
+    with CAM_METHODS[method](cam_model) as cam, Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task("heatmaps", total=len(images))
         for s in range(0, len(images), batch_size):
             x = to_input(np.ascontiguousarray(images[s:s + batch_size])).to(device)
@@ -98,9 +99,7 @@ def cached_maps(cam_model: nn.Module, images: np.ndarray, image_cache_key: str, 
         return np.load(path).astype(np.float32) / 255.0, key, True
     maps = compute_maps(cam_model, images, method=method, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
-    np.save(tmp, np.rint(maps * 255).astype(np.uint8))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.save(tmp, np.rint(maps * 255).astype(np.uint8)), suffix=".npy")
     return maps, key, False
 
 
@@ -143,9 +142,9 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
     main = is_main_process()  # under torchrun only rank 0 writes
     if main:
         cam_dir.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({"image_id": table["image_id"].to_numpy()[np.r_[train_idx, val_idx]],
-                       "role": ["train"] * len(train_idx) + ["val"] * len(val_idx)}
-                     ).to_csv(run_dir / "cam_training_ids.csv", index=False)
+        ids = pd.DataFrame({"image_id": table["image_id"].to_numpy()[np.r_[train_idx, val_idx]],
+                            "role": ["train"] * len(train_idx) + ["val"] * len(val_idx)})
+        atomic_write(run_dir / "cam_training_ids.csv", lambda tmp: ids.to_csv(tmp, index=False))
     fit(cam_model, ds(train_idx), ds(val_idx), tcfg, classes, run_dir=cam_dir, resume=resume, progress=progress)
     val_metrics = compute_metrics(y[val_idx], predict_proba(cam_model, ds(val_idx)), classes)
     cam_model.eval()
@@ -155,5 +154,5 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
             "method": cfg.model.cam_method, "val_balanced_accuracy": val_metrics["balanced_accuracy"],
             "weights_source": getattr(cam_model, "weights_source", "random")}
     if main:
-        (cam_dir / "cam_stage.json").write_text(json.dumps(info, indent=2))
+        atomic_write_text(cam_dir / "cam_stage.json", json.dumps(info, indent=2))
     return HeatmapStage(inputs, maps, cam_model, info)

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .io import atomic_write
+
 __all__ = ["proba_columns", "write_predictions", "read_predictions", "probabilities", "label_indices"]
 
 PREFIX = "p_"
@@ -42,7 +44,7 @@ def write_predictions(path: str | Path, image_ids: Sequence[Any], classes: Seque
     for j, col in enumerate(proba_columns(classes)):
         df[col] = proba[:, j]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, float_format="%.8g")
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.8g"))  # float32 precision: argmax ties survive a re-read
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:

@@ -145,7 +145,9 @@ def write_report(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(parts), encoding="utf-8")
+    from .io import atomic_write_text
+
+    atomic_write_text(path, "".join(parts))
     return path
 
 

@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -252,9 +251,9 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write to a temporary file beside ``path`` and rename it over ``path``: a kill at any
     moment leaves the previous complete file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    from .io import atomic_write
+
+    atomic_write(path, write)
 
 
 def rank_seed(seed: int, rank: int) -> int:

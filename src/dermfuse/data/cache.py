@@ -18,7 +18,6 @@ import io
 import json
 import os
 import threading
-import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,13 +29,18 @@ import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from dermfuse.errors import DataError, InputError
+from dermfuse.io import atomic_write_text, temp_path
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
     "MAX_IMAGE_PIXELS",
+    "MIN_IMAGE_SIDE",
     "RESIZE_METHODS",
     "CachedImages",
+    "CACHE_PARTS",
     "build_cache",
+    "cache_usage",
+    "clear_cache",
     "cache_root",
     "cache_key",
     "decode_count",
@@ -44,7 +48,7 @@ __all__ = [
     "resize_image",
 ]
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 """Bump when the stored layout or the decode/resize code changes the pixels."""
 
 MAX_IMAGE_PIXELS = 40_000_000
@@ -82,14 +86,68 @@ def _input_error(message: str, reason: str) -> InputError:
     return err
 
 
-def load_image(path_or_bytes: ImageSource) -> Image.Image:
-    """Decode one image file (path or raw bytes) into an RGB PIL image.
+MIN_IMAGE_SIDE = 32
+"""Images whose shorter side is under this many pixels are refused (`image_too_small`):
+at that size there is no lesion left to see, and upscaling would invent it."""
 
-    EXIF orientation is applied, alpha is dropped, palette and grey images become RGB.
-    Raises `InputError` naming the file and the reason for a missing, empty, unreadable,
-    truncated or oversized (more than `MAX_IMAGE_PIXELS`, a decompression bomb) file; the
-    error's `reason` attribute is one of `missing_image_file`, `empty_image`,
-    `unreadable_image`, `truncated_image`, `image_too_large`.
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
+_DIRECT_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", *_ALPHA_MODES)
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB of any mode Pillow decodes, or InputError (`unsupported_image`) by mode.
+
+    - 16-bit grey (I;16, I;16B, I;16L, I;16N) and 32-bit integer (I) holding 0..65535: the
+      high byte (v >> 8), the same rule Pillow applies when it reads 16-bit RGB PNGs.
+      Pillow's own convert('RGB') clips these at 255, a saturated white square.
+    - transparency (RGBA, LA, PA, palette or grey with a transparent colour): composited
+      onto black, i.e. each channel times alpha / 255, so hidden colour under transparent
+      pixels never reaches the model.
+    - palette, bilevel, grey, CMYK, YCbCr: Pillow's conversion (grey replicated; CMYK as
+      (255 - c) * (255 - k) / 255, no colour profile applied).
+    - F (32-bit float) and the rest (LAB, HSV, ...): refused by name, since their pixel
+      range or colour space is not fixed.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(img)
+        if values.ndim != 2:
+            raise _input_error(f"image file {name!r} has an unsupported layout for mode {mode}", "unsupported_image")
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise _input_error(
+                f"image file {name!r} is a 32-bit integer image (mode {mode}) with values "
+                f"{low}..{high}, outside the 16-bit range 0..65535; save it as an 8- or 16-bit PNG",
+                "unsupported_image",
+            )
+        grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    if mode not in _DIRECT_MODES:
+        what = "32-bit floating-point pixels (mode F) have no fixed range" if mode == "F" else \
+            f"pixel mode {mode} is not a colour space dermfuse converts"
+        raise _input_error(
+            f"image file {name!r}: {what}; expected 8- or 16-bit grey, RGB, RGBA, palette or "
+            f"CMYK (save it as PNG or JPEG)",
+            "unsupported_image",
+        )
+    if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB", "1") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path_or_bytes: ImageSource) -> Image.Image:
+    """Decode one image file (path or raw bytes) into an 8-bit RGB PIL image.
+
+    EXIF orientation is applied; every mode Pillow decodes becomes correct 8-bit RGB or is
+    refused by name (see `_to_rgb`: 16-bit grey scaled, alpha composited onto black,
+    palette/grey/CMYK converted, float and exotic modes refused). Raises `InputError`
+    naming the file and the reason for a missing, empty, unreadable, truncated, oversized
+    (more than `MAX_IMAGE_PIXELS`, a decompression bomb), too small (shorter side under
+    `MIN_IMAGE_SIDE`) or unsupported file; the error's `reason` attribute is one of
+    `missing_image_file`, `empty_image`, `unreadable_image`, `truncated_image`,
+    `image_too_large`, `image_too_small`, `unsupported_image`.
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         name = "<uploaded bytes>"
@@ -141,12 +199,25 @@ def load_image(path_or_bytes: ImageSource) -> Image.Image:
         raise _input_error(f"image file {name!r} cannot be decoded: {text}", "unreadable_image") from exc
     if img.width == 0 or img.height == 0:
         raise _input_error(f"image file {name!r} has no pixels ({img.width}x{img.height})", "empty_image")
+    if min(img.width, img.height) < MIN_IMAGE_SIDE:
+        raise _input_error(
+            f"image file {name!r} is {img.width}x{img.height} px; the shorter side must be at "
+            f"least {MIN_IMAGE_SIDE} px",
+            "image_too_small",
+        )
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block: keep the pixels as stored
         pass
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    try:
+        img = _to_rgb(img, name)
+    except InputError:
+        raise
+    except Exception as exc:  # a conversion Pillow cannot do is still this file's problem
+        raise _input_error(
+            f"image file {name!r} (mode {img.mode}) cannot be converted to RGB: {type(exc).__name__}: {exc}",
+            "unsupported_image",
+        ) from exc
     _count_decode()
     return img
 
@@ -298,7 +369,7 @@ def build_cache(
         return CachedImages(existing, key, 0, npy, tuple(image_ids))
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npy.tmp"
+    tmp = temp_path(npy, ".npy")
     paths = [str(p) for p in table["path"]]
 
     def work(i: int) -> np.ndarray:
@@ -308,6 +379,7 @@ def build_cache(
             reason = getattr(exc, "reason", "unreadable_image")
             raise _input_error(f"{exc} (row {i}, image_id {image_ids[i]!r})", reason) from exc
 
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -316,7 +388,7 @@ def build_cache(
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         pool = ThreadPoolExecutor(workers)  # PIL decodes and resizes without holding the GIL
         try:
-            with Progress(*columns, disable=not progress, transient=True) as bar:
+            with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
                 task = bar.add_task(f"caching {len(table)} images at {h}x{w} ({method})", total=len(table))
                 for i, arr in enumerate(pool.map(work, range(len(table)))):
                     out[i] = arr
@@ -334,10 +406,35 @@ def build_cache(
             "n": len(table),
             "image_ids": image_ids,
         }
-        tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp_meta.write_text(json.dumps(info))
-        os.replace(tmp_meta, meta)
+        atomic_write_text(meta, json.dumps(info))
     finally:
         if tmp.exists():
             tmp.unlink()
     return CachedImages(np.load(npy, mmap_mode="r"), key, len(table), npy, tuple(image_ids))
+
+
+CACHE_PARTS = ("images", "heatmaps", "image_checks")
+"""The cache root's sub-folders: decoded images, CAM heatmaps, memoised image checks."""
+
+
+def cache_usage(cache_dir: str | os.PathLike | None = None) -> dict:
+    """{"root": str, "parts": {part: {"files": n, "bytes": b}}, "bytes": total} of the cache."""
+    root = cache_root(cache_dir)
+    parts = {}
+    for part in CACHE_PARTS:
+        files = [p for p in (root / part).rglob("*") if p.is_file()] if (root / part).is_dir() else []
+        parts[part] = {"files": len(files), "bytes": int(sum(p.stat().st_size for p in files))}
+    return {"root": str(root), "parts": parts, "bytes": sum(p["bytes"] for p in parts.values())}
+
+
+def clear_cache(cache_dir: str | os.PathLike | None = None) -> dict:
+    """Delete the files of every part in `CACHE_PARTS` (nothing else under the root);
+    returns `cache_usage` as it was before."""
+    import shutil
+
+    before = cache_usage(cache_dir)
+    root = cache_root(cache_dir)
+    for part in CACHE_PARTS:
+        if (root / part).is_dir():
+            shutil.rmtree(root / part)
+    return before

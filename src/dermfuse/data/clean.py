@@ -9,7 +9,6 @@ folder decodes nothing.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -20,38 +19,45 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageFile, UnidentifiedImageError
-from dermfuse.data.cache import cache_root
+from PIL import ImageFile
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from dermfuse.data.cache import cache_root, load_image
 from dermfuse.data.formats import FORMAT_CLASSES, ReadResult
+from dermfuse.data.vocab import Unrecognised, normalise_sex, normalise_site
+from dermfuse.errors import InputError
+from dermfuse.io import atomic_write_text
 
 __all__ = ["DROP_REASONS", "FIX_REASONS", "CleaningReport", "clean", "summarize"]
 
 DROP_REASONS = (
     "duplicate_row", "duplicate_image", "unreadable_image", "empty_image", "truncated_image",
-    "unknown_label", "missing_label", "missing_image_file",
+    "image_too_small", "image_too_large", "unsupported_image", "unknown_label", "missing_label", "missing_image_file",
     "not_dermoscopic",  # rows a reader left out on purpose (ReadResult.excluded)
 )
 FIX_REASONS = ("age_invalid",)
 from ..constants import AGE_RANGE  # noqa: E402
-_MEMO_VERSION = 1
-_STATUS_REASON = {"empty": "empty_image", "unreadable": "unreadable_image",
-                  "truncated": "truncated_image", "missing": "missing_image_file"}
+_MEMO_VERSION = 2  # 2: statuses are the drop reasons of load_image
+_IMAGE_REASONS = ("empty_image", "unreadable_image", "truncated_image", "missing_image_file",
+                  "image_too_small", "image_too_large", "unsupported_image")
 
 
 @dataclass
 class CleaningReport:
     """What cleaning did. `dropped`: one dict (image_id, reason, detail) per dropped row;
     `counts`: dropped rows per reason (every reason, zeros included); `fixed`: values changed
-    in kept rows; `missing`: age/sex/site values missing after cleaning; `decoded`: image
-    files decoded by this call (0 when every check came from the memo)."""
+    in kept rows; `missing`: age/sex/site values missing after cleaning (unrecognised ones
+    included); `unrecognised`: per field, each value no vocabulary (`dermfuse.data.vocab`)
+    knows -> rows, set to 'unknown'; `decoded`: image files decoded by this call (0 when
+    every check came from the memo)."""
 
     dropped: list[dict] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     fixed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FIX_REASONS, 0))
     missing: dict[str, int] = field(default_factory=lambda: {"age": 0, "sex": 0, "site": 0})
+    unrecognised: dict[str, dict[str, int]] = field(default_factory=lambda: {"sex": {}, "site": {}})
     orphan_files: list[str] = field(default_factory=list)
     n_in: int = 0
     n_out: int = 0
@@ -62,7 +68,7 @@ class CleaningReport:
         return json.loads(json.dumps(asdict(self)))
 
     def save_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def render(self) -> Table:
         """A rich table: rows per drop reason, fixes, orphan files and the totals."""
@@ -77,6 +83,9 @@ class CleaningReport:
             table.add_row(f"fixed: {reason}", str(n))
         for name, n in self.missing.items():
             table.add_row(f"missing: {name}", str(n))
+        for name, values in self.unrecognised.items():
+            for value, n in sorted(values.items(), key=lambda kv: (-kv[1], kv[0])):
+                table.add_row(f"unrecognised {name} (now unknown): {value[:80]!r}", str(n))
         table.add_row("orphan files (no row)", str(len(self.orphan_files)))
         return table
 
@@ -97,20 +106,17 @@ def _strict_decoding() -> Iterator[None]:
 
 
 def _check_file(path: str) -> list[str]:
-    """[sha1, status, detail] of one file; status is ok, empty, unreadable or truncated."""
+    """[sha1, status, detail] of one file; status is 'ok' or the drop reason `load_image`
+    gives (the decoder every later step uses, so a kept row is one the cache can read)."""
     with open(path, "rb") as f:
         data = f.read()
     sha1 = hashlib.sha1(data).hexdigest()
-    if not data:
-        return [sha1, "empty", "file is 0 bytes"]
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # full decode: truncation shows only here
-    except UnidentifiedImageError:
-        return [sha1, "unreadable", "not an image format Pillow can identify"]
-    except Exception as err:  # any decoder failure means the file cannot be used
-        status = "truncated" if "truncated" in str(err).lower() else "unreadable"
-        return [sha1, status, f"{type(err).__name__}: {err}"]
+        load_image(data)
+    except InputError as err:
+        reason = getattr(err, "reason", "unreadable_image")
+        detail = str(err).replace("'<uploaded bytes>'", repr(os.path.basename(path)))
+        return [sha1, reason if reason in _IMAGE_REASONS else "unreadable_image", detail]
     return [sha1, "ok", ""]
 
 
@@ -129,9 +135,7 @@ def _load_memo(path: Path) -> dict[str, list[str]]:
 
 def _save_memo(path: Path, entries: dict[str, list[str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": _MEMO_VERSION, "entries": entries}))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"version": _MEMO_VERSION, "entries": entries}))
 
 
 def _check_images(paths: Sequence[str], root: Path, progress: bool) -> tuple[list[list[str]], int]:
@@ -146,7 +150,7 @@ def _check_images(paths: Sequence[str], root: Path, progress: bool) -> tuple[lis
         try:
             st = os.stat(path)
         except OSError:
-            results[i] = ["", "missing", f"file {path} is gone"]
+            results[i] = ["", "missing_image_file", f"file {path} is gone"]
             continue
         keys[i] = f"{path}\t{st.st_size}\t{st.st_mtime_ns}"
         if keys[i] in memo:
@@ -155,7 +159,8 @@ def _check_images(paths: Sequence[str], root: Path, progress: bool) -> tuple[lis
             todo.append(i)
     columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar, _strict_decoding():
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar, \
+            _strict_decoding():
         task = bar.add_task("check", total=len(paths), completed=len(paths) - len(todo))
         workers = max(1, min(4, os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
@@ -248,7 +253,7 @@ def clean(result: ReadResult, check_images: bool = True,
         for i, (digest, status, text) in zip(alive, outcomes):
             sha1[i] = digest or None
             if status != "ok":
-                drop(i, _STATUS_REASON[status], text)
+                drop(i, status, text)
             elif digest in kept_by_hash:
                 drop(i, "duplicate_image", f"same bytes as kept image {kept_by_hash[digest]}")
             else:
@@ -260,11 +265,18 @@ def clean(result: ReadResult, check_images: bool = True,
     raw = out["age_raw"] if "age_raw" in out.columns else pd.Series([None] * len(out), dtype=object)
     invalid = (age < AGE_RANGE[0]) | (age > AGE_RANGE[1]) | raw.notna().to_numpy()
     out["age"] = age.mask(invalid)
-    for column in ("sex", "site"):
-        out[column] = pd.Series([v if isinstance(v, str) and v else "unknown" for v in out[column]],
-                                dtype=object)
+    unrecognised: dict[str, dict[str, int]] = {}
+    for column, normalise in (("sex", normalise_sex), ("site", normalise_site)):
+        levels, counts = [], unrecognised.setdefault(column, {})
+        for v in out[column]:
+            level = normalise(v)
+            if isinstance(level, Unrecognised):
+                counts[level.text] = counts.get(level.text, 0) + 1
+            levels.append(level if isinstance(level, str) else "unknown")
+        out[column] = pd.Series(levels, dtype=object)
 
-    report = CleaningReport(orphan_files=list(result.orphan_files), decoded=decoded)
+    report = CleaningReport(orphan_files=list(result.orphan_files), decoded=decoded,
+                            unrecognised=unrecognised)
     for entry in result.excluded:
         report.dropped.append(dict(entry))
     report.dropped += [{"image_id": table.at[i, "image_id"], "reason": r, "detail": d}
@@ -316,6 +328,7 @@ def summarize(table: pd.DataFrame, report: CleaningReport, format: str,
         "missing": {k: int(v) for k, v in report.missing.items()},
         "dropped": {k: int(v) for k, v in report.counts.items()},
         "fixed": {k: int(v) for k, v in report.fixed.items()},
+        "unrecognised": {k: dict(v) for k, v in report.unrecognised.items()},
         "orphan_files": len(report.orphan_files),
     })
     return out

@@ -3,17 +3,19 @@
 Features, in order: `age` (standardised with the training mean/std; missing -> training
 median), `age_missing` (1.0 where age was missing), one-hot `sex=*` and one-hot `site=*`,
 each with an explicit 'unknown' level (missing values and categories unseen in fit).
+Spellings are normalised by `dermfuse.data.vocab` ('M' -> 'male', 'posterior torso' ->
+'back', ...) unless a bundle's own levels hold the spelling as it is.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
+from dermfuse.data.vocab import AGE_RANGE, Unrecognised, _key, is_missing, normalise_sex, normalise_site, parse_age, shorten
 from dermfuse.errors import InputError
 
 __all__ = ["MetadataEncoder", "UNKNOWN", "AGE_RANGE"]
@@ -23,25 +25,32 @@ from ..constants import AGE_RANGE  # noqa: E402  (re-exported)
 _STATE_VERSION = 1
 
 
-def _category(value: Any) -> str:
-    """Lower-cased, stripped category; missing values become 'unknown'."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+_NORMALISE = {"sex": normalise_sex, "site": normalise_site}
+
+
+def _category(value: Any, field: str = "site", levels: Iterable[str] = ()) -> str:
+    """The canonical level of a value (`dermfuse.data.vocab`); missing values become
+    'unknown'. A spelling that is itself one of `levels` (a bundle's own) is kept as it is;
+    a value no vocabulary knows becomes its normalised text (counted as unseen)."""
+    if is_missing(value):
         return UNKNOWN
-    text = str(value).strip().lower()
-    return text or UNKNOWN
+    key = _key(str(value))
+    if key in levels:
+        return key
+    level = _NORMALISE[field](value)
+    if level is None:
+        return UNKNOWN
+    return level.key if isinstance(level, Unrecognised) else level
 
 
 def _ages(values: Iterable[Any]) -> np.ndarray:
-    """Float ages with NaN where missing, not a number or outside AGE_RANGE."""
-    age = np.array(pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce"),
-                   dtype=float)  # a writable copy
-    age[(age < AGE_RANGE[0]) | (age > AGE_RANGE[1]) | ~np.isfinite(age)] = np.nan
-    return age
+    """Float ages with NaN where missing, not a number, not finite or outside AGE_RANGE."""
+    return np.array([parse_age(v).value for v in values], dtype=float)
 
 
-def _levels(values: Iterable[Any]) -> list[str]:
+def _levels(values: Iterable[Any], field: str) -> list[str]:
     """Sorted distinct categories, 'unknown' last and always present."""
-    return sorted({_category(v) for v in values} - {UNKNOWN}) + [UNKNOWN]
+    return sorted({_category(v, field) for v in values} - {UNKNOWN}) + [UNKNOWN]
 
 
 class MetadataEncoder:
@@ -68,8 +77,8 @@ class MetadataEncoder:
             self.age_std = std if std > 0 else 1.0
         else:
             self.age_mean, self.age_median, self.age_std = 0.0, 0.0, 1.0
-        self.sexes = _levels(self._column(table, "sex"))
-        self.sites = _levels(self._column(table, "site"))
+        self.sexes = _levels(self._column(table, "sex"), "sex")
+        self.sites = _levels(self._column(table, "site"), "site")
         self.unseen_counts = {"sex": {}, "site": {}}
         return self
 
@@ -152,7 +161,7 @@ class MetadataEncoder:
         return table[name].tolist() if name in table.columns else [None] * len(table)
 
     def _known(self, values: list[Any], levels: list[str], field: str) -> list[str]:
-        out = [_category(v) for v in values]
+        out = [_category(v, field, levels) for v in values]
         unseen = Counter(v for v in out if v not in levels)
         counts = self.unseen_counts.setdefault(field, {})
         for value, n in unseen.items():
@@ -174,34 +183,24 @@ class MetadataEncoder:
 
     @staticmethod
     def _strict_age(age: Any) -> float:
-        if age is None or (isinstance(age, str) and not age.strip()):
-            return math.nan
-        if isinstance(age, bool):
-            raise InputError(f"age {age!r} is not a number; expected a number in 0..120")
-        if isinstance(age, str):
-            try:
-                value = float(age.strip())
-            except ValueError:
-                raise InputError(f"age {age!r} is not a number; expected a number in "
-                                 f"0..120 or empty for unknown") from None
-        elif isinstance(age, (int, float, np.integer, np.floating)):
-            value = float(age)
-        else:
-            raise InputError(f"age {age!r} is not a number; expected a number in 0..120")
-        if math.isnan(value):
-            return math.nan
-        if not AGE_RANGE[0] <= value <= AGE_RANGE[1]:
-            raise InputError(f"age {age!r} is outside 0..120")
-        return value
+        if not isinstance(age, (str, int, float, np.integer, np.floating)) and age is not None:
+            raise InputError(f"age {shorten(age)} is not a number; expected a number in "
+                             f"{AGE_RANGE[0]:g}..{AGE_RANGE[1]:g} or empty for unknown")
+        parsed = parse_age(age)
+        if parsed.problem is not None:
+            raise InputError(f"age {parsed.problem}; expected a number in "
+                             f"{AGE_RANGE[0]:g}..{AGE_RANGE[1]:g} or empty for unknown")
+        return parsed.value
 
     @staticmethod
     def _strict_category(value: Any, levels: list[str], field: str) -> str:
         if value is None:
             return UNKNOWN
         if not isinstance(value, str):
-            raise InputError(f"{field} {value!r} is not text; expected one of {', '.join(levels)}")
-        level = value.strip().lower() or UNKNOWN
+            raise InputError(f"{field} {shorten(value)} is not text; expected one of {', '.join(levels)}")
+        level = _category(value, field, levels)
         if level not in levels:
-            raise InputError(f"{field} {value!r} is not accepted; expected one of "
+            read_as = f" (read as {level!r})" if level != _key(value) else ""
+            raise InputError(f"{field} {shorten(value)}{read_as} is not accepted; expected one of "
                              f"{', '.join(levels)}")
         return level

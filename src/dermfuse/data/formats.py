@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dermfuse import HAM10000_CLASSES
+from dermfuse.data.vocab import Unrecognised, normalise_sex, normalise_site, parse_age
 from dermfuse.errors import DataError
 
 __all__ = [
@@ -68,7 +69,6 @@ _ISIC2019_ONEHOT = ("AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC", "UNK")
 _ISIC2019_GT = "ISIC_2019_Training_GroundTruth.csv"
 _ISIC2019_META = "ISIC_2019_Training_Metadata.csv"
 _PREFERRED_CSVS = ("HAM10000_metadata.csv", _ISIC2019_GT, "metadata.csv")
-_MISSING_CATEGORY = {"unknown", "unk"}
 _GENERIC_KEYS = ("image_id", "label", "lesion_id", "patient_id", "age", "sex", "site")
 
 _NEEDS = {
@@ -110,10 +110,14 @@ def _text(values: Iterable[Any]) -> list[str | None]:
     return out
 
 
-def _category(values: Iterable[Any]) -> list[str | None]:
-    """Lower-cased text; 'unknown' and 'unk' become None."""
-    return [None if v is None or v.lower() in _MISSING_CATEGORY else v.lower()
-            for v in _text(values)]
+def _category(values: Iterable[Any], normalise) -> list[str | None]:
+    """Canonical levels (`dermfuse.data.vocab`); missing -> None. A value no vocabulary
+    knows keeps its normalised text, so cleaning can count and name it."""
+    out: list[str | None] = []
+    for v in values:
+        level = normalise(v)
+        out.append(level.key if isinstance(level, Unrecognised) else level)
+    return out
 
 
 def _stem(name: str | None) -> str | None:
@@ -152,22 +156,75 @@ def _apply_map(labels: list[str | None], label_map: Mapping[str, str | None] | N
 
 # --- CSV discovery and detection ---------------------------------------------------------
 
+_SNIFF_BYTES = 1 << 16
+_OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "vertical bar"}
+
+
+def _encoding_problem(path: Path, data: bytes, err: UnicodeDecodeError) -> DataError:
+    """A DataError naming the byte that is not UTF-8, the likely encoding and the fix."""
+    line = data[: err.start].count(b"\n") + 1
+    bad = data[err.start: err.start + 1].hex().upper()
+    if data.count(b"\x00") > len(data) // 8:
+        guess = "UTF-16 without a byte-order mark"
+        fix = f"iconv -f utf-16le -t utf-8 {path.name} > {path.stem}-utf8.csv"
+    else:
+        guess = "Windows-1252 / Latin-1 (as Excel saves 'CSV' on Windows)"
+        fix = f"iconv -f cp1252 -t utf-8 {path.name} > {path.stem}-utf8.csv"
+    return DataError(f"{path} is not UTF-8 text: byte 0x{bad} on line {line} cannot be decoded; it looks "
+                     f"like {guess}. Save it as UTF-8 (in Excel: 'CSV UTF-8'), e.g. {fix}")
+
+
+def _dialect(path: Path) -> tuple[str, str]:
+    """(encoding, delimiter) of a CSV, read where unambiguous: a UTF-8 or UTF-16 byte-order
+    mark, and ';' / tab / '|' when the header line holds no comma. Another encoding is a
+    DataError that names it and says how to convert the file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"
+    elif head.startswith(b"\xef\xbb\xbf"):
+        encoding = "utf-8-sig"
+    else:
+        encoding = "utf-8"
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if not (len(head) == _SNIFF_BYTES and err.start >= len(head) - 3):  # not a cut character
+                raise _encoding_problem(path, head, err) from None
+    text = head.decode(encoding, errors="ignore")
+    header = text.splitlines()[0] if text.strip() else ""
+    if "," not in header:
+        for sep in _OTHER_DELIMITERS:
+            if sep in header:
+                return encoding, sep
+    return encoding, ","
+
+
 def _read_csv(path: Path, text_columns: Iterable[str] = ()) -> pd.DataFrame:
     """Read a CSV with the named columns as text (so ids and ages keep their spelling)."""
+    encoding, sep = _dialect(path)
     try:
         header = _header(path)
         dtype = {c: str for c in text_columns if c in header}
-        frame = pd.read_csv(path, dtype=dtype)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        frame = pd.read_csv(path, dtype=dtype, encoding=encoding, sep=sep)
+    except UnicodeDecodeError as err:
+        raise _encoding_problem(path, path.read_bytes(), err) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"cannot read {path} as CSV: {err}") from err
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 
 
 def _header(path: Path) -> list[str]:
+    encoding, sep = _dialect(path)
     try:
-        return [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        return [str(c).strip() for c in pd.read_csv(path, nrows=0, encoding=encoding, sep=sep).columns]
+    except UnicodeDecodeError as err:
+        raise _encoding_problem(path, path.read_bytes(), err) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"cannot read {path} as CSV: {err}") from err
 
 
@@ -373,9 +430,13 @@ def _index_images(root: Path) -> dict[str, list[str]]:
 
 def _build_table(raw: dict[str, list[Any]], extras: pd.DataFrame, paths: list[str | None],
                  image_ids: list[str | None]) -> pd.DataFrame:
+    # One age rule (dermfuse.data.vocab.parse_age): missing spellings are missing, an
+    # unusable value keeps its text in age_raw (cleaning counts it as age_invalid).
     age_text = _text(raw["age"])
-    age = pd.to_numeric(pd.Series(age_text, dtype=object), errors="coerce").astype(float)
-    age_raw = [t if t is not None and np.isnan(a) else None for t, a in zip(age_text, age)]
+    parsed = [parse_age(t) for t in age_text]
+    age = pd.Series([a.number for a in parsed], dtype=float)  # out of range: cleaning fixes it
+    age_raw = [t if a.problem is not None and np.isnan(a.number) else None
+               for t, a in zip(age_text, parsed)]
 
     def obj(values: list[Any]) -> pd.Series:
         return pd.Series(values, dtype=object)
@@ -387,8 +448,8 @@ def _build_table(raw: dict[str, list[Any]], extras: pd.DataFrame, paths: list[st
         "lesion_id": obj(_text(raw["lesion_id"])),
         "patient_id": obj(_text(raw["patient_id"])),
         "age": age.to_numpy(),
-        "sex": obj(_category(raw["sex"])),
-        "site": obj(_category(raw["site"])),
+        "sex": obj(_category(raw["sex"], normalise_sex)),
+        "site": obj(_category(raw["site"], normalise_site)),
         "age_raw": obj(age_raw),
     })
     extras = extras.reset_index(drop=True)

@@ -15,9 +15,9 @@ Endpoints::
 
 Every bad input is a 4xx with ``{"detail": "<message that names the problem>"}``: 413 for
 a body or image over ``MAX_UPLOAD_BYTES`` (the body is read as it streams and refused as
-soon as it passes the limit), 422 for an input the bundle refuses (not an image, corrupt,
-a decompression bomb, age not a number or outside 0..120, unknown sex or site, missing
-form field), 400 for a request that is not valid multipart.
+soon as it passes the limit), 415 for a body that is not multipart/form-data, 422 for an
+input the bundle refuses (not an image, corrupt, a decompression bomb, smaller than 32 px,
+age not a number or outside 0..120, unknown sex or site, missing form field), 400 for a request that is not valid multipart.
 
 Inference runs in one worker thread that owns torch. Requests that arrive while it is busy
 are grouped into one batch (up to ``max_batch``) and go through ``predict_arrays`` and
@@ -31,7 +31,6 @@ import asyncio
 import base64
 import io
 import logging
-import math
 import queue
 import threading
 from concurrent.futures import Future
@@ -54,6 +53,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import CLASS_NAMES, __version__
 from ..bundle import Bundle, load_bundle
 from ..constants import AGE_RANGE, OVERLAY_ALPHA
+from ..data.cache import MIN_IMAGE_SIDE
+from ..data.vocab import shorten
 from ..errors import InputError
 from ..inference.predictor import Predictor
 from ..inference.trust import OPERATING_POINTS, Trust
@@ -311,27 +312,12 @@ async def _send_json(send: Send, status: int, detail: str) -> None:
 # --- request parsing ---------------------------------------------------------------------
 
 
-def _check_age(age: str | None) -> str | None:
-    """Refuse 'nan' (the encoder would read it as 'unknown') and very long text; the range
-    and the rest are the encoder's job."""
-    if age is not None:
-        if len(age) > 32:
-            raise InputError(f"age {age[:12] + '…'!r} ({len(age)} characters) is not a number; "
-                             "expected a number in 0..120 or empty for unknown")
-        try:
-            value = float(age.strip())
-        except ValueError:
-            return age
-        if math.isnan(value):
-            raise InputError(f"age {age!r} is not a number; expected a number in 0..120 or empty for unknown")
-    return age
-
-
 def _prepare(bundle: Bundle, data: bytes, filename: str, age: str | None, sex: str | None,
              site: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Decode the image and encode the metadata → ((S, S, 3) uint8, (D,) float32); InputError if bad."""
-    meta = bundle.encoder.encode_one(_check_age(age), sex, site)[: bundle.model_meta_dim]
-    name = repr(filename) if filename else "(no name)"
+    # One rule for age, sex and site spellings (dermfuse.data.vocab), shared with the CLI.
+    meta = bundle.encoder.encode_one(age, sex, site)[: bundle.model_meta_dim]
+    name = shorten(filename) if filename else "(no name)"
     try:
         image = prepare_image(bundle, data)
     except InputError as exc:
@@ -353,8 +339,44 @@ def _validation_message(exc: RequestValidationError) -> str:
         elif field == "image":
             parts.append("form field 'image' must be a file (a multipart part with a filename), not text")
         else:
-            parts.append(f"form field {field!r}: {err.get('msg', 'invalid')}")
+            parts.append(f"form field {shorten(field)}: {shorten(err.get('msg', 'invalid'), 200)}")
     return "; ".join(parts) or "invalid request"
+
+
+def _not_multipart(content_type: str) -> str:
+    got = f"Content-Type {shorten(content_type)}" if content_type else "no Content-Type"
+    return (f"POST /predict takes multipart/form-data (a file field 'image' and text fields age, "
+            f"sex, site); the request has {got}")
+
+
+def _declare_form(app: FastAPI, bundle: Bundle) -> None:
+    """State the form's real constraints in /openapi.json: the image a required binary file,
+    age a number in AGE_RANGE (or empty / 'unknown'), sex and site the bundle's levels."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = generate()
+        body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        ref = body.get("$ref", "").rsplit("/", 1)[-1]
+        schema = spec["components"]["schemas"][ref] if ref else body
+        props = schema["properties"]
+        props["image"] = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
+                          "description": props.get("image", {}).get("description", "image file")
+                          + f"; the shorter side at least {MIN_IMAGE_SIDE} px"}
+        props["age"] = {"anyOf": [{"type": "number", "minimum": AGE_RANGE[0], "maximum": AGE_RANGE[1]},
+                                  {"type": "string", "enum": ["", "unknown"]}],
+                        "description": props.get("age", {}).get("description", "")}
+        for field, levels in (("sex", bundle.encoder.sexes), ("site", bundle.encoder.sites)):
+            props[field] = {"type": "string", "enum": ["", *levels],
+                            "description": props.get(field, {}).get("description", "")
+                            + " (other spellings such as 'M' or 'posterior torso' are mapped onto these)"}
+        schema["required"] = ["image"]
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -395,7 +417,10 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and not ctype.lower().startswith("multipart/form-data"):
+            return JSONResponse({"detail": _not_multipart(ctype)}, status_code=415)
         return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -408,7 +433,9 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
                             status_code=500)
 
-    errors = {413: {"model": _Error, "description": "image over 20 MB"},
+    errors = {400: {"model": _Error, "description": "malformed multipart body"},
+              413: {"model": _Error, "description": "image over 20 MB"},
+              415: {"model": _Error, "description": "body is not multipart/form-data"},
               422: {"model": _Error, "description": "bad image, age, sex or site"}}
 
     @app.post("/predict", response_model=PredictResponse, responses=errors)
@@ -496,6 +523,7 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int
         return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _PAGE_CSP})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _declare_form(app, bundle)
     return app
 
 

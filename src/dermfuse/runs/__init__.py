@@ -1,0 +1,1 @@
+"""Run drivers built on the training loop: hyper-parameter search (tune)."""

@@ -170,7 +170,6 @@ def test_predict_one_applies_the_bundles_trust(trusted_bundle):
     assert q.explained_class == "bcc"
 
 
-@pytest.mark.xfail(strict=False, reason="needs reliability branch (load_image: MIN_IMAGE_SIDE = 32)")
 def test_one_pixel_image_is_refused(trusted_bundle):
     from dermfuse.predict import predict_one
 

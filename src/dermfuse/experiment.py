@@ -661,11 +661,12 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
         shipped = bundle.trust.selective.threshold if bundle.trust and bundle.trust.selective else None
         save_figure(plot_risk_coverage(y, proba, shipped, title=f"{bundle.model_id} on {Path(data_path).name}"),
                     out / "risk_coverage.png")
-        _evaluate_report(out, bundle, metrics, data_path)
+        _evaluate_report(out, bundle, metrics, data_path, synthetic_data=cohort.synthetic)
     return metrics
 
 
-def _evaluate_report(out: Path, bundle, metrics: dict[str, Any], data_path: str | Path) -> None:
+def _evaluate_report(out: Path, bundle, metrics: dict[str, Any], data_path: str | Path,
+                     synthetic_data: bool = False) -> None:
     """report.html of ``dermfuse evaluate --out``: headline metrics, the risk-coverage curve and
     what the trust part does on these rows."""
     t = metrics.get("trust") or {}
@@ -700,5 +701,6 @@ def _evaluate_report(out: Path, bundle, metrics: dict[str, Any], data_path: str 
     synthetic = bundle.info.get("training_data", {}).get("synthetic")
     write_report(out / "report.html", f"dermfuse evaluate: {bundle.model_id}", sections,
                  subtitle=f"data: {data_path} ({metrics.get('rows')})",
-                 banners=["SYNTHETIC model: trained on synthetic data; says nothing about real lesions."]
-                 if synthetic else [])
+                 banners=(["SYNTHETIC model: trained on synthetic data; says nothing about real lesions."]
+                          if synthetic else []) +
+                         ([SYNTHETIC_BANNER] if synthetic_data else []))

@@ -194,7 +194,7 @@ class MetadataEncoder:
 
     @staticmethod
     def _strict_category(value: Any, levels: list[str], field: str) -> str:
-        if value is None:
+        if value is None or (isinstance(value, float) and value != value):  # None or NaN: missing
             return UNKNOWN
         if not isinstance(value, str):
             raise InputError(f"{field} {shorten(value)} is not text; expected one of {', '.join(levels)}")

@@ -372,6 +372,11 @@ def _declare_form(app: FastAPI, bundle: Bundle) -> None:
             props[field] = {"type": "string", "enum": ["", *levels],
                             "description": props.get(field, {}).get("description", "")
                             + " (other spellings such as 'M' or 'posterior torso' are mapped onto these)"}
+        explainable = bundle.input_mode != "image" or getattr(bundle.model, "cam_layer", None) is not None
+        props["explain"] = {"type": "string", "enum": ["", *(bundle.classes if explainable else [])],
+                            "description": props.get("explain", {}).get("description", "")}
+        props["operating_point"] = {"type": "string", "enum": ["", *_points(bundle)],
+                                    "description": props.get("operating_point", {}).get("description", "")}
         schema["required"] = ["image"]
         app.openapi_schema = spec
         return spec

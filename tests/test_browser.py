@@ -33,14 +33,11 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
+
+def _serve(app):
+    """Run ``app`` with uvicorn on a free 127.0.0.1 port; yields its URL, stops it after."""
     import uvicorn
 
-    from dermfuse.serve.app import create_app
-
-    # A low temperature spreads the random model's near-uniform scores, so the bars differ.
-    app = create_app(make_bundle(tmp_path_factory.mktemp("bundle") / "b", temperature=0.04))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -54,6 +51,16 @@ def server_url(tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    import uvicorn
+
+    from dermfuse.serve.app import create_app
+
+    # A low temperature spreads the random model's near-uniform scores, so the bars differ.
+    app = create_app(make_bundle(tmp_path_factory.mktemp("bundle") / "b", temperature=0.04))
+    yield from _serve(app)
 
 
 def _shrink_png(path: Path) -> None:
@@ -158,19 +165,7 @@ def synthetic_server_url(tmp_path_factory):
     trust = Trust(Selective(0.0, 0.9, 0.9, 10), OOD("max_probability", -1.0, 0.95, 10, 10))
     update_bundle_info(path, trust=trust.to_dict(save_trust_arrays(path, trust)))
     app = create_app(path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from _serve(app)
 
 
 def _no_horizontal_overflow(page) -> list[str]:

@@ -35,12 +35,6 @@ def test_released_bundle_is_small_and_has_trust(released):
     assert (RELEASED_BUNDLE.parent / "LICENSE").read_text().count("CC BY-NC 4.0") >= 1
 
 
-_OOD_DEFECT = ("known defect of release128_all's trust part: its OOD score (gaussian on pooled Lite0 "
-               "features) has AUROC 0.84 against offline non-lesion images, and at the threshold that keeps 95 % "
-               "of validation images it flags none of them (docs/trust.md); strict, so a fix shows up here")
-
-
-@pytest.mark.xfail(strict=True, reason=_OOD_DEFECT)
 def test_flat_grey_is_out_of_distribution(released):
     from dermfuse.predict import predict_one
 
@@ -48,7 +42,6 @@ def test_flat_grey_is_out_of_distribution(released):
     assert p.status == "out_of_distribution" and p.top_class is None
 
 
-@pytest.mark.xfail(strict=True, reason=_OOD_DEFECT)
 def test_astronaut_is_out_of_distribution(released):
     data = pytest.importorskip("skimage.data", reason="scikit-image not installed (test extra)")
     from dermfuse.predict import predict_one

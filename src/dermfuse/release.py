@@ -2,9 +2,10 @@
 ``dermfuse train`` run into a releasable bundle.
 
 1. the trust part, fitted on the run's own rows (never on test rows):
-   - out-of-distribution score: class means + shared covariance of the classifier's pooled
-     image features on the TRAINING rows; method chosen by AUROC between VALIDATION images
-     and synthetic non-lesion images (seed 0); threshold keeps 95 % of validation images;
+   - out-of-distribution score: mean + Ledoit-Wolf covariance of one layer's channel
+     statistics on the TRAINING rows; the layer (or the pooled features) chosen by AUROC
+     between VALIDATION images and design non-lesion images (synthetic seed 0 and the
+     scikit-learn / matplotlib sample photographs); threshold keeps 95 % of validation images;
    - selective threshold on the top probability for the stated coverage of VALIDATION rows;
    - melanoma threshold on P(mel) for the target sensitivity on VALIDATION rows;
 2. the OOD AUROC measured on other synthetic images (seed 1) and skimage.data photographs;
@@ -25,14 +26,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import CLASS_NAMES, __version__
 from .bundle import META_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
 from .errors import DataError
 from .inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPULATION_LIMITS
-from .inference.ood_images import skimage_photos, synthetic_ood
-from .inference.predictor import Predictor
-from .inference.trust import Trust, auroc, fit_melanoma, fit_ood, fit_selective, save_trust_arrays
+from .inference.ood_images import design_photos, skimage_photos, synthetic_ood
+from .inference.predictor import Predictor, channel_stats, ood_layers, stat_taps
+from .inference.trust import Trust, auroc, fit_melanoma, fit_ood_layers, fit_selective, save_trust_arrays
 from .metrics import confusion_metrics
 
 __all__ = ["release_run", "lesion_bootstrap", "AGE_BANDS"]
@@ -60,6 +62,39 @@ def _score_images(engine: Predictor, images: np.ndarray, meta_one: np.ndarray, p
     meta = np.repeat(meta_one, len(images), axis=0)
     out = engine.run(images, meta, features=True, progress=progress)
     return out.proba, out.features
+
+
+def _layer_features(engine: Predictor, images: np.ndarray, meta: np.ndarray, layers: Sequence[str],
+                    progress: bool) -> dict[str, np.ndarray]:
+    """Every candidate OOD feature set of ``images`` from one pass of the identity view:
+    layer path -> (N, 2C) channel statistics (ensemble members side by side), 'pooled' ->
+    (N, F) the pooled features."""
+    plain = copy.copy(engine)
+    plain.tta = False
+    plain.trust = None  # pooled features from the run itself
+    net = engine.cam_model if engine.input_mode != "image" else engine.model
+    grabbed: dict[tuple[str, int], list[torch.Tensor]] = {}
+    handles = []
+
+    def hook(key):
+        def grab(module, inputs, output):
+            grabbed.setdefault(key, []).append(channel_stats(output))
+        return grab
+
+    try:
+        for layer in layers:
+            for j, module in enumerate(stat_taps(net, layer)):
+                handles.append(module.register_forward_hook(hook((layer, j))))
+        if meta.ndim == 1 or len(meta) == 1:
+            meta = np.repeat(meta.reshape(1, -1), len(images), axis=0)
+        out = plain.run(np.ascontiguousarray(images), meta, features=True, progress=progress)
+    finally:
+        for h in handles:
+            h.remove()
+    feats = {layer: torch.cat([torch.cat(grabbed[(layer, j)]) for j in range(len(stat_taps(net, layer)))],
+                              dim=1).numpy() for layer in layers}
+    feats["pooled"] = out.features
+    return feats
 
 
 def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None = None, data: str | None = None,
@@ -94,17 +129,17 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
     images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress).images
     meta = engine.encode_meta(table)
 
-    plain = copy.copy(engine)  # features of the training rows: the identity view is enough
-    plain.tta = False
-    train_out = plain.run(np.ascontiguousarray(images[train_idx]), meta[train_idx], features=True, progress=progress)
-    val_out = engine.run(np.ascontiguousarray(images[val_idx]), meta[val_idx], features=True, progress=progress)
     unknown = engine.encode_meta(age=None, sex=None, site=None)
     size = bundle.image_size
-    pick = np.concatenate(list(synthetic_ood(size, 20, seed=0).values()))
-    pick_p, pick_f = _score_images(engine, pick, unknown, False)
-
-    ood = fit_ood(train_out.features, y[train_idx], val_out.proba, val_out.features, keep=ood_keep,
-                  ood_proba=pick_p, ood_features=pick_f)
+    net = engine.cam_model if engine.input_mode != "image" else engine.model
+    layers = ood_layers(net)
+    train_f = _layer_features(engine, images[train_idx], meta[train_idx], layers, progress)
+    val_f = _layer_features(engine, images[val_idx], meta[val_idx], layers, progress)
+    val_out = engine.run(np.ascontiguousarray(images[val_idx]), meta[val_idx], progress=progress)
+    design = np.concatenate([*synthetic_ood(size, 20, seed=0).values(), design_photos(size, method=bundle.resize_method)])
+    design_f = _layer_features(engine, design, unknown, layers, False)
+    ood = fit_ood_layers(train_f, val_f, design_f, keep=ood_keep)
+    engine.trust = Trust(ood=ood)  # the engine now taps the chosen layer
     fitted_on = {"run": str(run_dir), "train_rows": int(len(train_idx)), "val_rows": int(len(val_idx)),
                  "note": "OOD means/covariance on training rows; every threshold on validation rows; no test rows"}
     try:
@@ -115,14 +150,13 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
     trust = Trust(fit_selective(val_out.proba, coverage), ood, melanoma, fitted_on)
 
     # measured on images the choice did not see
-    val_scores = ood.score(val_out.proba, val_out.features)
-    measure: dict[str, Any] = {}
+    val_scores = ood.score(val_out.proba, val_f[ood.layer or "pooled"])
     groups = {**{f"synthetic:{k}": v for k, v in synthetic_ood(size, 30, seed=1).items()},
               **{f"skimage:{k}": v[None] for k, v in skimage_photos(size, bundle.resize_method).items()}}
     all_scores = []
     flagged = {}
     for name, imgs in groups.items():
-        p, f = _score_images(engine, imgs, unknown, False)
+        p, f = _score_images(engine, imgs, unknown, False)  # the engine as users get it
         s = ood.score(p, f)
         all_scores.append(s)
         flagged[name] = float((s > ood.threshold).mean())
@@ -199,7 +233,8 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
             "selective": f"answers when the top probability >= {trust.selective.threshold:.3f} "
                          f"({trust.selective.achieved:.1%} of {trust.selective.n} validation images; target "
                          f"{trust.selective.coverage:.0%}); otherwise 'uncertain'",
-            "out_of_distribution": f"{trust.ood.method} score > {trust.ood.threshold:.2f} "
+            "out_of_distribution": f"Mahalanobis distance of the {trust.ood.layer or 'pooled image'} "
+                                   f"features > {trust.ood.threshold:.2f} "
                                    f"(keeps {trust.ood.keep:.0%} of validation images); "
                                    f"measured AUROC {trust.ood.selection['measured']['auroc_all']:.3f}",
             **({"melanoma_operating_point":

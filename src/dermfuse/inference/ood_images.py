@@ -1,14 +1,16 @@
 """Images that are not dermoscopic lesions, made offline: flat colours, noise, gradients,
 text renderings and (where scikit-image is installed) the photographs of ``skimage.data``.
-`dermfuse release` chooses the OOD score on one seed of the synthetic kinds and measures it
-on another seed plus the photographs."""
+`dermfuse release` chooses the OOD score on one seed of the synthetic kinds plus the design
+photographs (the sample pictures scikit-learn and matplotlib ship, with crops of them) and
+measures it on another seed plus the photographs of ``skimage.data``, which the choice never
+sees."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["SYNTHETIC_KINDS", "SKIMAGE_PHOTOS", "synthetic_ood", "skimage_photos"]
+__all__ = ["SYNTHETIC_KINDS", "SKIMAGE_PHOTOS", "synthetic_ood", "skimage_photos", "design_photos"]
 
 SYNTHETIC_KINDS = ("flat", "noise", "gradient", "text")
 # the skimage.data images that ship inside the wheel (no download)
@@ -79,3 +81,46 @@ def skimage_photos(size: int, method: str = "bilinear") -> dict[str, np.ndarray]
         arr = arr[..., :3].astype(np.uint8)
         out[name] = resize_image(np.ascontiguousarray(arr), size, method)
     return out
+
+
+def _sample_pictures() -> list[np.ndarray]:
+    """The photographs scikit-learn and matplotlib ship (RGB uint8; none missing offline)."""
+    import os
+
+    pics: list[np.ndarray] = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        pics += [np.asarray(a, np.uint8) for a in load_sample_images().images]
+    except Exception:  # noqa: BLE001 - an older scikit-learn without the pictures
+        pass
+    try:
+        import matplotlib
+
+        folder = os.path.join(matplotlib.get_data_path(), "sample_data")
+        for name in ("grace_hopper.jpg", "logo2.png", "Minduka_Present_Blue_Pack.png"):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with Image.open(path) as im:
+                    pics.append(np.asarray(im.convert("RGB")))
+    except ImportError:
+        pass
+    return pics
+
+
+def design_photos(size: int, crops: int = 7, seed: int = 1, method: str = "bilinear") -> np.ndarray:
+    """(n, size, size, 3) uint8: each sample picture of scikit-learn and matplotlib whole and
+    as ``crops`` random square crops (30-90 % of its shorter side), resized like every input.
+    Used to choose the OOD score, never to measure it."""
+    from ..data.cache import resize_image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for pic in _sample_pictures():
+        out.append(resize_image(np.ascontiguousarray(pic), size, method))
+        h, w = pic.shape[:2]
+        for _ in range(crops):
+            side = int(min(h, w) * rng.uniform(0.3, 0.9))
+            y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            out.append(resize_image(np.ascontiguousarray(pic[y0:y0 + side, x0:x0 + side]), size, method))
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)

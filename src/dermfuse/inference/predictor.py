@@ -18,6 +18,7 @@ function wrappers for older callers."""
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from ..models.ensemble import Ensemble
 from ..transforms import to_input, tta_views
 from .trust import Assessment, Trust
 
-__all__ = ["Predictor", "Output", "encode_metadata", "feature_taps"]
+__all__ = ["Predictor", "Output", "encode_metadata", "feature_taps", "ood_layers", "stat_taps", "channel_stats"]
 
 
 def encode_metadata(encoder: MetadataEncoder, meta_dim: int, table: Any = None, age: Any = None,
@@ -68,17 +69,52 @@ def feature_taps(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return []
 
 
+def stat_taps(model: nn.Module, layer: str) -> list[nn.Module]:
+    """The module at ``layer`` (a path from `ood_layers`) in each network of ``model`` (one
+    per ensemble member); its output's per-channel mean and standard deviation are the
+    out-of-distribution features. BundleError-free: a path the model lacks is a ValueError."""
+    nets = list(model.members) if isinstance(model, Ensemble) else [model]
+    try:
+        return [net.get_submodule(layer) for net in nets]
+    except AttributeError:
+        raise ValueError(f"out-of-distribution layer {layer!r} is not a module of this model") from None
+
+
+def ood_layers(model: nn.Module) -> list[str]:
+    """Candidate layers for the out-of-distribution features, shallow to deep: the stages of
+    the image network (EfficientNet ``blocks.N``, ResNet ``layerN``, the plain CNN's
+    ``blocks.N``), as paths inside one network (an ensemble's first member)."""
+    net = model.members[0] if isinstance(model, Ensemble) else model
+    pattern = re.compile(r"(^|\.)(blocks\.\d+|layer\d+)$")
+    return [name for name, _ in net.named_modules() if pattern.search(name)]
+
+
+def channel_stats(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) activations -> (B, 2C): per-channel spatial mean, then standard deviation."""
+    t = t.detach().float()
+    return torch.cat([t.mean(dim=(2, 3)), t.std(dim=(2, 3))], dim=1).cpu()
+
+
 @contextmanager
-def _tapped(model: nn.Module | None, sink: list[list[torch.Tensor]]) -> Iterator[None]:
-    """Collect the pooled features of every forward pass of ``model`` into ``sink``
-    (one list of (B, F_k) tensors per pass, concatenated by the caller)."""
-    taps = feature_taps(model) if model is not None else []
+def _tapped(model: nn.Module | None, sink: list[list[torch.Tensor]], layer: str | None = None) -> Iterator[None]:
+    """Collect the image features of every forward pass of ``model`` into ``sink`` (one list
+    of (B, F_k) tensors per pass, concatenated by the caller): the pooled features, or with
+    ``layer`` the channel statistics of that layer's output."""
+    if model is None:
+        taps = []
+    elif layer is not None:
+        taps = [(m, "stats") for m in stat_taps(model, layer)]
+    else:
+        taps = feature_taps(model)
     handles, current = [], []
 
     def grab(kind: str):
         def hook(module, inputs, output):
-            t = inputs[0] if kind == "input" else output
-            current.append(t.detach().flatten(1).float().cpu())
+            if kind == "stats":
+                current.append(channel_stats(output))
+            else:
+                t = inputs[0] if kind == "input" else output
+                current.append(t.detach().flatten(1).float().cpu())
             if len(current) == len(taps):
                 sink.append(list(current))
                 current.clear()
@@ -215,7 +251,7 @@ class Predictor:
             from ..heatmaps import CAM_METHODS, _quantize, render_input
 
             raw_x = to_input(x).to(self.device)
-            with _tapped(self.cam_model if want_features else None, sink), \
+            with _tapped(self.cam_model if want_features else None, sink, self.feature_layer), \
                     CAM_METHODS[self.cam_method](self.cam_model) as cam:
                 own = cam.forward(raw_x, None).argmax(1)  # the CAM backbone's class, as in training
                 maps = _quantize(cam.maps(own).numpy())  # (B, S, S), what the classifier sees
@@ -234,7 +270,7 @@ class Predictor:
             members = list(self.model.members) if isinstance(self.model, Ensemble) else [self.model]
             cams = [GradCAM(net) for net in members]
             try:
-                with _tapped(self.model if want_features else None, sink):
+                with _tapped(self.model if want_features else None, sink, self.feature_layer):
                     first = torch.stack([c.forward(xs, m).float().softmax(1) for c in cams]).mean(0)  # (B, C)
                 raw = self._mean_softmax(tta_views(xs)[1:] if self.tta else [], m, first)
                 proba = self.calibration.apply(raw) if calibrated else raw
@@ -247,7 +283,7 @@ class Predictor:
         else:
             xs = to_input(x).to(self.device)
             views = tta_views(xs) if self.tta else [xs]
-            with _tapped(self.model if want_features else None, sink):
+            with _tapped(self.model if want_features else None, sink, self.feature_layer):
                 raw = self._mean_softmax(views[:1], m)
             raw = self._mean_softmax(views[1:], m, torch.as_tensor(raw)) if len(views) > 1 else raw
         proba = self.calibration.apply(raw) if calibrated else raw
@@ -277,6 +313,12 @@ class Predictor:
         every answer 'ok' with the argmax, as before trust existed)."""
         trust = self.trust or Trust()
         return trust.assess(out.proba, out.features, self.classes, operating_point)
+
+    @property
+    def feature_layer(self) -> str | None:
+        """Where the trust part reads its out-of-distribution features (None: pooled)."""
+        ood = self.trust.ood if self.trust is not None else None
+        return getattr(ood, "layer", None)
 
     @property
     def needs_features(self) -> bool:

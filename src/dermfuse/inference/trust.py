@@ -5,10 +5,12 @@ Three parts, each fitted without test rows and carried in ``bundle.json["trust"]
 - **selective prediction**: a threshold on the top (calibrated) probability chosen on
   validation rows so that a stated share of them (``coverage``, default 0.90) is answered;
   below it the answer is "uncertain" (refer).
-- **out of distribution**: a score of the image features (default: the Mahalanobis distance
-  of the classifier's pooled image features to the nearest class mean, with a shared
-  covariance, both fitted on training rows), with a threshold that keeps ``keep`` (0.95) of
-  the validation images in distribution. Above it the answer has no class. Its arrays live in
+- **out of distribution**: a score of the image features: the Mahalanobis distance of one
+  layer's channel statistics (per-channel mean and standard deviation of its activations)
+  to their training mean, with a Ledoit-Wolf covariance, both fitted on training rows. The
+  layer (or the pooled features of older bundles) is chosen by AUROC against design
+  out-of-distribution images, and the threshold keeps ``keep`` (0.95) of the validation
+  images in distribution. Above it the answer has no class. Its arrays live in
   ``trust.safetensors`` beside the weights, checked by SHA-256 like them.
 - **melanoma operating point**: a threshold on P(mel) chosen on validation rows for a target
   sensitivity (0.85); ``--operating-point melanoma`` answers 'mel' whenever P(mel) reaches it.
@@ -29,7 +31,7 @@ import numpy as np
 from ..errors import BundleError, InputError
 
 __all__ = ["STATUSES", "OPERATING_POINTS", "TRUST_FILE", "Assessment", "Selective", "Melanoma", "OOD", "Trust",
-           "fit_selective", "fit_melanoma", "fit_ood", "ood_scores", "auroc", "risk_coverage",
+           "fit_selective", "fit_melanoma", "fit_ood", "fit_ood_layers", "ood_scores", "auroc", "risk_coverage",
            "selective_report", "load_trust", "save_trust_arrays"]
 
 STATUSES = ("ok", "uncertain", "out_of_distribution")
@@ -88,6 +90,7 @@ class OOD:
     means: np.ndarray | None = None  # (K, F) float32 (K = classes, or 1 for 'gaussian')
     precision: np.ndarray | None = None  # (F, F) float32, inverse of the shared covariance
     selection: dict[str, Any] = field(default_factory=dict)  # AUROC of each method when it was chosen
+    layer: str | None = None  # channel statistics of this module's output; None = pooled features
 
     def score(self, proba: np.ndarray, features: np.ndarray | None) -> np.ndarray:
         """(N,) score, higher = further from the training images."""
@@ -299,6 +302,34 @@ def fit_ood(train_features: np.ndarray, y_train: np.ndarray, val_proba: np.ndarr
     threshold = float(np.quantile(val_scores, keep))
     return OOD(method, threshold, float(keep), int(len(train_features)), int(len(val_scores)), mu, prec,
                {"auroc_val_vs_synthetic_ood": selection} if selection else {})
+
+
+def fit_ood_layers(train: dict[str, np.ndarray], val: dict[str, np.ndarray], design: dict[str, np.ndarray],
+                   keep: float = 0.95) -> OOD:
+    """Out-of-distribution score on the best of several feature sets, each keyed by layer
+    path ('pooled' = the pooled image features): one Gaussian per set (mean and Ledoit-Wolf
+    covariance of the training rows' features, ``train[k]`` (N, F_k)), scored by AUROC of the
+    validation images ``val[k]`` against the design out-of-distribution images ``design[k]``.
+    The highest AUROC wins; ties go to the larger share of design images flagged at the
+    threshold, then to the deeper layer (later key). No test rows take part."""
+    table: dict[str, Any] = {}
+    best: tuple[tuple[float, float, int], str] | None = None
+    for rank, key in enumerate(train):
+        mu, prec = _class_gaussian(train[key], None)
+        s_val = ood_scores("gaussian", None, val[key], mu, prec)
+        s_ood = ood_scores("gaussian", None, design[key], mu, prec)
+        threshold = float(np.quantile(s_val, keep))
+        a, flagged = auroc(s_val, s_ood), float((s_ood > threshold).mean())
+        table[key] = {"auroc": a, "design_flagged_share": flagged}
+        if best is None or (a, flagged, rank) > best[0]:
+            best = ((a, flagged, rank), key)
+            chosen = (mu, prec, threshold)
+    if best is None:
+        raise ValueError("fit_ood_layers: no feature sets")
+    key = best[1]
+    mu, prec, threshold = chosen
+    return OOD("gaussian", threshold, float(keep), int(len(train[key])), int(len(val[key])), mu, prec,
+               {"design_auroc_by_layer": table, "chosen": key}, None if key == "pooled" else key)
 
 
 # --- evaluation ------------------------------------------------------------------------------

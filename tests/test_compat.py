@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dermfuse.bundle import load_bundle
-from dermfuse.predict import predict_one
+from dermfuse.inference.bundle import load_bundle
+from dermfuse.inference.predict import predict_one
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "expected_predictions.json").read_text())
@@ -35,3 +35,14 @@ def test_an_old_bundle_gives_its_old_answers(name):
         assert p.top_class == row["top_class"]
         assert p.explained_class == row["explained_class"]
         assert float(np.round(p.heatmap, 6).sum()) == pytest.approx(row["heatmap_sum"], rel=1e-3)
+
+
+def test_the_0_1_import_paths_still_work():
+    import dermfuse.experiment
+    import dermfuse.inference.predict
+    import dermfuse.predict
+    import dermfuse.runs.holdout
+
+    assert dermfuse.experiment.train_run is dermfuse.runs.holdout.train_run
+    assert dermfuse.experiment.evaluate_bundle is dermfuse.runs.holdout.evaluate_bundle
+    assert dermfuse.predict.predict_one is dermfuse.inference.predict.predict_one

@@ -1,4 +1,4 @@
-"""dermfuse.train: learning, class balance, early stopping, kill-and-resume, DDP, predict_proba.
+"""dermfuse.training.loop: learning, class balance, early stopping, kill-and-resume, DDP, predict_proba.
 
 Tiny CPU-only data: 16x16 images whose class is their dominant colour channel.
 """
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from dermfuse.config import TrainConfig
 from dermfuse.errors import ConfigError
-from dermfuse.train import (ArrayDataset, EpochSampler, class_weights, epoch_indices, fit, predict_proba)
+from dermfuse.training.loop import ArrayDataset, EpochSampler, class_weights, epoch_indices, fit, predict_proba
 
 CLASSES = ["red", "green", "blue"]
 TESTS = Path(__file__).resolve().parent
@@ -115,14 +115,14 @@ def test_fit_learns_colour_task_and_writes_history(tmp_path, capsys):
 
 
 class CountingBatchAugmentation:
-    """Stands in for dermfuse.train.BatchAugmentation: the real one, counting its calls and
+    """Stands in for dermfuse.training.loop.BatchAugmentation: the real one, counting its calls and
     noting the seed its generator was last set to."""
 
     calls = 0
     seeds: list[int] = []
 
     def __init__(self, strength: float = 1.0) -> None:
-        from dermfuse.transforms import BatchAugmentation
+        from dermfuse.preprocess import BatchAugmentation
         self.inner = BatchAugmentation(strength=strength)
 
     def __call__(self, images, generator=None):
@@ -144,7 +144,7 @@ class BlankingBatchAugmentation(CountingBatchAugmentation):
 def test_augmentation_runs_per_batch_on_the_device_only_when_asked(monkeypatch, augment_on, per_batch):
     """'device' augments each batch on the training device (CPU here), repeatably under a
     seed; 'workers', and 'auto' off CUDA, augment per image in the loader."""
-    monkeypatch.setattr("dermfuse.train.BatchAugmentation", CountingBatchAugmentation)
+    monkeypatch.setattr("dermfuse.training.loop.BatchAugmentation", CountingBatchAugmentation)
     train, val = ArrayDataset(*make_task(48, seed=0)), ArrayDataset(*make_task(24, seed=1))
     cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, augment=True, augment_on=augment_on,
                       early_stopping="none", device="cpu")
@@ -162,14 +162,14 @@ def test_augmentation_runs_per_batch_on_the_device_only_when_asked(monkeypatch, 
     if per_batch:  # reseeded every epoch from (seed, epoch, rank): a resumed epoch draws the same
         assert CountingBatchAugmentation.seeds == [
             int(np.random.SeedSequence([cfg.seed, epoch, 0, 1]).generate_state(1)[0]) for epoch in range(3)]
-        monkeypatch.setattr("dermfuse.train.BatchAugmentation", BlankingBatchAugmentation)
+        monkeypatch.setattr("dermfuse.training.loop.BatchAugmentation", BlankingBatchAugmentation)
         torch.manual_seed(0)
         blank = fit(TinyNet(), train, val, cfg, CLASSES, progress=False)  # the model trains on what it returns
         assert blank.history[-1]["val_balanced_accuracy"] < 0.6
 
 
 def test_augment_on_auto_means_the_device_on_cuda_for_square_images():
-    from dermfuse.train import _augment_on_device
+    from dermfuse.training.loop import _augment_on_device
     square = ArrayDataset(*make_task(6, seed=0))
     images, meta, labels = make_task(6, seed=0)
     wide = ArrayDataset(np.ascontiguousarray(np.concatenate([images, images], axis=2)), meta, labels)
@@ -342,7 +342,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: Path) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from dermfuse.train import dist_info, is_main_process
+    from dermfuse.training.loop import dist_info, is_main_process
 
     images, meta, labels = make_task(24, seed=0)
     train = LoggedDataset(images, meta, labels, log=root / f"seen{rank}.txt")
@@ -390,7 +390,7 @@ def test_ddp_two_gloo_ranks_train_disjoint_shards_and_only_rank0_writes(tmp_path
 
 
 def test_rank_seeds_of_consecutive_ensemble_seeds_never_collide():
-    from dermfuse.train import rank_seed
+    from dermfuse.training.loop import rank_seed
 
     assert [rank_seed(s, 0) for s in (0, 7, 123)] == [0, 7, 123]  # one process: the seed itself
     grid = {(seed, rank): rank_seed(seed, rank) for seed in range(40) for rank in range(8)}
@@ -399,7 +399,7 @@ def test_rank_seeds_of_consecutive_ensemble_seeds_never_collide():
 
 
 def test_fit_seeds_its_rank_with_rank_seed(monkeypatch):
-    import dermfuse.train as train_mod
+    import dermfuse.training.loop as train_mod
 
     class Seeded(Exception):
         pass

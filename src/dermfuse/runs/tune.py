@@ -44,7 +44,7 @@ from ..data.encode import MetadataEncoder
 from ..data.splits import holdout, validation_split
 from ..errors import ConfigError, DataError
 from ..models import create_model, model_spec
-from ..train import ArrayDataset, fit
+from ..training.loop import ArrayDataset, fit
 
 __all__ = ["SearchSpace", "TuneResult", "load_space", "default_storage", "open_study", "tune", "mask_url"]
 
@@ -281,11 +281,11 @@ class _Data:
 def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     """The training part only: split as ``dermfuse train`` does, drop the test rows, then
     decode, encode (encoder fitted on the training rows) and, for heatmap inputs, make the maps."""
-    from ..experiment import _split_by, cohort_for, image_size_for
+    from .holdout import split_by, cohort_for, image_size_for
 
     cohort = cohort_for(cfg, progress)
     table, classes, y = cohort.table, cohort.classes, cohort.labels
-    by = _split_by(cfg.data.split)
+    by = split_by(cfg.data.split)
     try:
         is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
                    if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
@@ -310,7 +310,7 @@ def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     meta = encoder.transform(sub) if model_spec(cfg.model.name).uses_meta else np.zeros((len(sub), 0), np.float32)
     images = cache.images
     if cfg.model.input != "image" and model_spec(cfg.model.name).uses_image:
-        from ..heatmaps import heatmap_stage
+        from ..training.heatmap_stage import heatmap_stage
 
         stage = heatmap_stage(cfg, sub, y_sub, classes, images, tr, va,
                               out / "heatmap_stage" / _worker_id().replace(":", "-"),
@@ -325,7 +325,7 @@ def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
 
 
 def _build(cfg: RunConfig, num_classes: int, meta_dim: int) -> torch.nn.Module:
-    from ..experiment import model_kwargs
+    from .holdout import model_kwargs
 
     kwargs, weights = model_kwargs(cfg, num_classes, meta_dim), cfg.model.weights
     if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
@@ -347,7 +347,7 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
     ``trials`` counts this worker's trials: two workers with ``trials=3`` add six. 0 only
     writes the report of the study as it stands. Returns the study's best so far."""
     optuna = _optuna()
-    from ..experiment import check_config
+    from .holdout import check_config
 
     check_config(cfg)
     if trials < 0:

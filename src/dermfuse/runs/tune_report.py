@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..plots import save_figure
-from ..report import Section, figure_html, json_block, table_html, write_report
+from ..evaluation.plots import save_figure
+from ..evaluation.report import Section, figure_html, json_block, table_html, write_report
 
 __all__ = ["trials_frame", "plot_history", "plot_importances", "param_importances", "write_tune_report"]
 

@@ -28,12 +28,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ._distributed import (all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed,
-                           is_main_process)
-from .config import TrainConfig
-from .errors import ConfigError
-from .metrics import balanced_accuracy
-from .transforms import BatchAugmentation, to_input, train_augmentation, tta_views
+from .distributed import all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed, is_main_process
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..evaluation.metrics import balanced_accuracy
+from ..preprocess import BatchAugmentation, to_input, train_augmentation, tta_views
 
 __all__ = [
     "tta_views",
@@ -251,7 +250,7 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write to a temporary file beside ``path`` and rename it over ``path``: a kill at any
     moment leaves the previous complete file."""
-    from .io import atomic_write
+    from ..io import atomic_write
 
     atomic_write(path, write)
 
@@ -272,7 +271,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resolve_device(name: str) -> torch.device:
+def training_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -326,7 +325,7 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     exception it raises (e.g. optuna's TrialPruned) ends the fit and propagates.
     """
     _check(cfg, train, list(classes))
-    device = _resolve_device(cfg.device)
+    device = training_device(cfg.device)
     rank, world = init_distributed(device)
     main = rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None

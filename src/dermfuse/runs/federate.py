@@ -15,7 +15,7 @@ is built from per-site summaries only (`site_summary`: counts, sums, sums of squ
 a histogram of ages, and the category levels each site has seen; `encoder_from_summaries`),
 never from pooled rows, and equals the encoder fitted on the pooled training rows.
 
-Each round a client runs the existing training loop (`dermfuse.train.fit`) for
+Each round a client runs the existing training loop (`dermfuse.training.loop.fit`) for
 ``local_epochs`` epochs from the global weights, at the learning rate the central schedule
 has at that point (rounds x local epochs = central epochs), with a fresh Adam state. FedProx
 adds mu/2 ||w - w_global||^2 to the local loss as a gradient hook on the parameters
@@ -43,10 +43,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import RunConfig, config_from_dict, config_to_dict, save_config
-from .data.encode import UNKNOWN, MetadataEncoder, _ages, _category
-from .data.splits import group_ids, holdout, validation_split
-from .errors import ConfigError, DataError
+from ..config import RunConfig, config_from_dict, config_to_dict, save_config
+from ..data.encode import UNKNOWN, MetadataEncoder, parse_ages, category_level
+from ..data.splits import group_ids, holdout, validation_split
+from ..errors import ConfigError, DataError
 
 __all__ = ["SITE_RULES", "STRATEGIES", "ENGINES", "assign_sites", "site_summary", "encoder_from_summaries",
            "round_lr", "FederatedResult", "federate"]
@@ -78,7 +78,7 @@ def assign_sites(table: pd.DataFrame, k: int, rule: str = "site", seed: int = 0)
     out = np.zeros(len(table), np.int64)
     if rule == "site":
         column = table["site"] if "site" in table else pd.Series([None] * len(table))
-        site_of = pd.Series([_category(v) for v in column]).groupby(groups.values).agg(lambda s: s.mode().iloc[0])
+        site_of = pd.Series([category_level(v) for v in column]).groupby(groups.values).agg(lambda s: s.mode().iloc[0])
         per_site = groups.map(site_of).value_counts()  # images per body site
         if len(per_site) < k:
             raise DataError(f"--site-rule site: the data have {len(per_site)} body sites, fewer than {k} sites")
@@ -88,7 +88,7 @@ def assign_sites(table: pd.DataFrame, k: int, rule: str = "site", seed: int = 0)
             centre[name], load[c] = c, load[c] + count
         return groups.map(site_of).map(centre).to_numpy(np.int64)
     if rule == "age":
-        age = pd.Series(_ages(table["age"] if "age" in table else [None] * len(table)))
+        age = pd.Series(parse_ages(table["age"] if "age" in table else [None] * len(table)))
         lesion_age = age.groupby(groups.values).mean()
         order = lesion_age.sort_values(na_position="last", kind="stable").index
     else:
@@ -106,12 +106,12 @@ def assign_sites(table: pd.DataFrame, k: int, rule: str = "site", seed: int = 0)
 def site_summary(rows: pd.DataFrame) -> dict[str, Any]:
     """What one site shares to build the common metadata encoder: age count, sum, sum of
     squares and histogram {age: count}, and the sex and body-site levels it has seen."""
-    age = _ages(rows["age"] if "age" in rows else [None] * len(rows))
+    age = parse_ages(rows["age"] if "age" in rows else [None] * len(rows))
     seen = age[~np.isnan(age)]
     return {"n_age": int(len(seen)), "age_sum": float(seen.sum()), "age_sumsq": float((seen ** 2).sum()),
             "age_hist": {float(a): int(c) for a, c in Counter(seen.tolist()).items()},
-            "sexes": sorted({_category(v) for v in (rows["sex"] if "sex" in rows else [])} - {UNKNOWN}),
-            "sites": sorted({_category(v) for v in (rows["site"] if "site" in rows else [])} - {UNKNOWN})}
+            "sexes": sorted({category_level(v) for v in (rows["sex"] if "sex" in rows else [])} - {UNKNOWN}),
+            "sites": sorted({category_level(v) for v in (rows["site"] if "site" in rows else [])} - {UNKNOWN})}
 
 
 def _median(hist: Counter) -> float:
@@ -171,8 +171,8 @@ class _Site:
         self.cfg, self.classes, self.data, self.kwargs, self.site = cfg, classes, data, kwargs, site
 
     def train(self, weights: list[np.ndarray], lr: float, mu: float, round_: int, epochs: int) -> list[np.ndarray]:
-        from .models import create_model
-        from .train import ArrayDataset, fit
+        from ..models import create_model
+        from ..training.loop import ArrayDataset, fit
 
         net = create_model(self.cfg.model.name, pretrained=False, **self.kwargs)
         _load(net, weights)
@@ -236,9 +236,9 @@ class FederatedResult:
 
 
 def _prepare(cfg: RunConfig, k: int, rule: str, progress: bool):
-    from .data.cache import build_cache
-    from .experiment import _split_by, check_config, cohort_for, image_size_for, model_kwargs
-    from .models import model_spec
+    from ..data.cache import build_cache
+    from .holdout import split_by, check_config, cohort_for, image_size_for, model_kwargs
+    from ..models import model_spec
 
     check_config(cfg)
     if cfg.model.input != "image":
@@ -252,7 +252,7 @@ def _prepare(cfg: RunConfig, k: int, rule: str, progress: bool):
                           "not supported; use schedule none or cosine, one model, calibration none")
     cohort = cohort_for(cfg, progress)
     table, y = cohort.table, cohort.labels
-    by = _split_by(cfg.data.split)
+    by = split_by(cfg.data.split)
     is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
     train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
                                           seed=cfg.seed, by=by)
@@ -274,9 +274,9 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     writes config.yaml, sites.json, split.csv, history.json, metrics.json, predictions.csv
     (and with ``central``: central/ and comparison.json) into ``cfg.out``."""
     from .predictions_csv import write_predictions
-    from .metrics import compute_metrics, paired_bootstrap
-    from .models import create_model
-    from .train import ArrayDataset, evaluate, predict_proba
+    from ..evaluation.metrics import compute_metrics, paired_bootstrap
+    from ..models import create_model
+    from ..training.loop import ArrayDataset, evaluate, predict_proba
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"federate --strategy {strategy!r}: expected one of {STRATEGIES}")
@@ -357,7 +357,7 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     write_predictions(run_dir / "predictions.csv", table.iloc[test_idx]["image_id"].to_numpy(), classes, y[test_idx], proba)
     result = FederatedResult(run_dir, metrics, history, site_info)
     if central:
-        from .experiment import train_run
+        from .holdout import train_run
 
         ccfg = config_from_dict(config_to_dict(cfg))
         ccfg.out = str(run_dir / "central")
@@ -393,9 +393,9 @@ def _strategy(name: str, mu: float, sites: int, rounds: int, local_epochs: int, 
 def _site_from_spec(spec: dict[str, Any], s: int) -> _Site:
     """Rebuild site ``s`` from the run spec (in a client process: its rows, the image cache,
     the common encoder)."""
-    from .data.cache import build_cache
-    from .experiment import cohort_for, image_size_for
-    from .models import model_spec
+    from ..data.cache import build_cache
+    from .holdout import cohort_for, image_size_for
+    from ..models import model_spec
 
     cfg = config_from_dict(spec["config"])
     cohort = cohort_for(cfg, progress=False)

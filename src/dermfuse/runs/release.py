@@ -17,7 +17,6 @@ The weights are copied unchanged (same model id and checksum)."""
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,14 +25,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import CLASS_NAMES, __version__
-from .bundle import META_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
-from .errors import DataError
-from .inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPULATION_LIMITS
-from .inference.ood_images import skimage_photos, synthetic_ood
-from .inference.predictor import Predictor
-from .inference.trust import Trust, auroc, fit_melanoma, fit_ood, fit_selective, save_trust_arrays
-from .metrics import confusion_metrics
+from .. import CLASS_NAMES, __version__
+from ..inference.bundle import META_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
+from ..errors import DataError
+from ..inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPULATION_LIMITS
+from ..inference.ood_images import skimage_photos, synthetic_ood
+from ..inference.predictor import Predictor
+from ..inference.trust import Trust, auroc, fit_melanoma, fit_ood, fit_selective, save_trust_arrays
+from ..evaluation.metrics import confusion_metrics
 
 __all__ = ["release_run", "lesion_bootstrap", "AGE_BANDS"]
 
@@ -68,9 +67,9 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
                 progress: bool = True) -> dict[str, Any]:
     """Fit the trust part on ``run_dir``'s rows, write the card, and write the bundle to ``out``.
     Returns a summary (thresholds, OOD AUROCs). ``data`` overrides the run's data path."""
-    from .config import load_config
-    from .data.cache import build_cache
-    from .experiment import load_cohort
+    from ..config import load_config
+    from ..data.cache import build_cache
+    from .holdout import load_cohort
 
     run_dir, out = Path(run_dir), Path(out)
     for name in ("config.yaml", "split.csv", "bundle"):
@@ -274,7 +273,7 @@ def _age_band(age: Any) -> str:
 def holdout_metrics(holdout_dir: Path, data_path: str, progress: bool = True, n_boot: int = 1000) -> dict[str, Any]:
     """Metrics of a holdout run's test predictions (its predictions.csv) with 95 % lesion-bootstrap
     intervals, per class and by sex, age band and site (with counts)."""
-    from .experiment import load_cohort
+    from .holdout import load_cohort
 
     pred_file = holdout_dir / "predictions.csv"
     if not pred_file.is_file():

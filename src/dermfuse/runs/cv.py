@@ -33,21 +33,20 @@ import torch
 import yaml
 from rich.console import Console
 
-from . import __version__
-from .config import RunConfig, config_to_dict, save_config
+from .. import __version__
+from ..config import RunConfig, config_to_dict, save_config
 from .cv_report import atomic_write_text, collect, render_summary
-from .io import atomic_write
-from .data.cache import CachedImages, build_cache
-from .data.encode import MetadataEncoder
-from .data.splits import group_ids, kfold, validation_split
-from .errors import ConfigError, DataError
-from .experiment import (Cohort, _split_by, cohort_for, image_size_for, model_kwargs,
-                         split_label)
-from .heatmaps import INPUT_MODES, render_input
-from .metrics import compute_metrics
+from ..io import atomic_write
+from ..data.cache import CachedImages, build_cache
+from ..data.encode import MetadataEncoder
+from ..data.splits import group_ids, kfold, validation_split
+from ..errors import ConfigError, DataError
+from .holdout import Cohort, split_by, cohort_for, image_size_for, model_kwargs, split_label
+from ..explain.heatmap_input import INPUT_MODES, render_input
+from ..evaluation.metrics import compute_metrics
 from .predictions_csv import write_predictions
-from .models import create_model, list_models, model_spec
-from .train import ArrayDataset, _resolve_device, fit, is_main_process, predict_proba
+from ..models import create_model, list_models, model_spec
+from ..training.loop import ArrayDataset, training_device, fit, is_main_process, predict_proba
 
 __all__ = ["Variant", "parse_models", "run_cv", "run_protocol_gap", "run_plan", "collect", "render_summary",
            "DEFAULT_MODELS"]
@@ -175,7 +174,7 @@ def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
 def _hardware(cfg: RunConfig) -> str:
     """What a fold trained on, e.g. 'cpu' or 'cuda, mixed precision': outside the config
     check (fold jobs may run on different machines), so `collect` says when folds differ."""
-    device = _resolve_device(cfg.train.device)
+    device = training_device(cfg.train.device)
     return device.type + (", mixed precision" if cfg.train.amp and device.type == "cuda" else "")
 
 
@@ -231,7 +230,7 @@ class _Runner:
         # group: lesion (or patient) of each row, what a bootstrap of the results resamples
         fresh = pd.DataFrame({"image_id": ids, "group": group_ids(table, "auto")})
         for split in [self.cfg.data.split, *sorted(splits - {self.cfg.data.split})]:  # "fold" first
-            self.folds[split] = kfold(table, k, seed=seed, by=_split_by(split))
+            self.folds[split] = kfold(table, k, seed=seed, by=split_by(split))
             fresh[self._fold_column(split)] = self.folds[split]
         path = self.run_dir / "folds.csv"
         if path.exists():
@@ -285,7 +284,7 @@ class _Runner:
         folds = self.folds[split]
         train = np.flatnonzero(folds != k)
         train, val = validation_split(self.cohort.table, train, fraction=self.cfg.data.val_fraction,
-                                      seed=self.cfg.seed, by=_split_by(split))
+                                      seed=self.cfg.seed, by=split_by(split))
         return train, val, np.flatnonzero(folds == k)
 
     def maps(self, split: str, k: int, size: int) -> np.ndarray:
@@ -294,7 +293,7 @@ class _Runner:
         key = (split, k, size)
         if key in self._maps:
             return self._maps[key]
-        from .heatmaps import heatmap_stage
+        from ..training.heatmap_stage import heatmap_stage
 
         folder = self.run_dir / "_cam" / f"{split}-fold{k}-{size}px"
         path = folder / "maps.npy"

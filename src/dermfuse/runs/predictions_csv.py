@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .io import atomic_write
+from ..io import atomic_write
 
 __all__ = ["proba_columns", "write_predictions", "read_predictions", "probabilities", "label_indices"]
 

@@ -1,4 +1,4 @@
-"""dermfuse.training.loop: learning, class balance, early stopping, kill-and-resume, DDP, predict_proba.
+"""dermfuse.training.loop: learning, class balance, early stopping, kill-and-resume, DDP; test-row scoring.
 
 Tiny CPU-only data: 16x16 images whose class is their dominant colour channel.
 """
@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from dermfuse.config import TrainConfig
 from dermfuse.errors import ConfigError
-from dermfuse.training.loop import ArrayDataset, EpochSampler, class_weights, epoch_indices, fit, predict_proba
+from dermfuse.runs.variant import score
+from dermfuse.training.loop import ArrayDataset, EpochSampler, class_weights, epoch_indices, fit
 
 CLASSES = ["red", "green", "blue"]
 TESTS = Path(__file__).resolve().parent
@@ -255,7 +256,7 @@ def test_early_stopping_stops_and_restores_best_weights():
     losses = [r["val_loss"] for r in res.history]
     assert res.stopped_early and len(losses) == res.best_epoch + 1 + cfg.patience < cfg.epochs
     assert res.best_epoch == int(np.argmin(losses)) and res.best_score == losses[res.best_epoch]
-    proba = predict_proba(model, val)
+    proba = score(model, CLASSES, None, val.images, val.meta, tta=False)
     restored_loss = float(-np.log(proba[np.arange(len(proba)), val.labels]).mean())
     assert restored_loss == pytest.approx(losses[res.best_epoch], rel=1e-5)
     assert restored_loss != pytest.approx(losses[-1], rel=1e-3)
@@ -418,38 +419,52 @@ def test_fit_seeds_its_rank_with_rank_seed(monkeypatch):
     assert seeds == [train_mod.rank_seed(5, 1)] and seeds[0] != 5 + 1
 
 
-# --- (6) predict_proba --------------------------------------------------------------------
+# --- (6) scoring test rows: dermfuse.runs.variant.score, the inference engine ---------------
 
 
-class CountingNet(TinyNet):
-    def __init__(self) -> None:
-        super().__init__(meta_dim=0)
+class PositionNet(nn.Module):
+    """A linear layer over every pixel: flipping or transposing the image changes its
+    logits (unlike TinyNet), so averaging over test-time views is visible."""
+
+    def __init__(self, h: int, w: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3 * h * w, 3)
         self.calls = 0
 
     def forward(self, image, meta):
         self.calls += 1
-        return super().forward(image, meta)
+        return self.lin(image.flatten(1)) * 5
 
 
-def test_predict_proba_rows_sum_to_one_and_tta_views():
-    images, _, labels = make_task(10, seed=0)
-    data = ArrayDataset(images, np.zeros((10, 0), np.float32), labels)  # D = 0
+def _softmax_by_hand(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        return model(x, None).softmax(1).numpy()
+
+
+def test_scoring_averages_the_test_time_views_of_a_position_sensitive_net():
+    images, _, _ = make_task(10, seed=0)
+    no_meta = np.zeros((10, 0), np.float32)
     torch.manual_seed(0)
-    model = CountingNet()
-    p = predict_proba(model, data, batch_size=4)
-    assert p.shape == (10, 3) and p.dtype == np.float32
-    assert np.allclose(p.sum(1), 1.0, atol=1e-5) and model.calls == 3
+    model = PositionNet(16, 16)
+    p = score(model, CLASSES, None, images, no_meta, tta=False)
+    assert p.shape == (10, 3) and p.dtype == np.float32 and model.calls == 1
+    np.testing.assert_allclose(p, _softmax_by_hand(model, images), atol=1e-6)
 
     model.calls = 0
-    p_tta = predict_proba(model, data, batch_size=4, tta=True)
-    assert p_tta.shape == (10, 3) and np.allclose(p_tta.sum(1), 1.0, atol=1e-5)
-    assert model.calls == 3 * 5  # identity, hflip, vflip, hvflip, transpose (square)
-    assert np.allclose(p_tta, p, atol=1e-5)  # TinyNet is flip invariant
+    p_tta = score(model, CLASSES, None, images, no_meta, tta=True)
+    assert model.calls == 5  # one forward pass per view: identity, h-, v-, hv-flip, transpose
+    views = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1], images.transpose(0, 2, 1, 3)]
+    want = np.mean([_softmax_by_hand(model, np.ascontiguousarray(v)) for v in views], axis=0)
+    np.testing.assert_allclose(p_tta, want, atol=1e-6)
+    assert np.abs(p_tta - p).max() > 1e-3  # the views differ for this net, so the test can fail
 
-    model.calls = 0
-    wide = ArrayDataset(np.ascontiguousarray(images[:, :12]), np.zeros((10, 0), np.float32), labels)
-    assert predict_proba(model, wide, batch_size=10, tta=True).shape == (10, 3)
-    assert model.calls == 4  # no transpose for a non-square image
+    wide = np.ascontiguousarray(images[:, :12])  # (10, 12, 16, 3): no transpose view
+    model = PositionNet(12, 16)
+    p_wide = score(model, CLASSES, None, wide, no_meta, tta=True)
+    want = np.mean([_softmax_by_hand(model, np.ascontiguousarray(v))
+                    for v in (wide, wide[:, :, ::-1], wide[:, ::-1], wide[:, ::-1, ::-1])], axis=0)
+    np.testing.assert_allclose(p_wide, want, atol=1e-6)
     assert not model.training
 
 

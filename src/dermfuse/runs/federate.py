@@ -237,7 +237,8 @@ class FederatedResult:
 
 def _prepare(cfg: RunConfig, k: int, rule: str, progress: bool):
     from ..data.cache import build_cache
-    from .holdout import split_by, check_config, cohort_for, image_size_for, model_kwargs
+    from .cohort import cohort_for
+    from .config_checks import check_config, image_size_for, model_kwargs, split_by
     from ..models import model_spec
 
     check_config(cfg)
@@ -276,7 +277,8 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     from .predictions_csv import write_predictions
     from ..evaluation.metrics import compute_metrics, paired_bootstrap
     from ..models import create_model
-    from ..training.loop import ArrayDataset, evaluate, predict_proba
+    from ..training.loop import ArrayDataset, evaluate
+    from .variant import score
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"federate --strategy {strategy!r}: expected one of {STRATEGIES}")
@@ -348,8 +350,7 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
         raise DataError(f"federate: the server scored {len(history) - 1} of {rounds} rounds; a site failed")
     _load(global_net, best["weights"])
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-    test = ArrayDataset(np.ascontiguousarray(images[test_idx]), meta[test_idx], y[test_idx])
-    proba = predict_proba(global_net, test, batch_size=64, tta=cfg.train.tta)
+    proba = score(global_net, classes, encoder, np.ascontiguousarray(images[test_idx]), meta[test_idx], cfg.train.tta)
     metrics = compute_metrics(y[test_idx], proba, classes)
     metrics.update(best_round=best["round"], rounds=rounds, local_epochs=local_epochs, sites=sites,
                    site_rule=site_rule, strategy=strategy, mu=mu, engine=engine)
@@ -394,7 +395,8 @@ def _site_from_spec(spec: dict[str, Any], s: int) -> _Site:
     """Rebuild site ``s`` from the run spec (in a client process: its rows, the image cache,
     the common encoder)."""
     from ..data.cache import build_cache
-    from .holdout import cohort_for, image_size_for
+    from .cohort import cohort_for
+    from .config_checks import image_size_for
     from ..models import model_spec
 
     cfg = config_from_dict(spec["config"])

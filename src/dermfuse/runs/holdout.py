@@ -9,34 +9,33 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from rich.console import Console
 
-from ..io import atomic_write, atomic_write_text
 from .. import __version__
-from ..inference.bundle import load_bundle, save_bundle, update_bundle_info
-from ..evaluation.calibrate import CALIBRATION_MODES, Calibration, fit_calibration
-from ..constants import HEADLINE_METRICS, LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER, TABLE_METRICS
 from ..config import RunConfig, config_to_dict, save_config
+from ..constants import HEADLINE_METRICS, LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER, TABLE_METRICS
 from ..data.cache import build_cache
-from ..data.clean import CleaningReport, clean, summarize
-from ..data.encode import MetadataEncoder
-from ..data.formats import ReadResult, detect_layout, read_dataset
-from ..data.splits import SPLIT_LABELS, holdout, validation_split
+from ..data.formats import detect_layout
+from ..data.splits import holdout, validation_split
 from ..errors import ConfigError, DataError
+from ..evaluation.calibrate import CALIBRATION_MODES, fit_calibration
 from ..evaluation.metrics import compute_metrics
-from .predictions_csv import label_indices, probabilities, read_predictions, write_predictions
-from ..models import create_model, model_spec
-from ..models.ensemble import ENSEMBLE, Ensemble
 from ..evaluation.report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
+from ..inference.bundle import load_bundle, save_bundle, update_bundle_info
+from ..io import atomic_write, atomic_write_text
+from ..models import model_spec
+from ..models.ensemble import ENSEMBLE
 from ..training.distributed import is_main_process
-from ..training.loop import ArrayDataset, FitResult, fit, predict_proba
+from .cohort import Cohort, cohort_for, load_cohort
+from .config_checks import check_config, image_size_for, model_kwargs, split_by, split_label
+from .predictions_csv import label_indices, probabilities, read_predictions, write_predictions
+from .variant import Trained, calibrated_metrics, calibration_summary, headline, train_variant
 
 __all__ = [
     "Cohort",
@@ -54,104 +53,11 @@ console = Console(stderr=True)
 
 
 @dataclass
-class Cohort:
-    """A cleaned data set: one row per usable image, labels as class indices."""
-
-    table: pd.DataFrame
-    report: CleaningReport
-    read: ReadResult
-    classes: list[str]
-    labels: np.ndarray  # (N,) int64 index into classes
-    synthetic: bool = False
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return summarize(self.table, self.report, self.read.format)
-
-
-@dataclass
 class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
     bundle: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def split_label(split: str) -> str:
-    """Human label of a split protocol, e.g. 'image-level (leaky)'."""
-    return SPLIT_LABELS.get(split, f"{split}-grouped")
-
-
-def split_by(split: str) -> str:
-    return {"lesion": "auto", "grouped": "auto"}.get(split, split)
-
-
-def load_cohort(path: str | Path, format: str | None = None, check_images: bool = True,
-                progress: bool = True, column_map: dict[str, str] | None = None) -> Cohort:
-    """Read and clean a data set folder (or CSV); ``column_map`` names the columns of a
-    'generic' CSV (see `read_dataset`)."""
-    read = read_dataset(path, format=format, column_map=column_map)
-    table, report = clean(read, check_images=check_images, progress=progress)
-    table = table.reset_index(drop=True)
-    classes = list(read.classes)
-    labels = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    synthetic = (Path(read.root) / "SYNTHETIC.txt").exists()
-    return Cohort(table, report, read, classes, labels, synthetic)
-
-
-def cohort_for(cfg: RunConfig, progress: bool = True) -> Cohort:
-    """`load_cohort` of the data a run config names (path, format, column map, image check)."""
-    d = cfg.data
-    return load_cohort(d.path, d.format, d.check_images, progress, d.column_map)
-
-
-def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, Any]:
-    """Keyword arguments that rebuild the configured architecture (weights excluded)."""
-    m = cfg.model
-    kw: dict[str, Any] = {"num_classes": num_classes, "meta_dim": meta_dim}
-    if m.name == "cnn" or (m.name == "ft_multicnn" and m.image_backbone in (None, "", "cnn")):
-        kw["input_size"] = image_size_for(cfg)  # the flatten layer fixes the input size
-    if m.name == "ft_multicnn":
-        kw.update(use_meta=m.use_meta, dropout=m.dropout, batchnorm=m.batchnorm)
-        if m.image_backbone and m.image_backbone != "cnn":
-            kw["image_backbone"] = m.image_backbone
-    return kw
-
-
-def image_size_for(cfg: RunConfig) -> int:
-    if cfg.data.image_size:
-        return int(cfg.data.image_size)
-    name = cfg.model.image_backbone if cfg.model.name == "ft_multicnn" and cfg.model.image_backbone else cfg.model.name
-    size = model_spec(name).default_size
-    return int(size or 128)
-
-
-def check_config(cfg: RunConfig) -> None:
-    """Fail fast, before any image is decoded, on names and values a run cannot use."""
-    from ..explain.heatmap_input import CAM_METHODS, INPUT_MODES
-
-    model_spec(cfg.model.name)
-    if cfg.model.image_backbone and cfg.model.image_backbone != "cnn":
-        model_spec(cfg.model.image_backbone)
-    if cfg.model.input not in INPUT_MODES:
-        raise ConfigError(f"model.input {cfg.model.input!r}: expected one of {list(INPUT_MODES)}")
-    if cfg.model.input != "image":
-        model_spec(cfg.model.cam_backbone)
-        if cfg.model.cam_method not in CAM_METHODS:
-            raise ConfigError(f"model.cam_method {cfg.model.cam_method!r}: expected one of {sorted(CAM_METHODS)}")
-    if cfg.data.split not in ("lesion", "patient", "auto", "grouped", "image"):
-        raise ConfigError(f"data.split {cfg.data.split!r}: expected lesion, patient or image")
-    if not 0 <= cfg.data.test_fraction < 1 or not 0 <= cfg.data.val_fraction < 1:
-        raise ConfigError("data.test_fraction (0 = no test part: train on all rows) and data.val_fraction "
-                          "must be in [0, 1)")
-    if cfg.train.calibration not in CALIBRATION_MODES:
-        raise ConfigError(f"train.calibration {cfg.train.calibration!r}: expected one of {list(CALIBRATION_MODES)}")
-    if cfg.train.calibration != "none" and cfg.data.val_fraction == 0:
-        raise ConfigError("train.calibration is fitted on the validation part: set data.val_fraction > 0")
-    if cfg.train.members < 1:
-        raise ConfigError(f"train.members {cfg.train.members!r}: expected 1 (one model) or more (a seed ensemble)")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
-        raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
 
 
 def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
@@ -166,7 +72,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     ``resume=True`` then finds every member finished and builds the ensemble from them.
 
     With ``cfg.model.init`` (a bundle folder or 'released') the run fine-tunes that bundle:
-    its architecture, classes, extended metadata encoder and weights (`dermfuse.training.finetune`)."""
+    its architecture, classes, extended metadata encoder and weights (`dermfuse.training.finetune`).
+    The training itself is `dermfuse.runs.variant.train_variant`, as in cross-validation."""
     init_bundle, init_info = _init_bundle(cfg)
     check_config(cfg)
     if member is not None and (cfg.train.members < 2 or not 0 <= member < cfg.train.members):
@@ -176,10 +83,8 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     main = is_main_process()  # under torchrun every rank trains; only rank 0 writes
     run_dir = Path(cfg.out)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "plots").mkdir(exist_ok=True)
+        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-
     cohort = cohort_for(cfg, progress)
     if main:
         cohort.report.save_json(run_dir / "cleaning_report.json")
@@ -190,146 +95,114 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         from ..training.finetune import check_classes
 
         check_classes(classes, init_bundle.classes, str(cfg.data.path))
-
-    # Split: holdout test part, then a validation part of the training rows (same grouping).
-    by = split_by(cfg.data.split)
-    try:
-        is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
-                   if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
-        train_idx = np.flatnonzero(~is_test)
-        train_idx, val_idx = validation_split(table, train_idx, fraction=cfg.data.val_fraction,
-                                              seed=cfg.seed, by=by)
-    except ValueError as e:
-        raise DataError(f"cannot split {cfg.data.path} with --split {cfg.data.split}: {e}") from None
-    test_idx = np.flatnonzero(is_test)
-    part = np.full(len(table), "train", dtype=object)
-    part[val_idx], part[test_idx] = "val", "test"
-    if main:
-        split = pd.DataFrame({"image_id": table["image_id"], "part": part})
-        atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
-
+    train_idx, val_idx, test_idx = _holdout_split(cfg, table, run_dir if main else None)
     size = image_size_for(cfg)
     cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
+    encoder = None
     if init_bundle is not None:  # extended, not refitted: see dermfuse.training.finetune
         from ..training.finetune import encoder_summary, extend_encoder
 
         encoder = extend_encoder(init_bundle.encoder, table.iloc[train_idx])
         init_info["encoder"] = encoder_summary(init_bundle.encoder, encoder)
-    else:
-        encoder = MetadataEncoder().fit(table.iloc[train_idx])
-    meta = encoder.transform(table)
-    spec = model_spec(cfg.model.name)
-    if not spec.uses_meta:
-        meta = np.zeros((len(table), 0), np.float32)
-    meta_dim = meta.shape[1]
-
-    images = cache.images
-    cam_model = None
-    cam_info: dict[str, Any] = {}
-    if cfg.model.input != "image" and spec.uses_image:
+    images, cam_model, cam_info = cache.images, None, {}
+    if cfg.model.input != "image" and model_spec(cfg.model.name).uses_image:
         from ..training.heatmap_stage import heatmap_stage
 
         stage = heatmap_stage(cfg, table, y, classes, images, train_idx, val_idx, run_dir,
                               cache_key=cache.key, progress=progress, resume=resume)
         images, cam_model, cam_info = stage.inputs, stage.cam_model, stage.info
+    done = train_variant(cfg, table, y, classes, images, train_idx, val_idx, test_idx, run_dir, encoder=encoder,
+                         init=None if init_bundle is None else (init_bundle, init_info), member=member,
+                         resume=resume, progress=progress)
+    if member is not None:  # one member alone; the run that builds the ensemble reuses its checkpoint
+        f = done.fit
+        return RunResult(run_dir, {"member": member, "seed": cfg.train.seed + member, "best_epoch": f.best_epoch,
+                                   "stopped_early": f.stopped_early, "epochs_run": len(f.history)}, None, f.history)
+    metrics = _run_metrics(cfg, done, init_info)
+    if not main:
+        return RunResult(run_dir, metrics, None, done.fit.history)
+    test_ids = table["image_id"].to_numpy()[test_idx]
+    _write_scores(run_dir, cfg, done, metrics, test_ids, classes, y[test_idx])
+    bundle = _save_run_bundle(run_dir, cfg, cohort, done, cam_model, cam_info, size, metrics,
+                              n_train=len(train_idx), n_val=len(val_idx))
+    if len(test_idx):
+        _holdout_report(run_dir, cfg, cohort, done.fit.history, metrics, y[test_idx], done.proba,
+                        n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=done.warnings,
+                        seconds=time.time() - t0)
+    return RunResult(run_dir, metrics, bundle, done.fit.history)
 
-    kwargs = model_kwargs(cfg, len(classes), meta_dim)
-    warnings: list[str] = []
 
-    def build() -> torch.nn.Module:
-        weights, build_kw = cfg.model.weights, dict(kwargs)
-        if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
-            build_kw["backbone_weights"], weights = weights, None  # the file is the backbone's
-        net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **build_kw)
-        if init_bundle is not None:
-            from ..training.finetune import load_matching
+def _holdout_split(cfg: RunConfig, table: pd.DataFrame,
+                   run_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) row positions: a holdout test part, then a validation part of
+    the training rows with the same grouping; written to ``run_dir/split.csv`` (if given)."""
+    by = split_by(cfg.data.split)
+    try:
+        is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+                   if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
+        train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
+                                              seed=cfg.seed, by=by)
+    except ValueError as e:
+        raise DataError(f"cannot split {cfg.data.path} with --split {cfg.data.split}: {e}") from None
+    test_idx = np.flatnonzero(is_test)
+    if run_dir is not None:
+        part = np.full(len(table), "train", dtype=object)
+        part[val_idx], part[test_idx] = "val", "test"
+        split = pd.DataFrame({"image_id": table["image_id"], "part": part})
+        atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
+    return train_idx, val_idx, test_idx
 
-            done = load_matching(net, init_bundle, encoder.feature_names if meta_dim else [])
-            init_info["weights"] = {k: len(v) for k, v in done.items()} | {"skipped_names": done["skipped"]}
-            net.weights_source = f"init: {cfg.model.init}"
-            return net
-        has_backbone = cfg.model.name in ("resnet50", "inception_v3", "efficientnet_lite0") or "image_backbone" in kwargs
-        if cfg.model.pretrained and has_backbone and getattr(net, "weights_source", "random") == "random":
-            text = f"{cfg.model.name}: no pretrained weights available offline; trained from random weights."
-            if text not in warnings:
-                warnings.append(text)
-                log.warning(text)
-        return net
 
-    def ds(idx: np.ndarray) -> ArrayDataset:
-        return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y[idx])
-
-    has_test = len(test_idx) > 0
-    member_metrics: list[dict[str, Any]] = []
-    member_proba: list[np.ndarray] = []
-    if cfg.train.members == 1:
-        torch.manual_seed(cfg.train.seed)  # the initial weights of what pretrained weights leave out
-        model = build()
-        fit_res: FitResult = fit(model, ds(train_idx), ds(val_idx), cfg.train, classes,
-                                 run_dir=run_dir, resume=resume, progress=progress)
-        val_raw = (predict_proba(model, ds(val_idx), batch_size=64, tta=cfg.train.tta)
-                   if cfg.train.calibration != "none" else None)
-        raw = predict_proba(model, ds(test_idx), batch_size=64, tta=cfg.train.tta) if has_test else None
-    elif member is not None:  # one member alone; the run that builds the ensemble reuses its checkpoint
-        fit_res = _fit_member(cfg, build, member, ds(train_idx), ds(val_idx), classes, run_dir, resume, progress)[1]
-        return RunResult(run_dir, {"member": member, "seed": cfg.train.seed + member,
-                                   "best_epoch": fit_res.best_epoch, "stopped_early": fit_res.stopped_early,
-                                   "epochs_run": len(fit_res.history)}, None, fit_res.history)
-    else:
-        model, fit_res, val_raw, raw, member_metrics, member_proba = _fit_members(
-            cfg, build, ds(train_idx), ds(val_idx), ds(test_idx) if has_test else None, y[train_idx],
-            classes, run_dir, resume, progress)
-    calibration = Calibration()
-    if cfg.train.calibration != "none":
-        calibration = fit_calibration(val_raw, y[val_idx], y[train_idx], cfg.train.calibration)
-        log.info("calibration on %d validation images: prior shift %.2f, temperature %.3f",
-                 len(val_idx), calibration.prior_shift, calibration.temperature)
-    if has_test:
-        proba, metrics = _calibrated_metrics(y[test_idx], raw, calibration, classes)
-    else:  # test_fraction 0: everything but the validation part trains; nothing is held out
+def _run_metrics(cfg: RunConfig, done: Trained, init_info: dict[str, Any]) -> dict[str, Any]:
+    metrics = dict(done.metrics)
+    if done.raw is None:  # test_fraction 0: everything but the validation part trains; nothing is held out
         metrics = {"n_images": 0, "note": "no test part (data.test_fraction = 0): trained on all rows but "
                                           "the validation part; held-out numbers come from a run with a test part"}
-        if not calibration.is_identity:
-            metrics["calibration"] = _calibration_summary(calibration)
+        if not done.calibration.is_identity:
+            metrics["calibration"] = calibration_summary(done.calibration)
     metrics["split"] = split_label(cfg.data.split)
-    metrics["weights_source"] = getattr(model, "weights_source", "random")
-    if member_metrics:
-        metrics["members"] = member_metrics
+    metrics["weights_source"] = done.weights_source
+    if done.member_metrics:
+        metrics["members"] = done.member_metrics
     if init_info:
         metrics["init"] = init_info
-    if not main:
-        return RunResult(run_dir, metrics, None, fit_res.history)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    if has_test:
-        test_ids = table["image_id"].to_numpy()[test_idx]
-        write_predictions(run_dir / "predictions.csv", test_ids, classes, y[test_idx], proba)
-        for k, p in enumerate(member_proba):  # each member alone, for paired comparisons
-            write_predictions(run_dir / "members" / str(k) / "predictions.csv", test_ids, classes, y[test_idx], p)
-        if not calibration.is_identity:  # `dermfuse calibrate` starts again from these
-            write_predictions(run_dir / "predictions_uncalibrated.csv", test_ids, classes, y[test_idx], raw)
+    return metrics
 
-    model_name, bundle_kwargs = cfg.model.name, kwargs
+
+def _write_scores(run_dir: Path, cfg: RunConfig, done: Trained, metrics: dict[str, Any], test_ids: np.ndarray,
+                  classes: list[str], y_test: np.ndarray) -> None:
+    """metrics.json, predictions.csv (each member's too; the uncalibrated ones where a
+    calibration was fitted) and, for an ensemble, member 0's history.json."""
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    if cfg.train.members > 1:  # member 0's curves stand for the run (the report's, `dermfuse calibrate`'s)
+        atomic_write_text(run_dir / "history.json", json.dumps(done.fit.history, indent=2))
+    if done.raw is None:
+        return
+    write_predictions(run_dir / "predictions.csv", test_ids, classes, y_test, done.proba)
+    for k, p in enumerate(done.member_proba):  # each member alone, for paired comparisons
+        write_predictions(run_dir / "members" / str(k) / "predictions.csv", test_ids, classes, y_test, p)
+    if not done.calibration.is_identity:  # `dermfuse calibrate` starts again from these
+        write_predictions(run_dir / "predictions_uncalibrated.csv", test_ids, classes, y_test, done.raw)
+
+
+def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Trained, cam_model, cam_info: dict,
+                     size: int, metrics: dict[str, Any], n_train: int, n_val: int) -> Path:
+    model_name, kwargs = cfg.model.name, done.kwargs
     if cfg.train.members > 1:
-        model_name, bundle_kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": kwargs,
-                                               "n_members": cfg.train.members, "num_classes": len(classes),
-                                               "meta_dim": meta_dim}
-    bundle = save_bundle(
-        run_dir / "bundle", model=model, model_name=model_name, model_kwargs=bundle_kwargs,
-        classes=classes, encoder=encoder, image_size=size, resize_method=cfg.data.resize_method,
+        model_name, kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": done.kwargs,
+                                        "n_members": cfg.train.members, "num_classes": len(cohort.classes),
+                                        "meta_dim": done.meta_dim}
+    return save_bundle(
+        run_dir / "bundle", model=done.model, model_name=model_name, model_kwargs=kwargs,
+        classes=cohort.classes, encoder=done.encoder, image_size=size, resize_method=cfg.data.resize_method,
         input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
         cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.model.cam_method,
-        tta=cfg.train.tta, calibration=calibration,
-        metrics={**_headline(metrics), "split": metrics["split"]},
+        tta=cfg.train.tta, calibration=done.calibration,
+        metrics={**headline(metrics), "split": metrics["split"]},
         training_data={"path": str(cfg.data.path), "format": cohort.read.format,
                        "column_map": cfg.data.column_map if cohort.read.format == "generic" else None,
-                       "synthetic": cohort.synthetic, "n_train": int(len(train_idx)),
-                       "n_val": int(len(val_idx))},
+                       "synthetic": cohort.synthetic, "n_train": int(n_train), "n_val": int(n_val)},
     )
-    if has_test:
-        _holdout_report(run_dir, cfg, cohort, fit_res.history, metrics, y[test_idx], proba,
-                        n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=warnings,
-                        seconds=time.time() - t0)
-    return RunResult(run_dir, metrics, bundle, fit_res.history)
 
 
 def _init_bundle(cfg: RunConfig):
@@ -347,76 +220,7 @@ def _init_bundle(cfg: RunConfig):
     return bundle, {"bundle": str(path), "model_id": bundle.model_id}
 
 
-def _fit_members(cfg: RunConfig, build, train: ArrayDataset, val: ArrayDataset, test: ArrayDataset | None,
-                 y_train: np.ndarray, classes: list[str], run_dir: Path, resume: bool, progress: bool):
-    """A seed ensemble (``train.members`` = K >= 2): K networks on the same rows, member k
-    built and trained with seed ``train.seed + k`` in ``run_dir/members/k`` (its own
-    checkpoint, so ``--resume`` continues member by member).
-
-    Returns the `Ensemble`, member 0's fit (its curves go in the report and in
-    ``run_dir/history.json``), the ensemble's validation (None without calibration) and
-    test probabilities (the mean of the members', which is what the ensemble computes), and
-    each member's test metrics and test probabilities as a single model: calibrated on the
-    validation part by itself, as a run with ``members: 1`` and that seed reports. On a CPU (deterministic
-    kernels) member k is exactly that run; on a GPU, as close as two runs of one seed are.
-    Under torchrun, each rank seeds its global RNG with ``train.rank_seed(seed, rank)`` as in `fit`."""
-    members, fits, val_p, test_p, member_metrics, member_proba = [], [], [], [], [], []
-    for k in range(cfg.train.members):
-        seed = cfg.train.seed + k
-        net, fit_k = _fit_member(cfg, build, k, train, val, classes, run_dir, resume, progress)
-        fits.append(fit_k)
-        members.append(net)
-        calibrate = cfg.train.calibration != "none"
-        if calibrate:
-            val_p.append(predict_proba(net, val, batch_size=64, tta=cfg.train.tta))
-        if test is None:
-            continue
-        test_p.append(predict_proba(net, test, batch_size=64, tta=cfg.train.tta))
-        own = fit_calibration(val_p[-1], val.labels, y_train, cfg.train.calibration) if calibrate else Calibration()
-        p, m = _calibrated_metrics(test.labels, test_p[-1], own, classes)
-        member_proba.append(p)
-        member_metrics.append({"member": k, "seed": seed, "best_epoch": fits[-1].best_epoch, **_headline(m)})
-    val_raw = np.mean(val_p, axis=0, dtype=np.float64).astype(np.float32) if val_p else None
-    test_raw = np.mean(test_p, axis=0, dtype=np.float64).astype(np.float32) if test_p else None
-    if is_main_process():  # member 0's curves stand for the run (the report's, `dermfuse calibrate`'s)
-        atomic_write_text(run_dir / "history.json", json.dumps(fits[0].history, indent=2))
-    return Ensemble(members), fits[0], val_raw, test_raw, member_metrics, member_proba
-
-
-def _fit_member(cfg: RunConfig, build, k: int, train: ArrayDataset, val: ArrayDataset, classes: list[str],
-                run_dir: Path, resume: bool, progress: bool) -> tuple[torch.nn.Module, FitResult]:
-    """Member k of a seed ensemble: built and trained with seed ``train.seed + k`` in
-    ``run_dir/members/k`` (a finished checkpoint there is loaded, not trained again)."""
-    seed = cfg.train.seed + k
-    if progress and is_main_process():
-        console.print(f"member {k + 1}/{cfg.train.members} (seed {seed})")
-    torch.manual_seed(seed)  # the new head's initial weights differ per member
-    net = build()
-    return net, fit(net, train, val, replace(cfg.train, seed=seed), classes,
-                    run_dir=run_dir / "members" / str(k), resume=resume, progress=progress)
-
-
 HEADLINE = HEADLINE_METRICS  # the old name
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics[k] for k in HEADLINE if k in metrics}
-
-
-def _calibration_summary(calibration: Calibration) -> dict[str, Any]:
-    return {k: v for k, v in calibration.to_dict().items() if k != "log_prior"}
-
-
-def _calibrated_metrics(y: np.ndarray, raw: np.ndarray, calibration: Calibration,
-                        classes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Calibrated probabilities and their metrics; with a non-identity calibration the
-    metrics also hold the uncalibrated headline numbers and the fitted parameters."""
-    proba = calibration.apply(raw)
-    metrics = compute_metrics(y, proba, classes)
-    if not calibration.is_identity:
-        metrics["uncalibrated"] = _headline(compute_metrics(y, raw, classes))
-        metrics["calibration"] = _calibration_summary(calibration)
-    return proba, metrics
 
 
 def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list[dict], metrics: dict,
@@ -538,7 +342,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     pred = read_predictions(raw_path)
     raw = probabilities(pred, classes, renormalise=True)
     y_test = label_indices(pred, classes)
-    proba, metrics = _calibrated_metrics(y_test, raw, calibration, classes)
+    proba, metrics = calibrated_metrics(y_test, raw, calibration, classes)
     metrics["split"] = split_label(cfg.data.split)
     old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     if "members" in old:  # an ensemble's members were scored alone, each with its own calibration
@@ -546,7 +350,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     write_predictions(run_dir / "predictions.csv", pred["image_id"].to_numpy(), classes, y_test, proba)
     update_bundle_info(run_dir / "bundle", calibration=calibration.to_dict(),
-                       metrics={**_headline(metrics), "split": metrics["split"]})
+                       metrics={**headline(metrics), "split": metrics["split"]})
     history = json.loads((run_dir / "history.json").read_text())
     cfg.train.calibration = mode
     save_config(cfg, run_dir / "config.yaml")

@@ -69,7 +69,7 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
     Returns a summary (thresholds, OOD AUROCs). ``data`` overrides the run's data path."""
     from ..config import load_config
     from ..data.cache import build_cache
-    from .holdout import load_cohort
+    from .cohort import load_cohort
 
     run_dir, out = Path(run_dir), Path(out)
     for name in ("config.yaml", "split.csv", "bundle"):
@@ -273,7 +273,7 @@ def _age_band(age: Any) -> str:
 def holdout_metrics(holdout_dir: Path, data_path: str, progress: bool = True, n_boot: int = 1000) -> dict[str, Any]:
     """Metrics of a holdout run's test predictions (its predictions.csv) with 95 % lesion-bootstrap
     intervals, per class and by sex, age band and site (with counts)."""
-    from .holdout import load_cohort
+    from .cohort import load_cohort
 
     pred_file = holdout_dir / "predictions.csv"
     if not pred_file.is_file():

@@ -281,7 +281,8 @@ class _Data:
 def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     """The training part only: split as ``dermfuse train`` does, drop the test rows, then
     decode, encode (encoder fitted on the training rows) and, for heatmap inputs, make the maps."""
-    from .holdout import split_by, cohort_for, image_size_for
+    from .cohort import cohort_for
+    from .config_checks import image_size_for, split_by
 
     cohort = cohort_for(cfg, progress)
     table, classes, y = cohort.table, cohort.classes, cohort.labels
@@ -325,7 +326,7 @@ def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
 
 
 def _build(cfg: RunConfig, num_classes: int, meta_dim: int) -> torch.nn.Module:
-    from .holdout import model_kwargs
+    from .config_checks import model_kwargs
 
     kwargs, weights = model_kwargs(cfg, num_classes, meta_dim), cfg.model.weights
     if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
@@ -347,7 +348,7 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
     ``trials`` counts this worker's trials: two workers with ``trials=3`` add six. 0 only
     writes the report of the study as it stands. Returns the study's best so far."""
     optuna = _optuna()
-    from .holdout import check_config
+    from .config_checks import check_config
 
     check_config(cfg)
     if trials < 0:

@@ -15,12 +15,11 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..evaluation.metrics import compute_metrics
 from ..explain.heatmap_input import cached_maps, render_input
 from ..io import atomic_write, atomic_write_text
 from ..models import create_model
 from .distributed import is_main_process
-from .loop import ArrayDataset, fit, predict_proba
+from .loop import ArrayDataset, fit
 
 __all__ = ["HeatmapStage", "heatmap_stage"]
 
@@ -61,13 +60,14 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
         ids = pd.DataFrame({"image_id": table["image_id"].to_numpy()[np.r_[train_idx, val_idx]],
                             "role": ["train"] * len(train_idx) + ["val"] * len(val_idx)})
         atomic_write(run_dir / "cam_training_ids.csv", lambda tmp: ids.to_csv(tmp, index=False))
-    fit(cam_model, ds(train_idx), ds(val_idx), tcfg, classes, run_dir=cam_dir, resume=resume, progress=progress)
-    val_metrics = compute_metrics(y[val_idx], predict_proba(cam_model, ds(val_idx)), classes)
+    res = fit(cam_model, ds(train_idx), ds(val_idx), tcfg, classes, run_dir=cam_dir, resume=resume,
+              progress=progress)
+    val_ba = res.history[res.best_epoch]["val_balanced_accuracy"]  # of the weights it ends with
     cam_model.eval()
     maps, key, reused = cached_maps(cam_model, images, cache_key, cfg.model.cam_method, progress)
     inputs = render_input(cfg.model.input, np.asarray(images), maps)
     info = {"name": name, "kwargs": kwargs, "heatmap_cache_key": key, "reused": reused,
-            "method": cfg.model.cam_method, "val_balanced_accuracy": val_metrics["balanced_accuracy"],
+            "method": cfg.model.cam_method, "val_balanced_accuracy": val_ba,
             "weights_source": getattr(cam_model, "weights_source", "random")}
     if main:
         atomic_write_text(cam_dir / "cam_stage.json", json.dumps(info, indent=2))

@@ -32,10 +32,9 @@ from .distributed import all_gather_objects, all_reduce_sum, broadcast_buffers, 
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..evaluation.metrics import balanced_accuracy
-from ..preprocess import BatchAugmentation, to_input, train_augmentation, tta_views
+from ..preprocess import BatchAugmentation, to_input, train_augmentation
 
 __all__ = [
-    "tta_views",
     "ArrayDataset",
     "EpochSampler",
     "FitResult",
@@ -45,7 +44,6 @@ __all__ = [
     "evaluate",
     "fit",
     "is_main_process",
-    "predict_proba",
     "train_one_epoch",
 ]
 
@@ -452,27 +450,3 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
 
 
 # --- inference ----------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def predict_proba(model: nn.Module, data: ArrayDataset, batch_size: int = 64, tta: bool = False,
-                  progress: bool = False) -> np.ndarray:
-    """Class probabilities float32 (N, C) in ``data`` order, on the model's device in eval
-    mode. ``tta`` averages the softmax over identity, h-flip, v-flip, hv-flip and, for
-    square images, the transpose."""
-    if len(data) == 0:
-        raise ValueError("predict_proba: the data set is empty")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    model.eval()
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-    out = []
-    with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), console=console, transient=True,
-                  disable=not progress) as bar:
-        for images, meta, _ in bar.track(loader):
-            x = to_input(images.to(device))  # (B, 3, H, W)
-            meta = meta.to(device)
-            views = tta_views(x) if tta else [x]
-            proba = torch.stack([model(v, meta).float().softmax(1) for v in views]).mean(0)  # (B, C)
-            out.append(proba.cpu())
-    return torch.cat(out).numpy().astype(np.float32)

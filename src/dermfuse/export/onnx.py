@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io import atomic_write_text
 from ..inference.bundle import load_bundle
 from ..explain.render import jet_lut
 from ..errors import BundleError, ConfigError
@@ -339,7 +340,7 @@ def export_onnx(bundle_path: str | Path, out: str | Path, int8: bool = False, op
             files[f"{key}_int8"] = files[key].replace(".onnx", ".int8.onnx")
             quantize_int8(out / files[key], out / files[f"{key}_int8"])
     spec = _spec(bundle, files, uses_meta, heatmaps, int8)
-    (out / EXPORT_FILE).write_text(json.dumps(spec, indent=2))
+    atomic_write_text(out / EXPORT_FILE, json.dumps(spec, indent=2))
     written = [files[k] for k in ("classifier", "classifier_int8", "cam", "cam_int8") if k in files] + [EXPORT_FILE]
     return {**{k: spec[k] for k in ("format", "model_id", "classes", "int8")}, "files": written,
             "sizes_bytes": {f: (out / f).stat().st_size for f in written}}

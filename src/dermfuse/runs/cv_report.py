@@ -18,8 +18,7 @@ import pandas as pd
 from rich.console import Console, Group
 from rich.table import Table
 
-from ..io import atomic_write, temp_path
-from ..io import atomic_write_text as _atomic_write_text
+from ..io import atomic_write, atomic_write_text
 from .. import __version__
 from ..constants import LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER
 from ..errors import DataError
@@ -27,25 +26,13 @@ from ..evaluation.metrics import BOOTSTRAP_METRICS, accuracy, balanced_accuracy,
 from .predictions_csv import label_indices, probabilities, proba_columns, read_predictions
 from ..evaluation.report import Section, figure_html, json_block, table_html, write_report
 
-__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "paired_differences", "render_summary", "protocol_gap", "atomic_write_text",
-           "tmp_path"]
+__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "paired_differences", "render_summary", "protocol_gap"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece", "log_loss")
 """Metrics in the tables; ece and log_loss are lower-is-better."""
 COMPARISON_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")  # the paper's Fig. 8
 LEAKY = "@image"
 console = Console(stderr=True)
-
-
-def tmp_path(path: Path) -> Path:
-    """A temporary name beside ``path``, unique per host and process (fold jobs on several
-    machines may write into one shared run directory); rename it over ``path``."""
-    return temp_path(path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
-    _atomic_write_text(path, text)
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, Any]:

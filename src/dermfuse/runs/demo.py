@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from rich.console import Console
 
 from ..config import RunConfig, apply_overrides
 from ..constants import SYNTHETIC_BANNER
 from ..data.synth import make_synthetic
+from .predictions_csv import read_predictions
 from .holdout import RunResult, load_cohort, train_run
 from ..evaluation.report import Section, figure_html, table_html, write_report
 
@@ -151,7 +151,7 @@ def _cam_section(result: RunResult, cohort, n_images: int = 4) -> Section | None
     bundle = load_bundle(result.bundle)
     if bundle.cam_model is None:
         return None
-    pred = pd.read_csv(result.run_dir / "predictions.csv")
+    pred = read_predictions(result.run_dir / "predictions.csv")
     picks = pred.groupby("label", sort=False).head(1).head(n_images)  # one held-out image per class
     table = cohort.table.set_index("image_id").loc[picks["image_id"]].reset_index()
     images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=False).images

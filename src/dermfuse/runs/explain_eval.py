@@ -32,6 +32,7 @@ from PIL import Image
 from rich.progress import Progress
 from torch import nn
 
+from ..io import atomic_write_text
 from ..explain import faithfulness as fm
 from ..inference.bundle import Bundle, load_bundle
 from ..data.cache import build_cache
@@ -278,12 +279,12 @@ def _write(out: Path, result: dict[str, Any], examples: dict[str, np.ndarray], i
     from ..evaluation.plots import save_figure
 
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    (out / "explain_eval.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "explain_eval.json", json.dumps(result, indent=2))
     save_figure(plot_curves(result), out / "plots" / "deletion_insertion.png")
     if result["masks"]:
         save_figure(plot_localisation(result), out / "plots" / "localisation.png")
     save_figure(plot_examples(images, examples, masks), out / "plots" / "examples.png")
-    (out / "explain_eval.md").write_text(render_markdown(result))
+    atomic_write_text(out / "explain_eval.md", render_markdown(result))
 
 
 def plot_curves(result: dict[str, Any]):

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..io import atomic_write, atomic_write_text
 from ..config import RunConfig, config_from_dict, config_to_dict, save_config
 from ..data.encode import UNKNOWN, MetadataEncoder, parse_ages, category_level
 from ..data.splits import group_ids, holdout, validation_split
@@ -274,7 +275,7 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     """Federated training of ``cfg.model`` on ``cfg.data.path`` split into ``sites`` sites;
     writes config.yaml, sites.json, split.csv, history.json, metrics.json, predictions.csv
     (and with ``central``: central/ and comparison.json) into ``cfg.out``."""
-    from .predictions_csv import write_predictions
+    from .predictions_csv import probabilities, read_predictions, write_predictions
     from ..evaluation.metrics import compute_metrics, paired_bootstrap
     from ..models import create_model
     from ..training.loop import ArrayDataset, evaluate
@@ -306,8 +307,9 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     classes = cohort.classes
     part = np.full(len(table), "train", dtype=object)
     part[val_idx], part[test_idx] = "val", "test"
-    pd.DataFrame({"image_id": table["image_id"], "part": part,
-                  "site": np.where(part == "train", site_of, -1)}).to_csv(run_dir / "split.csv", index=False)
+    split = pd.DataFrame({"image_id": table["image_id"], "part": part,
+                          "site": np.where(part == "train", site_of, -1)})
+    atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
     site_rows = [train_idx[site_of[train_idx] == s] for s in range(sites)]
     if any(len(r) == 0 for r in site_rows):
         raise DataError(f"a site has no training rows ({[len(r) for r in site_rows]}); use fewer sites")
@@ -316,7 +318,7 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
                   "body_sites": sorted({str(v) for v in table.iloc[r].get("site", pd.Series(dtype=str))
                                         if isinstance(v, str)})[:20]}
                  for s, r in enumerate(site_rows)]
-    (run_dir / "sites.json").write_text(json.dumps({"rule": site_rule, "sites": site_info}, indent=2))
+    atomic_write_text(run_dir / "sites.json", json.dumps({"rule": site_rule, "sites": site_info}, indent=2))
     spec = {"config": config_to_dict(cfg), "classes": classes, "kwargs": kwargs, "encoder": encoder.to_dict(),
             "rows": [r.tolist() for r in site_rows]}
 
@@ -349,12 +351,12 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     if len(history) != rounds + 1:
         raise DataError(f"federate: the server scored {len(history) - 1} of {rounds} rounds; a site failed")
     _load(global_net, best["weights"])
-    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2))
     proba = score(global_net, classes, encoder, np.ascontiguousarray(images[test_idx]), meta[test_idx], cfg.train.tta)
     metrics = compute_metrics(y[test_idx], proba, classes)
     metrics.update(best_round=best["round"], rounds=rounds, local_epochs=local_epochs, sites=sites,
                    site_rule=site_rule, strategy=strategy, mu=mu, engine=engine)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     write_predictions(run_dir / "predictions.csv", table.iloc[test_idx]["image_id"].to_numpy(), classes, y[test_idx], proba)
     result = FederatedResult(run_dir, metrics, history, site_info)
     if central:
@@ -363,15 +365,15 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
         ccfg = config_from_dict(config_to_dict(cfg))
         ccfg.out = str(run_dir / "central")
         cres = train_run(ccfg, progress=progress)
-        cpred = pd.read_csv(run_dir / "central" / "predictions.csv")
+        cpred = read_predictions(run_dir / "central" / "predictions.csv")
         if list(cpred["image_id"]) != list(table["image_id"].iloc[test_idx]):
             raise DataError("central and federated runs scored different test images")
-        cp = cpred[[f"p_{c}" for c in classes]].to_numpy().argmax(1)
+        cp = probabilities(cpred, classes).argmax(1)
         boot = paired_bootstrap(y[test_idx], proba.argmax(1), cp, group_ids(table.iloc[test_idx]), classes)
         result.central = cres.metrics
         result.comparison = {"federated_minus_central": boot, "central_epochs": cfg.train.epochs,
                              "test_images": int(len(test_idx))}
-        (run_dir / "comparison.json").write_text(json.dumps(result.comparison, indent=2))
+        atomic_write_text(run_dir / "comparison.json", json.dumps(result.comparison, indent=2))
     return result
 
 

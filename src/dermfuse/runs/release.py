@@ -274,16 +274,17 @@ def holdout_metrics(holdout_dir: Path, data_path: str, progress: bool = True, n_
     """Metrics of a holdout run's test predictions (its predictions.csv) with 95 % lesion-bootstrap
     intervals, per class and by sex, age band and site (with counts)."""
     from .cohort import load_cohort
+    from .predictions_csv import classes_of, label_indices, probabilities, read_predictions
 
     pred_file = holdout_dir / "predictions.csv"
     if not pred_file.is_file():
         raise DataError(f"{holdout_dir} has no predictions.csv: not a finished holdout run")
-    pred = pd.read_csv(pred_file)
-    classes = [c[2:] for c in pred.columns if c.startswith("p_")]
+    pred = read_predictions(pred_file)
+    classes = classes_of(pred)
     cohort = load_cohort(data_path, None, False, progress)
     rows = cohort.table.set_index("image_id").loc[pred["image_id"]].reset_index()
-    y = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    p = pred[[f"p_{c}" for c in classes]].to_numpy(np.float64).argmax(1)
+    y = label_indices(pred, classes)
+    p = probabilities(pred, classes).argmax(1)
     groups = rows["lesion_id"].to_numpy() if "lesion_id" in rows else rows["image_id"].to_numpy()
     res = lesion_bootstrap(y, p, groups, classes, n_boot=n_boot)
     subgroups: dict[str, dict[str, Any]] = {}

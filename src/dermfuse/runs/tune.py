@@ -38,7 +38,8 @@ import torch
 import yaml
 from rich.console import Console
 
-from ..config import RunConfig, apply_overrides, config_to_dict, save_config
+from ..io import atomic_write_text
+from ..config import RunConfig, apply_overrides, config_to_dict
 from ..data.cache import build_cache
 from ..data.encode import MetadataEncoder
 from ..data.splits import holdout, validation_split
@@ -299,7 +300,7 @@ def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     part = np.full(len(table), "test", dtype=object)
     part[train_idx], part[val_idx] = "train", "val"
     split = pd.DataFrame({"image_id": table["image_id"], "part": part})
-    _atomic_text(out / "split.csv", split.to_csv(index=False))
+    atomic_write_text(out / "split.csv", split.to_csv(index=False))
 
     keep = np.sort(np.r_[train_idx, val_idx])  # test rows go no further than here
     sub = table.iloc[keep].reset_index(drop=True)
@@ -335,12 +336,6 @@ def _build(cfg: RunConfig, num_classes: int, meta_dim: int) -> torch.nn.Module:
     return create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **kwargs)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = None, study_name: str | None = None,
          space: SearchSpace | None = None, progress: bool = True) -> TuneResult:
     """Run ``trials`` trials of the study (joining it if it exists), then write the report.
@@ -374,7 +369,7 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
     data = _prepare(cfg, out, progress) if trials else None
     if data is not None:
         study.set_user_attr("split", data.counts)
-    _atomic_text(out / "base_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write_text(out / "base_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     def objective(trial: Any) -> float:
         trial.set_user_attr("worker", worker)
@@ -430,15 +425,12 @@ def _finish(study: Any, cfg: RunConfig, out: Path, url: str, name: str, trials_r
         best_path = out / "best_config.yaml"
         header = (f"# dermfuse tune: best trial {best.number} of study {name!r}, {OBJECTIVE} = {best.value:.4f}\n"
                   f"# train it: dermfuse train DATA --config {best_path.name}\n")
-        tmp = out / f".best_config.{os.getpid()}.tmp"
-        save_config(best_cfg, tmp)
-        tmp.write_text(header + tmp.read_text())
-        os.replace(tmp, best_path)
+        atomic_write_text(best_path, header + yaml.safe_dump(config_to_dict(best_cfg), sort_keys=False))
     summary = {"study": name, "storage": mask_url(url), "direction": "maximize", "objective": OBJECTIVE,
                "trials": counts, "split": study.user_attrs.get("split"),
                "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
                "best_config": None if best_path is None else best_path.name}
-    _atomic_text(out / "tune.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "tune.json", json.dumps(summary, indent=2))
     write_tune_report(study, out)
     return TuneResult(out, name, mask_url(url), trials_run, None if best is None else best.value,
                       {} if best is None else dict(best.params), best_path, counts)

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..io import atomic_write, atomic_write_text
 from .distributed import all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed, is_main_process
 from ..config import TrainConfig
 from ..errors import ConfigError
@@ -245,14 +246,6 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     random.setstate((3, tuple(s["python"].tolist()), s["python_gauss"]))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside ``path`` and rename it over ``path``: a kill at any
-    moment leaves the previous complete file."""
-    from ..io import atomic_write
-
-    atomic_write(path, write)
-
-
 def rank_seed(seed: int, rank: int) -> int:
     """The global RNG seed of one rank: ``seed`` itself on rank 0 (a one-process run), and on
     rank r > 0 one drawn from (seed, r), so that ensemble members, whose seeds are consecutive,
@@ -426,9 +419,9 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "best_weights": best_weights, "rng": rng, "config": dataclasses.asdict(cfg),
                     "classes": list(classes), **state}
-            _atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+            atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
             history_json = json.dumps(state["history"], indent=2)
-            _atomic_write(run_dir / "history.json", lambda tmp: tmp.write_text(history_json))
+            atomic_write_text(run_dir / "history.json", history_json)
         if show:
             console.print(_summary(row, cfg.epochs), soft_wrap=True, highlight=False)
         if on_epoch is not None:

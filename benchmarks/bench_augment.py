@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from dermfuse.transforms import BatchAugmentation, train_augmentation
+from dermfuse.preprocess import BatchAugmentation, train_augmentation
 
 
 def _rate(fn: Callable[[], object], n: int, repeats: int, sync: Callable[[], None] = lambda: None) -> float:

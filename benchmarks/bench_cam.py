@@ -1,4 +1,4 @@
-"""Grad-CAM throughput on CPU: dermfuse.cam.GradCAM vs plain inference vs pytorch-grad-cam.
+"""Grad-CAM throughput on CPU: dermfuse.explain.gradcam.GradCAM vs plain inference vs pytorch-grad-cam.
 
 Prints one line per model, numbers in images (heatmaps) per second, median of repeats:
 
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dermfuse.cam import GradCAM
+from dermfuse.explain.gradcam import GradCAM
 
 
 class _FixedMeta(nn.Module):

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dermfuse.bundle import load_bundle, save_bundle  # noqa: E402
+from dermfuse.inference.bundle import load_bundle, save_bundle  # noqa: E402
 from dermfuse.export.onnx import ClassifierGraph, closed_form_parts, export_onnx  # noqa: E402
 
 

@@ -44,7 +44,7 @@ def _random_bundle(out: Path, model: str, size: int) -> Path:
     import torch
 
     from dermfuse import HAM10000_CLASSES
-    from dermfuse.bundle import save_bundle
+    from dermfuse.inference.bundle import save_bundle
     from dermfuse.data.encode import MetadataEncoder
     from dermfuse.models import create_model
 

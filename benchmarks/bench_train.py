@@ -1,6 +1,6 @@
 """Training throughput per model and the share of step time spent waiting for data.
 
-Runs the same loop as ``dermfuse.train.train_one_epoch`` (augmentation on, Adam, cross
+Runs the same loop as ``dermfuse.training.loop.train_one_epoch`` (augmentation on, Adam, cross
 entropy) over images from the uint8 cache and times, per step, the wait for the next
 batch and the whole step. One line per model:
 
@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader
 
 from dermfuse.data.cache import build_cache
 from dermfuse.data.encode import MetadataEncoder
-from dermfuse.experiment import load_cohort
+from dermfuse.runs.holdout import load_cohort
 from dermfuse.models import create_model, model_spec
-from dermfuse.train import ArrayDataset
-from dermfuse.transforms import to_input, train_augmentation
+from dermfuse.training.loop import ArrayDataset
+from dermfuse.preprocess import to_input, train_augmentation
 
 
 def bench_model(name: str, images: np.ndarray, meta: np.ndarray, labels: np.ndarray, size: int,

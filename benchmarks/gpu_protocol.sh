@@ -130,7 +130,7 @@ run() {
 import sys, time
 from dermfuse.config import load_config
 from dermfuse.data.cache import build_cache
-from dermfuse.experiment import cohort_for
+from dermfuse.runs.holdout import cohort_for
 t = time.time()
 cfg = load_config(sys.argv[2]); cfg.data.path = sys.argv[1]
 build_cache(cohort_for(cfg, False).table, size=int(sys.argv[3]), method=cfg.data.resize_method, progress=False)
@@ -170,7 +170,7 @@ print(n)' "$runs/$dir/members" "$repochs" 2>/dev/null || echo 0)
     fi
     # PARALLEL fold jobs at a time on the one GPU (each with WORKERS / PARALLEL loader workers):
     # a small model at batch 32 leaves most of an H100 idle. Fold jobs of one run are
-    # parallel-safe (dermfuse.cv writes every shared file atomically).
+    # parallel-safe (dermfuse.runs.cv writes every shared file atomically).
     local batch=() k
     for k in $folds END; do
       [ "$k" = END ] || batch+=("$k")

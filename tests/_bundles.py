@@ -15,8 +15,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from dermfuse import HAM10000_CLASSES
-from dermfuse.bundle import save_bundle
-from dermfuse.calibrate import Calibration
+from dermfuse.inference.bundle import save_bundle
+from dermfuse.evaluation.calibrate import Calibration
 from dermfuse.data.encode import MetadataEncoder
 from dermfuse.models import create_model
 

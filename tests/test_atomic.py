@@ -65,3 +65,20 @@ def test_temporary_names_differ_per_call_and_name_host_and_process(tmp_path):
     a, b = temp_path(tmp_path / "x.json"), temp_path(tmp_path / "x.json")
     assert a != b and a.parent == tmp_path
     assert f".{socket.gethostname()}.{os.getpid()}." in a.name
+
+
+def test_every_writer_goes_through_dermfuse_io():
+    """No module renames its own temporary files: dermfuse.io's names are unique per host
+    and process, hand-made ones (``.NAME.PID.tmp``) are not, and fold jobs on several
+    machines share a run folder. The image cache renames a memmap it opened under
+    `temp_path`'s name, so it counts as going through dermfuse.io."""
+    import re
+    from pathlib import Path
+
+    import dermfuse
+
+    root = Path(dermfuse.__file__).parent
+    allowed = {root / "io.py", root / "data" / "cache.py"}
+    offenders = [str(f.relative_to(root)) for f in sorted(root.rglob("*.py")) if f not in allowed
+                 and re.search(r"os\.replace\(|os\.rename\(|\.rename\(|\.tmp\b[\"']", f.read_text())]
+    assert offenders == []

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from dermfuse.transforms import (BatchAugmentation, GaussianBlur, RandomBrightness, RandomContrast, Rotate,
-                                 Transpose, train_augmentation)
+from dermfuse.preprocess import BatchAugmentation, GaussianBlur, RandomBrightness, RandomContrast, Rotate, Transpose, train_augmentation
 
 
 def _recipe_before_the_knob() -> v2.Compose:

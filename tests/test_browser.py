@@ -155,7 +155,7 @@ def synthetic_server_url(tmp_path_factory):
     import numpy as np
     import uvicorn
 
-    from dermfuse.bundle import update_bundle_info
+    from dermfuse.inference.bundle import update_bundle_info
     from dermfuse.inference.trust import OOD, Selective, Trust, save_trust_arrays
     from dermfuse.serve.app import create_app
 

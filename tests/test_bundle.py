@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dermfuse.bundle import load_bundle, save_bundle
+from dermfuse.inference.bundle import load_bundle, save_bundle
 from dermfuse.data.encode import MetadataEncoder
 from dermfuse.errors import BundleError
 from dermfuse.models import create_model

@@ -9,7 +9,7 @@ import pytest
 
 from _bundles import make_bundle
 from dermfuse import HAM10000_CLASSES
-from dermfuse.bundle import load_bundle
+from dermfuse.inference.bundle import load_bundle
 from dermfuse.errors import BundleError
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermfuse.bundle import load_bundle
-from dermfuse.calibrate import Calibration, fit_calibration, fit_prior_shift, fit_temperature
+from dermfuse.inference.bundle import load_bundle
+from dermfuse.evaluation.calibrate import Calibration, fit_calibration, fit_prior_shift, fit_temperature
 from dermfuse.config import RunConfig
 from dermfuse.errors import BundleError, ConfigError
-from dermfuse.experiment import calibrate_run, evaluate_bundle, train_run
-from dermfuse.predict import predict_arrays
+from dermfuse.runs.holdout import calibrate_run, evaluate_bundle, train_run
+from dermfuse.inference.predict import predict_arrays
 
 from _bundles import make_bundle
 

@@ -1,4 +1,4 @@
-"""dermfuse.cam: parity with pytorch-grad-cam, hygiene (hooks, grads, modes), rendering."""
+"""dermfuse.explain.gradcam: parity with pytorch-grad-cam, hygiene (hooks, grads, modes), rendering."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pytorch_grad_cam import LayerCAM as RefLayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from dermfuse.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, colorize, overlay, plot_triptych
-from dermfuse.cam_render import jet_lut
+from dermfuse.explain.gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, colorize, overlay, plot_triptych
+from dermfuse.explain.render import jet_lut
 from dermfuse.models import create_model
 
 TOL = 6e-6  # the acceptance bound (max absolute difference per map)

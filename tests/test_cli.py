@@ -14,7 +14,7 @@ from dermfuse.cli import main
 @pytest.fixture(scope="module")
 def bundle(synth_small, tmp_path_factory):
     from dermfuse.config import RunConfig
-    from dermfuse.experiment import train_run
+    from dermfuse.runs.holdout import train_run
 
     cfg = RunConfig()
     cfg.data.path, cfg.data.image_size = str(synth_small), 32
@@ -101,7 +101,7 @@ def test_cam_on_bundle_without_cam_backbone(tmp_path, image, capsys):
     """A metadata-only bundle has neither a CAM backbone nor an image branch to explain."""
     import pandas as pd
 
-    from dermfuse.bundle import save_bundle
+    from dermfuse.inference.bundle import save_bundle
     from dermfuse.data.encode import MetadataEncoder
     from dermfuse.models import create_model
 
@@ -250,7 +250,7 @@ def released(bundle, tmp_path_factory, synth_small):
 
 
 def test_release_writes_trust_and_card_and_keeps_the_weights(released, bundle, capsys):
-    from dermfuse.bundle import load_bundle
+    from dermfuse.inference.bundle import load_bundle
 
     capsys.readouterr()
     b, orig = load_bundle(released), load_bundle(bundle)

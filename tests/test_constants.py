@@ -29,8 +29,8 @@ def test_each_constant_has_one_home():
 
 def test_modules_use_the_shared_values():
     from dermfuse.data import clean, encode
-    from dermfuse.heatmaps import OVERLAY_ALPHA
-    from dermfuse.report import _HEADLINE
+    from dermfuse.constants import OVERLAY_ALPHA
+    from dermfuse.evaluation.report import _HEADLINE
 
     assert clean.AGE_RANGE is encode.AGE_RANGE is constants.AGE_RANGE
     assert OVERLAY_ALPHA == constants.OVERLAY_ALPHA and _HEADLINE is constants.HEADLINE_METRICS

@@ -13,9 +13,9 @@ import yaml
 
 from dermfuse.cli import main
 from dermfuse.config import RunConfig
-from dermfuse.cv import collect, run_protocol_gap
-from dermfuse.cv_report import METRICS
-from dermfuse.experiment import load_cohort
+from dermfuse.runs.cv import collect, run_protocol_gap
+from dermfuse.runs.cv_report import METRICS
+from dermfuse.runs.holdout import load_cohort
 
 TINY = ["--folds", "2", "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--no-pretrained",
         "--set", "train.augment=false", "--set", "train.max_steps_per_epoch=2",
@@ -216,7 +216,7 @@ def test_protocol_gap(synth_small, tmp_path):
     assert "Protocol gap" in html and "image-level (leaky)" in html and "resamples of whole lesions" in html
     from rich.console import Console
 
-    from dermfuse.cv import render_summary
+    from dermfuse.runs.cv import render_summary
 
     term = Console(width=200, record=True)
     term.print(render_summary(s))
@@ -256,7 +256,7 @@ def test_protocol_gap_with_one_fold_finished_pairs_the_same_images(synth_small, 
 def test_ablate_resume_reaches_the_cam_backbone(resume, synth_small, tmp_path, monkeypatch):
     """An interrupted fold continues its CAM backbone from its checkpoint too, not only the
     variants: --resume must reach heatmap_stage."""
-    import dermfuse.heatmaps as heatmaps
+    import dermfuse.training.heatmap_stage as heatmaps
 
     class Reached(Exception):
         pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dermfuse.demo import DEMO_MODELS, DemoModel, demo_config, run_demo
+from dermfuse.runs.demo import DEMO_MODELS, DemoModel, demo_config, run_demo
 
 _SMALL = {"data.image_size": 32, "train.epochs": 1, "model.cam_backbone": "cnn", "model.cam_epochs": 1}
 

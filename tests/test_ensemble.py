@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from dermfuse.bundle import load_bundle
+from dermfuse.inference.bundle import load_bundle
 from dermfuse.config import RunConfig
 from dermfuse.errors import ConfigError
-from dermfuse.experiment import evaluate_bundle, train_run
+from dermfuse.runs.holdout import evaluate_bundle, train_run
 from dermfuse.models import create_model
 from dermfuse.models.ensemble import Ensemble
-from dermfuse.predict import _gradcam, explain_arrays, predict_one
-from dermfuse.transforms import to_input
+from dermfuse.inference.predict import _gradcam, explain_arrays, predict_one
+from dermfuse.preprocess import to_input
 
 
 def test_ensemble_output_is_log_of_mean_member_probabilities():
@@ -103,10 +103,10 @@ def test_ensemble_predictions_are_calibrated_mean_of_members(ensemble_run, synth
 def test_calibration_is_fitted_on_the_ensembles_validation_predictions(ensemble_run, synth_small):
     """Not on one member's: refitting on the bundle's uncalibrated validation predictions
     gives the stored parameters."""
-    from dermfuse.calibrate import fit_calibration
+    from dermfuse.evaluation.calibrate import fit_calibration
     from dermfuse.data.cache import build_cache
-    from dermfuse.experiment import load_cohort
-    from dermfuse.predict import predict_arrays
+    from dermfuse.runs.holdout import load_cohort
+    from dermfuse.inference.predict import predict_arrays
 
     bundle = load_bundle(ensemble_run.bundle)
     cohort = load_cohort(synth_small, progress=False)
@@ -157,7 +157,7 @@ def test_member_outside_the_ensemble_is_refused(synth_small, tmp_path, members, 
 def test_calibrate_keeps_the_members(ensemble_run, tmp_path):
     import shutil
 
-    from dermfuse.experiment import calibrate_run
+    from dermfuse.runs.holdout import calibrate_run
 
     run = tmp_path / "run"
     shutil.copytree(ensemble_run.run_dir, run, ignore=shutil.ignore_patterns("*.pt"))
@@ -177,7 +177,7 @@ def test_ensemble_explanation_is_the_mean_member_map(ensemble_run):
     assert maps.shape == (3, 32, 32) and np.allclose(maps, expected, atol=1e-6)
     assert 0 <= maps.min() and maps.max() <= 1
     # without targets: the class the ensemble answers (test-time views and calibration included)
-    from dermfuse.predict import predict_arrays
+    from dermfuse.inference.predict import predict_arrays
 
     own = [int(i) for i in predict_arrays(bundle, images, meta).argmax(1)]
     assert np.allclose(explain_arrays(bundle, images, meta), explain_arrays(bundle, images, meta, targets=own))
@@ -194,7 +194,7 @@ def test_predict_one_with_an_ensemble_bundle(ensemble_run, synth_small):
 
 
 def test_members_must_be_positive_and_cv_refuses_ensembles(synth_small, tmp_path):
-    from dermfuse.cv import run_cv
+    from dermfuse.runs.cv import run_cv
 
     with pytest.raises(ConfigError, match="members"):
         train_run(_cfg(synth_small, tmp_path / "zero", members=0), progress=False)

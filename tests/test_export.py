@@ -18,18 +18,18 @@ pytest.importorskip("onnx")
 
 from _bundles import lesion_image, make_encoder  # noqa: E402
 from dermfuse import HAM10000_CLASSES  # noqa: E402
-from dermfuse.bundle import load_bundle, save_bundle, update_bundle_info  # noqa: E402
-from dermfuse.calibrate import Calibration  # noqa: E402
+from dermfuse.inference.bundle import load_bundle, save_bundle, update_bundle_info  # noqa: E402
+from dermfuse.evaluation.calibrate import Calibration  # noqa: E402
 from dermfuse.cli import main  # noqa: E402
 from dermfuse.data.cache import resize_image  # noqa: E402
 from dermfuse.export.onnx import export_onnx  # noqa: E402
 from dermfuse.export.runtime import OnnxPredictor  # noqa: E402
-from dermfuse.heatmaps import compute_maps, render_input  # noqa: E402
+from dermfuse.explain.heatmap_input import compute_maps, render_input  # noqa: E402
 from dermfuse.models import create_model  # noqa: E402
 from dermfuse.models.ensemble import ENSEMBLE, build_ensemble  # noqa: E402
-from dermfuse.predict import explain_arrays, predict_arrays  # noqa: E402
-from dermfuse.train import tta_views  # noqa: E402
-from dermfuse.transforms import to_input  # noqa: E402
+from dermfuse.inference.predict import explain_arrays, predict_arrays  # noqa: E402
+from dermfuse.training.loop import tta_views  # noqa: E402
+from dermfuse.preprocess import to_input  # noqa: E402
 
 SIZE = 64
 TOL = 1e-4
@@ -112,7 +112,7 @@ def _torch_views(bundle, images: np.ndarray, meta: np.ndarray) -> list[np.ndarra
     if bundle.input_mode == "image":
         view = images
     else:  # what the classifier sees: the CAM backbone's map, rendered as the bundle asks
-        from dermfuse.heatmaps import compute_maps, render_input
+        from dermfuse.explain.heatmap_input import compute_maps, render_input
 
         view = render_input(bundle.input_mode, images, compute_maps(bundle.cam_model, images, method=bundle.cam_method))
     x = to_input(view)
@@ -178,7 +178,7 @@ def test_cam_graph_gives_the_bundles_heatmap_input(exported):
     onnx = OnnxPredictor(out)
     assert onnx.spec["render"]["mode"] == "heatmap" and len(onnx.spec["render"]["jet_lut"]) == 256
     ref_maps = compute_maps(bundle.cam_model, images)  # quantised to 256 levels
-    from dermfuse.cam import GradCAM
+    from dermfuse.explain.gradcam import GradCAM
 
     with GradCAM(bundle.cam_model) as cam:
         raw = cam(to_input(images), None).numpy()  # before quantisation

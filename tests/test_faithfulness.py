@@ -13,12 +13,12 @@ from PIL import Image
 from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-from dermfuse import faithfulness as fm
-from dermfuse.cam import GradCAM
+from dermfuse.explain import faithfulness as fm
+from dermfuse.explain.gradcam import GradCAM
 from dermfuse.config import TrainConfig
 from dermfuse.data.synth import make_synthetic
 from dermfuse.models import create_model
-from dermfuse.train import ArrayDataset, fit
+from dermfuse.training.loop import ArrayDataset, fit
 
 SIZE = 32
 
@@ -174,7 +174,7 @@ def test_explain_eval_end_to_end_on_a_tiny_bundle(tmp_path):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from _bundles import make_bundle
 
-    from dermfuse.explain_eval import explain_eval
+    from dermfuse.runs.explain_eval import explain_eval
 
     data = make_synthetic(tmp_path / "data", n=14, seed=2, masks=True)
     bundle = make_bundle(tmp_path / "bundle", model="ft_multicnn", image_size=32)

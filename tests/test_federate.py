@@ -13,9 +13,8 @@ from dermfuse.config import RunConfig
 from dermfuse.data.encode import MetadataEncoder
 from dermfuse.data.splits import group_ids
 from dermfuse.data.synth import make_synthetic
-from dermfuse.experiment import load_cohort
-from dermfuse.federate import (_Site, _SiteData, _weights, assign_sites, encoder_from_summaries, federate,
-                               round_lr, site_summary)
+from dermfuse.runs.holdout import load_cohort
+from dermfuse.runs.federate import _Site, _SiteData, _weights, assign_sites, encoder_from_summaries, federate, round_lr, site_summary
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from _bundles import make_bundle, make_encoder
-from dermfuse import finetune
-from dermfuse.bundle import load_bundle
+from dermfuse.training import finetune
+from dermfuse.inference.bundle import load_bundle
 from dermfuse.cli import main
 from dermfuse.config import RunConfig
 from dermfuse.errors import BundleError, DataError
-from dermfuse.experiment import train_run
-from dermfuse.finetune import check_classes, extend_encoder, load_matching, resolve_init
+from dermfuse.runs.holdout import train_run
+from dermfuse.training.finetune import check_classes, extend_encoder, load_matching, resolve_init
 from dermfuse.models import create_model
 
 

@@ -10,8 +10,9 @@ import torch
 from dermfuse.config import RunConfig
 from dermfuse.data.cache import build_cache
 from dermfuse.data.splits import kfold, validation_split
-from dermfuse.experiment import load_cohort
-from dermfuse.heatmaps import cached_maps, heatmap_stage, render_input
+from dermfuse.runs.holdout import load_cohort
+from dermfuse.explain.heatmap_input import cached_maps, render_input
+from dermfuse.training.heatmap_stage import heatmap_stage
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_render_modes():
 
 def test_weights_digest_handles_batchnorm_counters():
     """BatchNorm's num_batches_tracked is a 0-dim tensor; the default CAM backbone has 49."""
-    from dermfuse.heatmaps import weights_digest
+    from dermfuse.explain.heatmap_input import weights_digest
     from dermfuse.models import create_model
 
     torch.manual_seed(0)

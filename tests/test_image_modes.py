@@ -145,8 +145,8 @@ def test_each_mode_reaches_the_model_as_its_independent_rgb(case, tmp_path):
 
 def test_predict_and_cam_path_receive_the_same_pixels(tmp_path):
     from _bundles import make_bundle
-    from dermfuse.bundle import load_bundle
-    from dermfuse.predict import prepare_image
+    from dermfuse.inference.bundle import load_bundle
+    from dermfuse.inference.predict import prepare_image
 
     bundle = load_bundle(make_bundle(tmp_path / "b", image_size=64))
     data, expected, _ = _case_grey16()
@@ -159,8 +159,8 @@ def test_a_16_bit_png_gets_the_answer_of_its_8_bit_conversion(tmp_path):
     from fastapi.testclient import TestClient
 
     from _bundles import make_bundle
-    from dermfuse.bundle import load_bundle
-    from dermfuse.predict import predict_one
+    from dermfuse.inference.bundle import load_bundle
+    from dermfuse.inference.predict import predict_one
     from dermfuse.serve.app import create_app
 
     bundle = load_bundle(make_bundle(tmp_path / "b", image_size=48))

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from _bundles import jpeg_bytes, lesion_image, make_bundle, make_encoder
-from dermfuse.bundle import load_bundle
+from dermfuse.inference.bundle import load_bundle
 from dermfuse.data.formats import read_dataset
 from dermfuse.errors import DataError, InputError
 from dermfuse.serve.app import create_app

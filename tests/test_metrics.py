@@ -14,21 +14,7 @@ from isic_challenge_scoring import metrics as isic_metrics
 from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
 
 from dermfuse import HAM10000_CLASSES
-from dermfuse.metrics import (
-    accuracy,
-    auc_macro,
-    balanced_accuracy,
-    compute_metrics,
-    confusion_matrix,
-    confusion_metrics,
-    expected_calibration_error,
-    log_loss,
-    macro_f1,
-    melanoma_sensitivity,
-    paired_bootstrap,
-    per_class_report,
-    weighted_f1,
-)
+from dermfuse.evaluation.metrics import accuracy, auc_macro, balanced_accuracy, compute_metrics, confusion_matrix, confusion_metrics, expected_calibration_error, log_loss, macro_f1, melanoma_sensitivity, paired_bootstrap, per_class_report, weighted_f1
 
 # The official scorer's own dependencies (rdp, pandas) warn on current numpy/pandas.
 pytestmark = [

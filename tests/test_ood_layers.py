@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from _bundles import lesion_image, make_bundle
-from dermfuse.bundle import load_bundle, update_bundle_info
+from dermfuse.inference.bundle import load_bundle, update_bundle_info
 from dermfuse.inference.ood_images import design_photos, synthetic_ood
 from dermfuse.inference.predictor import Predictor, channel_stats, ood_layers
 from dermfuse.inference.trust import Trust, fit_ood_layers, save_trust_arrays
-from dermfuse.release import _layer_features
+from dermfuse.runs.release import layer_features
 
 
 def test_channel_stats_are_mean_then_std():
@@ -55,9 +55,9 @@ def test_engine_taps_the_fitted_layer(tmp_path, tta):
     assert layers, "a FT-MultiCNN has conv stages to tap"
     imgs = np.stack([engine.prepare_image(_png(lesion_image(i))) for i in range(24)])
     meta = np.repeat(engine.encode_meta(age=50, sex="male", site="back"), 24, 0)
-    feats = _layer_features(engine, imgs, meta, layers, False)
+    feats = layer_features(engine, imgs, meta, layers, False)
     design = np.concatenate(list(synthetic_ood(32, 4, seed=0).values()))
-    dfe = _layer_features(engine, design, meta[:1], layers, False)
+    dfe = layer_features(engine, design, meta[:1], layers, False)
     chosen = fit_ood_layers({k: v[:16] for k, v in feats.items()}, {k: v[16:] for k, v in feats.items()}, dfe)
     assert chosen.selection["chosen"] in [*layers, "pooled"]
     key = layers[-1]  # random weights: force one layer so the check is the same every run

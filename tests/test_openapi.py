@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from _bundles import lesion_image, make_bundle
-from dermfuse.bundle import load_bundle
+from dermfuse.inference.bundle import load_bundle
 from dermfuse.serve.app import create_app
 
 schemathesis = pytest.importorskip("schemathesis")

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dermfuse.bundle import load_bundle
+from dermfuse.inference.bundle import load_bundle
 from dermfuse.config import RunConfig
-from dermfuse.experiment import evaluate_bundle, train_run
-from dermfuse.predict import predict_one
+from dermfuse.runs.holdout import evaluate_bundle, train_run
+from dermfuse.inference.predict import predict_one
 
 
 def _cfg(data, out, **model) -> RunConfig:
@@ -114,7 +114,7 @@ def test_evaluate_split_file_errors(image_run, synth_small, tmp_path):
 
 
 def _first_rows(synth_small, n=4):
-    from dermfuse.experiment import load_cohort
+    from dermfuse.runs.holdout import load_cohort
 
     return load_cohort(synth_small, progress=False).table.head(n)
 

@@ -10,17 +10,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from dermfuse import HAM10000_CLASSES
-from dermfuse.metrics import confusion_matrix
-from dermfuse.plots import (
-    fig_to_png_bytes,
-    plot_class_distribution,
-    plot_confusion,
-    plot_history,
-    plot_model_comparison,
-    plot_reliability,
-    plot_roc,
-    save_figure,
-)
+from dermfuse.evaluation.metrics import confusion_matrix
+from dermfuse.evaluation.plots import fig_to_png_bytes, plot_class_distribution, plot_confusion, plot_history, plot_model_comparison, plot_reliability, plot_roc, save_figure
 
 CLASSES = list(HAM10000_CLASSES)
 C = len(CLASSES)

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from dermfuse.predictions_csv import (label_indices, probabilities, proba_columns, read_predictions,
-                                      write_predictions)
+from dermfuse.runs.predictions_csv import label_indices, probabilities, proba_columns, read_predictions, write_predictions
 
 
 def test_round_trip_keeps_ids_labels_and_float32_probabilities(tmp_path):

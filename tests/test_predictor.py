@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from _bundles import make_bundle
-from dermfuse.bundle import load_bundle
-from dermfuse.cam import GradCAM
-from dermfuse.heatmaps import compute_maps, render_input
+from dermfuse.inference.bundle import load_bundle
+from dermfuse.explain.gradcam import GradCAM
+from dermfuse.explain.heatmap_input import compute_maps, render_input
 from dermfuse.inference.predictor import Predictor, feature_taps
-from dermfuse.predict import explain_arrays, predict_arrays
-from dermfuse.transforms import to_input, tta_views
+from dermfuse.inference.predict import explain_arrays, predict_arrays
+from dermfuse.preprocess import to_input, tta_views
 
 CASES = {
     "image": dict(),

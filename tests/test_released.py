@@ -22,7 +22,7 @@ def _png(arr: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def released():
-    from dermfuse.bundle import load_bundle
+    from dermfuse.inference.bundle import load_bundle
     from dermfuse.released import resolve_bundle
 
     return load_bundle(resolve_bundle(None))
@@ -36,7 +36,7 @@ def test_released_bundle_is_small_and_has_trust(released):
 
 
 def test_flat_grey_is_out_of_distribution(released):
-    from dermfuse.predict import predict_one
+    from dermfuse.inference.predict import predict_one
 
     p = predict_one(released, _png(np.full((450, 600, 3), 128, np.uint8)), None, None, None, explain=False)
     assert p.status == "out_of_distribution" and p.top_class is None
@@ -44,7 +44,7 @@ def test_flat_grey_is_out_of_distribution(released):
 
 def test_astronaut_is_out_of_distribution(released):
     data = pytest.importorskip("skimage.data", reason="scikit-image not installed (test extra)")
-    from dermfuse.predict import predict_one
+    from dermfuse.inference.predict import predict_one
 
     p = predict_one(released, _png(data.astronaut()), 40, "male", "back", explain=False)
     assert p.status == "out_of_distribution" and p.top_class is None
@@ -52,7 +52,7 @@ def test_astronaut_is_out_of_distribution(released):
 
 def test_one_pixel_image_is_refused(released):
     from dermfuse.errors import InputError
-    from dermfuse.predict import predict_one
+    from dermfuse.inference.predict import predict_one
 
     with pytest.raises(InputError):
         predict_one(released, _png(np.zeros((1, 1, 3), np.uint8)), None, None, None)

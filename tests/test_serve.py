@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from _bundles import jpeg_bytes, lesion_image, make_bundle, png_bytes
-from dermfuse.bundle import load_bundle
-from dermfuse.predict import predict_one
+from dermfuse.inference.bundle import load_bundle
+from dermfuse.inference.predict import predict_one
 from dermfuse.serve.app import DISCLAIMER, MAX_UPLOAD_BYTES, create_app
 
 

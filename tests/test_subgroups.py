@@ -12,7 +12,7 @@ from dermfuse import HAM10000_CLASSES
 from dermfuse.evaluation.subgroups import (AGE_BANDS, SUBGROUP_METRICS, age_band, parse_by, subgroup_frame,
                                            subgroup_metrics)
 from dermfuse.evaluation import subgroups as sg
-from dermfuse.metrics import auc_macro
+from dermfuse.evaluation.metrics import auc_macro
 
 CLASSES = list(HAM10000_CLASSES)
 

@@ -1,4 +1,4 @@
-"""dermfuse.train: learning, class balance, early stopping, kill-and-resume, DDP, predict_proba.
+"""dermfuse.training.loop: learning, class balance, early stopping, kill-and-resume, DDP; test-row scoring.
 
 Tiny CPU-only data: 16x16 images whose class is their dominant colour channel.
 """
@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from dermfuse.config import TrainConfig
 from dermfuse.errors import ConfigError
-from dermfuse.train import (ArrayDataset, EpochSampler, class_weights, epoch_indices, fit, predict_proba)
+from dermfuse.runs.variant import score
+from dermfuse.training.loop import ArrayDataset, EpochSampler, class_weights, epoch_indices, fit
 
 CLASSES = ["red", "green", "blue"]
 TESTS = Path(__file__).resolve().parent
@@ -115,14 +116,14 @@ def test_fit_learns_colour_task_and_writes_history(tmp_path, capsys):
 
 
 class CountingBatchAugmentation:
-    """Stands in for dermfuse.train.BatchAugmentation: the real one, counting its calls and
+    """Stands in for dermfuse.training.loop.BatchAugmentation: the real one, counting its calls and
     noting the seed its generator was last set to."""
 
     calls = 0
     seeds: list[int] = []
 
     def __init__(self, strength: float = 1.0) -> None:
-        from dermfuse.transforms import BatchAugmentation
+        from dermfuse.preprocess import BatchAugmentation
         self.inner = BatchAugmentation(strength=strength)
 
     def __call__(self, images, generator=None):
@@ -144,7 +145,7 @@ class BlankingBatchAugmentation(CountingBatchAugmentation):
 def test_augmentation_runs_per_batch_on_the_device_only_when_asked(monkeypatch, augment_on, per_batch):
     """'device' augments each batch on the training device (CPU here), repeatably under a
     seed; 'workers', and 'auto' off CUDA, augment per image in the loader."""
-    monkeypatch.setattr("dermfuse.train.BatchAugmentation", CountingBatchAugmentation)
+    monkeypatch.setattr("dermfuse.training.loop.BatchAugmentation", CountingBatchAugmentation)
     train, val = ArrayDataset(*make_task(48, seed=0)), ArrayDataset(*make_task(24, seed=1))
     cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, augment=True, augment_on=augment_on,
                       early_stopping="none", device="cpu")
@@ -162,14 +163,14 @@ def test_augmentation_runs_per_batch_on_the_device_only_when_asked(monkeypatch, 
     if per_batch:  # reseeded every epoch from (seed, epoch, rank): a resumed epoch draws the same
         assert CountingBatchAugmentation.seeds == [
             int(np.random.SeedSequence([cfg.seed, epoch, 0, 1]).generate_state(1)[0]) for epoch in range(3)]
-        monkeypatch.setattr("dermfuse.train.BatchAugmentation", BlankingBatchAugmentation)
+        monkeypatch.setattr("dermfuse.training.loop.BatchAugmentation", BlankingBatchAugmentation)
         torch.manual_seed(0)
         blank = fit(TinyNet(), train, val, cfg, CLASSES, progress=False)  # the model trains on what it returns
         assert blank.history[-1]["val_balanced_accuracy"] < 0.6
 
 
 def test_augment_on_auto_means_the_device_on_cuda_for_square_images():
-    from dermfuse.train import _augment_on_device
+    from dermfuse.training.loop import _augment_on_device
     square = ArrayDataset(*make_task(6, seed=0))
     images, meta, labels = make_task(6, seed=0)
     wide = ArrayDataset(np.ascontiguousarray(np.concatenate([images, images], axis=2)), meta, labels)
@@ -255,7 +256,7 @@ def test_early_stopping_stops_and_restores_best_weights():
     losses = [r["val_loss"] for r in res.history]
     assert res.stopped_early and len(losses) == res.best_epoch + 1 + cfg.patience < cfg.epochs
     assert res.best_epoch == int(np.argmin(losses)) and res.best_score == losses[res.best_epoch]
-    proba = predict_proba(model, val)
+    proba = score(model, CLASSES, None, val.images, val.meta, tta=False)
     restored_loss = float(-np.log(proba[np.arange(len(proba)), val.labels]).mean())
     assert restored_loss == pytest.approx(losses[res.best_epoch], rel=1e-5)
     assert restored_loss != pytest.approx(losses[-1], rel=1e-3)
@@ -342,7 +343,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: Path) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from dermfuse.train import dist_info, is_main_process
+    from dermfuse.training.loop import dist_info, is_main_process
 
     images, meta, labels = make_task(24, seed=0)
     train = LoggedDataset(images, meta, labels, log=root / f"seen{rank}.txt")
@@ -390,7 +391,7 @@ def test_ddp_two_gloo_ranks_train_disjoint_shards_and_only_rank0_writes(tmp_path
 
 
 def test_rank_seeds_of_consecutive_ensemble_seeds_never_collide():
-    from dermfuse.train import rank_seed
+    from dermfuse.training.loop import rank_seed
 
     assert [rank_seed(s, 0) for s in (0, 7, 123)] == [0, 7, 123]  # one process: the seed itself
     grid = {(seed, rank): rank_seed(seed, rank) for seed in range(40) for rank in range(8)}
@@ -399,7 +400,7 @@ def test_rank_seeds_of_consecutive_ensemble_seeds_never_collide():
 
 
 def test_fit_seeds_its_rank_with_rank_seed(monkeypatch):
-    import dermfuse.train as train_mod
+    import dermfuse.training.loop as train_mod
 
     class Seeded(Exception):
         pass
@@ -418,38 +419,52 @@ def test_fit_seeds_its_rank_with_rank_seed(monkeypatch):
     assert seeds == [train_mod.rank_seed(5, 1)] and seeds[0] != 5 + 1
 
 
-# --- (6) predict_proba --------------------------------------------------------------------
+# --- (6) scoring test rows: dermfuse.runs.variant.score, the inference engine ---------------
 
 
-class CountingNet(TinyNet):
-    def __init__(self) -> None:
-        super().__init__(meta_dim=0)
+class PositionNet(nn.Module):
+    """A linear layer over every pixel: flipping or transposing the image changes its
+    logits (unlike TinyNet), so averaging over test-time views is visible."""
+
+    def __init__(self, h: int, w: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3 * h * w, 3)
         self.calls = 0
 
     def forward(self, image, meta):
         self.calls += 1
-        return super().forward(image, meta)
+        return self.lin(image.flatten(1)) * 5
 
 
-def test_predict_proba_rows_sum_to_one_and_tta_views():
-    images, _, labels = make_task(10, seed=0)
-    data = ArrayDataset(images, np.zeros((10, 0), np.float32), labels)  # D = 0
+def _softmax_by_hand(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        return model(x, None).softmax(1).numpy()
+
+
+def test_scoring_averages_the_test_time_views_of_a_position_sensitive_net():
+    images, _, _ = make_task(10, seed=0)
+    no_meta = np.zeros((10, 0), np.float32)
     torch.manual_seed(0)
-    model = CountingNet()
-    p = predict_proba(model, data, batch_size=4)
-    assert p.shape == (10, 3) and p.dtype == np.float32
-    assert np.allclose(p.sum(1), 1.0, atol=1e-5) and model.calls == 3
+    model = PositionNet(16, 16)
+    p = score(model, CLASSES, None, images, no_meta, tta=False)
+    assert p.shape == (10, 3) and p.dtype == np.float32 and model.calls == 1
+    np.testing.assert_allclose(p, _softmax_by_hand(model, images), atol=1e-6)
 
     model.calls = 0
-    p_tta = predict_proba(model, data, batch_size=4, tta=True)
-    assert p_tta.shape == (10, 3) and np.allclose(p_tta.sum(1), 1.0, atol=1e-5)
-    assert model.calls == 3 * 5  # identity, hflip, vflip, hvflip, transpose (square)
-    assert np.allclose(p_tta, p, atol=1e-5)  # TinyNet is flip invariant
+    p_tta = score(model, CLASSES, None, images, no_meta, tta=True)
+    assert model.calls == 5  # one forward pass per view: identity, h-, v-, hv-flip, transpose
+    views = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1], images.transpose(0, 2, 1, 3)]
+    want = np.mean([_softmax_by_hand(model, np.ascontiguousarray(v)) for v in views], axis=0)
+    np.testing.assert_allclose(p_tta, want, atol=1e-6)
+    assert np.abs(p_tta - p).max() > 1e-3  # the views differ for this net, so the test can fail
 
-    model.calls = 0
-    wide = ArrayDataset(np.ascontiguousarray(images[:, :12]), np.zeros((10, 0), np.float32), labels)
-    assert predict_proba(model, wide, batch_size=10, tta=True).shape == (10, 3)
-    assert model.calls == 4  # no transpose for a non-square image
+    wide = np.ascontiguousarray(images[:, :12])  # (10, 12, 16, 3): no transpose view
+    model = PositionNet(12, 16)
+    p_wide = score(model, CLASSES, None, wide, no_meta, tta=True)
+    want = np.mean([_softmax_by_hand(model, np.ascontiguousarray(v))
+                    for v in (wide, wide[:, :, ::-1], wide[:, ::-1], wide[:, ::-1, ::-1])], axis=0)
+    np.testing.assert_allclose(p_wide, want, atol=1e-6)
     assert not model.training
 
 

@@ -11,20 +11,7 @@ from torchvision.transforms import v2
 
 from torchvision.transforms.v2 import functional as F
 
-from dermfuse.transforms import (
-    PAPER_AUGMENTATION,
-    BatchAugmentation,
-    GaussianBlur,
-    RandomBrightness,
-    Rotate,
-    Transpose,
-    adjust_brightness,
-    adjust_contrast,
-    gaussian_blur,
-    plot_augmentations,
-    to_input,
-    train_augmentation,
-)
+from dermfuse.preprocess import PAPER_AUGMENTATION, BatchAugmentation, GaussianBlur, RandomBrightness, Rotate, Transpose, adjust_brightness, adjust_contrast, gaussian_blur, plot_augmentations, to_input, train_augmentation
 
 
 def _image(h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:

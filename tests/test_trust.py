@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _bundles import make_bundle
-from dermfuse.bundle import load_bundle, update_bundle_info
+from dermfuse.inference.bundle import load_bundle, update_bundle_info
 from dermfuse.errors import BundleError, InputError
 from dermfuse.inference.ood_images import synthetic_ood
 from dermfuse.inference.predictor import Predictor
@@ -142,7 +142,7 @@ def test_trust_travels_in_the_bundle_and_is_checksummed(trusted_bundle, tmp_path
 
 def test_old_bundle_without_trust_answers_ok(tmp_path):
     from _bundles import lesion_image
-    from dermfuse.predict import predict_one
+    from dermfuse.inference.predict import predict_one
 
     b = load_bundle(make_bundle(tmp_path / "old", image_size=32))
     assert b.trust is None
@@ -152,7 +152,7 @@ def test_old_bundle_without_trust_answers_ok(tmp_path):
 
 def test_predict_one_applies_the_bundles_trust(trusted_bundle):
     from _bundles import lesion_image
-    from dermfuse.predict import predict_one
+    from dermfuse.inference.predict import predict_one
 
     b = load_bundle(trusted_bundle)
     flat = np.full((150, 200, 3), 128, np.uint8)
@@ -171,7 +171,7 @@ def test_predict_one_applies_the_bundles_trust(trusted_bundle):
 
 
 def test_one_pixel_image_is_refused(trusted_bundle):
-    from dermfuse.predict import predict_one
+    from dermfuse.inference.predict import predict_one
 
     with pytest.raises(InputError, match="32"):
         predict_one(load_bundle(trusted_bundle), _png(__import__("PIL.Image", fromlist=["Image"]).new("RGB", (1, 1))),

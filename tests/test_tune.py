@@ -181,7 +181,7 @@ def test_fit_calls_on_epoch_once_per_epoch_and_stops_on_its_exception():
     import numpy as np
 
     from dermfuse.config import TrainConfig
-    from dermfuse.train import ArrayDataset, fit
+    from dermfuse.training.loop import ArrayDataset, fit
     from dermfuse.models import create_model
 
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """dermfuse: multimodal skin-lesion classifiers (dermoscopic image + patient metadata)
 with activation heatmaps. Research use only; not a diagnostic device."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 HAM10000_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 """The seven HAM10000 diagnoses, in the order every model's logits use."""

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.4)
     p.add_argument("--explain", metavar="CLASS", help="the class to explain (default: each image's answer)")
 
-    # --- cv / ablate (dermfuse.cv, dermfuse.ablate) ------------------------------------
+    # --- cv / ablate (dermfuse.runs.cv, dermfuse.runs.ablate) ------------------------------------
     p = sub.add_parser("cv", help="k-fold cross-validation of several models on the same folds")
     p.add_argument("data", nargs="?", help="data set (omit with --collect)")
     p.add_argument("--models", default="cnn,resnet50,inception_v3,ft_multicnn:heatmap",
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", action="store_true", help="delete the cached images, heatmaps and image checks")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    # --- explain-eval (dermfuse.explain_eval) ---------------------------------------------
+    # --- explain-eval (dermfuse.runs.explain_eval) ---------------------------------------------
     p = sub.add_parser("explain-eval", help="are a bundle's heatmaps faithful, on the lesion, free of a border frame?")
     p.add_argument("bundle")
     p.add_argument("data")
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write explain_eval.json, explain_eval.md and plots/ here")
     p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
-    # --- federate (dermfuse.federate) -------------------------------------------------------
+    # --- federate (dermfuse.runs.federate) -------------------------------------------------------
     p = sub.add_parser("federate", help="federated training across sites made from the data (Flower)")
     p.add_argument("data")
     p.add_argument("--model", help="registered model name (default: the config's)")
@@ -356,7 +356,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             _print_summary(summary, report)
         return 0
     if args.data_command == "plot":
-        from .plots import plot_class_distribution, save_figure
+        from .evaluation.plots import plot_class_distribution, save_figure
 
         save_figure(plot_class_distribution(summary["classes"], title=f"{Path(args.path).name}: images per class"), args.out)
         err.print(f"wrote {args.out}")
@@ -365,8 +365,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
         import numpy as np
 
         from .data.cache import load_image, resize_image
-        from .plots import save_figure
-        from .transforms import plot_augmentations
+        from .evaluation.plots import save_figure
+        from .preprocess import plot_augmentations
 
         rows = table.groupby("label").head(1).head(args.n)
         imgs = np.stack([resize_image(load_image(p), 128) for p in rows["path"]])
@@ -399,8 +399,8 @@ def _print_summary(summary: dict, report) -> None:
 
 
 def _load(bundle_path: str | None, device: str = "cpu"):
-    from .bundle import load_bundle
-    from .explain import resolve_device
+    from .inference.bundle import load_bundle
+    from .inference.device import resolve_device
     from .released import resolve_bundle
 
     return load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
@@ -408,12 +408,12 @@ def _load(bundle_path: str | None, device: str = "cpu"):
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor
-    from .predict import predict_one
+    from .inference.predict import predict_one
 
     bundle_path, (source,) = _split_bundle(args, 1, "IMAGE (a file, a folder of images or a CSV)")
     bundle = _load(bundle_path, args.device)
     if Path(source).is_dir() or Path(source).suffix.lower() == ".csv":
-        from .predict import predict_table, read_inputs
+        from .inference.predict import predict_table, read_inputs
 
         if args.heatmap or args.explain:
             raise UsageError("--heatmap and --explain are for one image; use `dermfuse cam` for many")
@@ -503,7 +503,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         return _cmd_data(args)
     if args.command == "train":
-        from .experiment import train_run
+        from .runs.holdout import train_run
 
         cfg = _run_config(args, args.data, args.model)
         if args.init is not None:
@@ -526,7 +526,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         err.print(f"bundle: {res.bundle}")
         return 0
     if args.command == "calibrate":
-        from .experiment import calibrate_run
+        from .runs.holdout import calibrate_run
 
         m = calibrate_run(args.run_dir, mode=args.mode, progress=progress)
         c = m["calibration"]
@@ -537,7 +537,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         err.print(f"report: {Path(args.run_dir) / 'report.html'}\nbundle: {Path(args.run_dir) / 'bundle'}")
         return 0
     if args.command == "evaluate":
-        from .experiment import evaluate_bundle
+        from .runs.holdout import evaluate_bundle
 
         bundle_path, (data,) = _split_bundle(args, 1, "DATA")
         m = evaluate_bundle(bundle_path, data, format=args.format, progress=progress, out=args.out,
@@ -560,7 +560,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             _print_metadata_problems(m)
         return 0
     if args.command == "release":
-        from .release import release_run
+        from .runs.release import release_run
 
         r = release_run(args.run_dir, args.out, holdout=args.holdout, data=args.data, coverage=args.coverage,
                         mel_sensitivity=args.mel_sensitivity, ood_keep=args.ood_keep, max_train=args.max_train,
@@ -579,7 +579,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                       f"synthetic {o['auroc_synthetic']:.4f}, skimage {o['auroc_skimage']}")
         return 0
     if args.command == "card":
-        from .bundle import read_bundle_info
+        from .inference.bundle import read_bundle_info
         from .inference.card import model_card, render_card
         from .released import resolve_bundle
 
@@ -592,7 +592,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "predict":
         return _cmd_predict(args)
     if args.command == "demo":
-        from .demo import run_demo
+        from .runs.demo import run_demo
 
         run_demo(args.out, n=args.n, epochs=args.epochs, seed=args.seed, progress=progress)
         return 0
@@ -604,7 +604,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             out.print(f"{name:20s} {s.default_size or '-':>5} px  {s.description}")
         return 0
     if args.command == "cam":
-        from .explain import cam_figures
+        from .inference.figures import cam_figures
 
         paths = list(args.paths)
         bundle_path = args.bundle
@@ -615,7 +615,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             err.print(f"wrote {path}")
         return 0
     if args.command in ("cv", "ablate"):  # --- cv / ablate ---
-        from .cv import collect, render_summary, run_cv
+        from .runs.cv import collect, render_summary, run_cv
         from .errors import ConfigError
 
         if args.collect:
@@ -631,7 +631,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "cv":
             run_dir = run_cv(cfg, args.models, protocol_gap=args.protocol_gap, **kw)
         else:
-            from .ablate import run_ablation
+            from .runs.ablate import run_ablation
 
             only = None if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
             run_dir = run_ablation(cfg, only=only, **kw)
@@ -640,7 +640,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         err.print(f"run directory: {run_dir}")
         return 0  # --- end cv / ablate ---
     if args.command == "explain-eval":  # --- explain-eval ---
-        from .explain_eval import explain_eval, render_markdown
+        from .runs.explain_eval import explain_eval, render_markdown
 
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         res = explain_eval(args.bundle, args.data, split_file=args.split_file, part=args.part, methods=methods,
@@ -655,7 +655,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "federate":  # --- federate ---
         from .errors import ConfigError
-        from .federate import federate
+        from .runs.federate import federate
 
         if args.epochs is not None:
             raise ConfigError("federate: the epochs are --rounds x --local-epochs; leave out --epochs")

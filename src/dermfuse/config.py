@@ -54,7 +54,7 @@ class ModelConfig:
     cam_method: str = "gradcam"  # gradcam | gradcam++ | layercam | hirescam
     cam_epochs: int = 5  # fine-tuning epochs of the CAM backbone (per fold)
     cam_lr: float = 5e-4
-    init: str | None = None  # fine-tune from this bundle folder (or "released"): see dermfuse.finetune
+    init: str | None = None  # fine-tune from this bundle folder (or "released"): see dermfuse.training.finetune
 
 
 @dataclass
@@ -66,7 +66,7 @@ class TrainConfig:
     schedule: str = "none"  # none | cosine | plateau
     warmup_epochs: int = 0
     balance: str = "weighted-loss"  # weighted-loss | oversample | undersample | none
-    augment: bool = True  # the paper's recipe (dermfuse.transforms)
+    augment: bool = True  # the paper's recipe (dermfuse.preprocess)
     augment_strength: float = 1.0  # scales the recipe's magnitudes; 1 = the paper's (dermfuse tune searches it)
     augment_on: str = "auto"  # workers (per image, in the data loader) | device (per batch) | auto: device on CUDA
     early_stopping: str = "balanced_accuracy"  # balanced_accuracy | loss | none

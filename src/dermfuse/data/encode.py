@@ -15,26 +15,26 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from dermfuse.data.vocab import AGE_RANGE, Unrecognised, _key, is_missing, normalise_sex, normalise_site, parse_age, shorten
-from dermfuse.errors import InputError
+from ..constants import AGE_RANGE
+from ..errors import InputError
+from .vocab import Unrecognised, is_missing, normalise_sex, normalise_site, parse_age, shorten, spelling_key
 
 __all__ = ["MetadataEncoder", "UNKNOWN", "AGE_RANGE"]
 
 UNKNOWN = "unknown"
-from ..constants import AGE_RANGE  # noqa: E402  (re-exported)
 _STATE_VERSION = 1
 
 
 _NORMALISE = {"sex": normalise_sex, "site": normalise_site}
 
 
-def _category(value: Any, field: str = "site", levels: Iterable[str] = ()) -> str:
+def category_level(value: Any, field: str = "site", levels: Iterable[str] = ()) -> str:
     """The canonical level of a value (`dermfuse.data.vocab`); missing values become
     'unknown'. A spelling that is itself one of `levels` (a bundle's own) is kept as it is;
     a value no vocabulary knows becomes its normalised text (counted as unseen)."""
     if is_missing(value):
         return UNKNOWN
-    key = _key(str(value))
+    key = spelling_key(str(value))
     if key in levels:
         return key
     level = _NORMALISE[field](value)
@@ -43,14 +43,14 @@ def _category(value: Any, field: str = "site", levels: Iterable[str] = ()) -> st
     return level.key if isinstance(level, Unrecognised) else level
 
 
-def _ages(values: Iterable[Any]) -> np.ndarray:
+def parse_ages(values: Iterable[Any]) -> np.ndarray:
     """Float ages with NaN where missing, not a number, not finite or outside AGE_RANGE."""
     return np.array([parse_age(v).value for v in values], dtype=float)
 
 
 def _levels(values: Iterable[Any], field: str) -> list[str]:
     """Sorted distinct categories, 'unknown' last and always present."""
-    return sorted({_category(v, field) for v in values} - {UNKNOWN}) + [UNKNOWN]
+    return sorted({category_level(v, field) for v in values} - {UNKNOWN}) + [UNKNOWN]
 
 
 class MetadataEncoder:
@@ -68,7 +68,7 @@ class MetadataEncoder:
 
     def fit(self, table: pd.DataFrame) -> MetadataEncoder:
         """Learn age statistics and category levels from training rows only."""
-        age = _ages(self._column(table, "age"))
+        age = parse_ages(self._column(table, "age"))
         seen = age[~np.isnan(age)]
         if len(seen):
             self.age_mean = float(seen.mean())
@@ -86,7 +86,7 @@ class MetadataEncoder:
         """Features of every row: (N, n_features) float32. Categories unseen in fit are
         encoded as 'unknown' and counted in `unseen_counts`."""
         self._require_fit()
-        age = _ages(self._column(table, "age"))
+        age = parse_ages(self._column(table, "age"))
         sexes = self._known(self._column(table, "sex"), self.sexes, "sex")
         sites = self._known(self._column(table, "site"), self.sites, "site")
         return self._encode(age, sexes, sites)
@@ -161,7 +161,7 @@ class MetadataEncoder:
         return table[name].tolist() if name in table.columns else [None] * len(table)
 
     def _known(self, values: list[Any], levels: list[str], field: str) -> list[str]:
-        out = [_category(v, field, levels) for v in values]
+        out = [category_level(v, field, levels) for v in values]
         unseen = Counter(v for v in out if v not in levels)
         counts = self.unseen_counts.setdefault(field, {})
         for value, n in unseen.items():
@@ -198,9 +198,9 @@ class MetadataEncoder:
             return UNKNOWN
         if not isinstance(value, str):
             raise InputError(f"{field} {shorten(value)} is not text; expected one of {', '.join(levels)}")
-        level = _category(value, field, levels)
+        level = category_level(value, field, levels)
         if level not in levels:
-            read_as = f" (read as {level!r})" if level != _key(value) else ""
+            read_as = f" (read as {level!r})" if level != spelling_key(value) else ""
             raise InputError(f"{field} {shorten(value)}{read_as} is not accepted; expected one of "
                              f"{', '.join(levels)}")
         return level

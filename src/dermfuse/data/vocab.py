@@ -96,7 +96,7 @@ def is_missing(value: Any) -> bool:
         return False
 
 
-def _key(text: str) -> str:
+def spelling_key(text: str) -> str:
     """Lower case, '_' and '-' as spaces, runs of space collapsed, none around '/'."""
     key = re.sub(r"[_\-]+", " ", text.strip().lower())
     key = re.sub(r"\s*/\s*", "/", key)
@@ -107,7 +107,7 @@ def _normalise(value: Any, table: dict[str, str]) -> str | None | Unrecognised:
     if is_missing(value):
         return None
     text = str(value)
-    key = _key(text)
+    key = spelling_key(text)
     if key in table:
         return table[key]
     return Unrecognised(text.strip(), key)

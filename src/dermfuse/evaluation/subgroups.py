@@ -1,7 +1,7 @@
 """Metrics by subgroup (sex, age band, body site), with lesion-bootstrap intervals.
 
 `subgroup_metrics(table, proba, classes, by=[...])` scores every subgroup of the rows with
-the headline metrics of `dermfuse.metrics` and puts each next to the overall figure:
+the headline metrics of `dermfuse.evaluation.metrics` and puts each next to the overall figure:
 
 - one bootstrap for everything: whole lesions (patients where every row has a patient id)
   are drawn with replacement from *all* rows, and in each resample the overall figure and
@@ -25,8 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..metrics import (_jsonable, accuracy, auc_macro, balanced_accuracy, confusion_metrics, macro_f1,
-                       melanoma_sensitivity)
+from .metrics import jsonable, accuracy, auc_macro, balanced_accuracy, confusion_metrics, macro_f1, melanoma_sensitivity
 
 __all__ = ["AGE_BANDS", "SUBGROUP_KEYS", "SUBGROUP_METRICS", "MIN_IMAGES", "MIN_CLASSES", "age_band",
            "subgroup_columns", "subgroup_metrics", "subgroup_frame", "parse_by", "render_subgroups"]
@@ -41,7 +40,7 @@ SUBGROUP_KEYS = ("sex", "age_band", "site")
 """What ``by`` may name: the table's ``sex`` and ``site`` columns, and ``age_band`` (from ``age``)."""
 
 SUBGROUP_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro")
-"""The headline metrics scored per subgroup (definitions of `dermfuse.metrics`)."""
+"""The headline metrics scored per subgroup (definitions of `dermfuse.evaluation.metrics`)."""
 
 MIN_IMAGES = 30
 MIN_CLASSES = 2
@@ -228,7 +227,7 @@ def subgroup_metrics(table: pd.DataFrame, proba: Any, classes: Sequence[str],
             row[m] = {"value": point[m], "low": lo, "high": hi, "gap": point[m] - overall_point[m],
                       "gap_low": glo, "gap_high": ghi}
         rows.append(row)
-    return _jsonable({
+    return jsonable({
         "by": keys, "metrics": list(SUBGROUP_METRICS), "level": level, "n_boot": n_boot, "resampled_by": unit,
         "rules": {"min_images": min_images, "min_classes": min_classes,
                   "too_small": f"fewer than {min_images} images or fewer than {min_classes} classes present",

@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bundle import load_bundle
-from ..cam_render import jet_lut
+from ..io import atomic_write_text
+from ..inference.bundle import load_bundle
+from ..explain.render import jet_lut
 from ..errors import BundleError, ConfigError
-from ..heatmaps import OVERLAY_ALPHA
+from ..constants import OVERLAY_ALPHA
 from ..models.backbones import TimmBackbone
 from ..models.ensemble import Ensemble
 from ..models.fusion import FTMultiCNN
@@ -47,7 +48,7 @@ __all__ = ["EXPORT_FORMAT", "ClassifierGraph", "CamGraph", "closed_form_parts", 
 
 EXPORT_FORMAT = "dermfuse-onnx/1"
 EXPORT_FILE = "export.json"
-_EPS_SCALE = 1e-7  # as dermfuse.cam (pytorch-grad-cam's scale_cam_image)
+_EPS_SCALE = 1e-7  # as dermfuse.explain.gradcam (pytorch-grad-cam's scale_cam_image)
 
 
 def _onnx_modules():
@@ -120,7 +121,7 @@ def closed_form_parts(model: nn.Module) -> list[_Parts] | None:
 
 
 def _scale(cam: torch.Tensor) -> torch.Tensor:
-    """Min-max of every map over its last two axes, as dermfuse.cam._scale."""
+    """Min-max of every map over its last two axes, as dermfuse.explain.gradcam._scale."""
     low = cam.amin(dim=(-2, -1), keepdim=True)
     cam = cam - low
     return cam / (cam.amax(dim=(-2, -1), keepdim=True) + _EPS_SCALE)
@@ -128,7 +129,7 @@ def _scale(cam: torch.Tensor) -> torch.Tensor:
 
 def _maps(feats: torch.Tensor, weights: torch.Tensor, size: tuple[int, int], method: str = "gradcam") -> torch.Tensor:
     """Grad-CAM maps from features (B, K, h, w) and class weights (B or 1, M, K) of the pooled
-    features: (B, M, H, W) in [0, 1], as dermfuse.cam computes them with the gradient
+    features: (B, M, H, W) in [0, 1], as dermfuse.explain.gradcam computes them with the gradient
     dScore/dA = W / (h w) at every position."""
     b, k, h, w = feats.shape
     g = weights / (h * w)  # (., M, K) the gradient, the same at every position
@@ -339,7 +340,7 @@ def export_onnx(bundle_path: str | Path, out: str | Path, int8: bool = False, op
             files[f"{key}_int8"] = files[key].replace(".onnx", ".int8.onnx")
             quantize_int8(out / files[key], out / files[f"{key}_int8"])
     spec = _spec(bundle, files, uses_meta, heatmaps, int8)
-    (out / EXPORT_FILE).write_text(json.dumps(spec, indent=2))
+    atomic_write_text(out / EXPORT_FILE, json.dumps(spec, indent=2))
     written = [files[k] for k in ("classifier", "classifier_int8", "cam", "cam_int8") if k in files] + [EXPORT_FILE]
     return {**{k: spec[k] for k in ("format", "model_id", "classes", "int8")}, "files": written,
             "sizes_bytes": {f: (out / f).stat().st_size for f in written}}

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import load_bundle
+from ..inference.bundle import load_bundle
 from ..data.cache import build_cache
-from ..metrics import balanced_accuracy
+from ..evaluation.metrics import balanced_accuracy
 
 __all__ = ["score_export"]
 
@@ -21,15 +21,15 @@ def score_export(bundle_path: str | Path, export_dir: str | Path, data_path: str
     """Accuracy and balanced accuracy of PyTorch, ONNX fp32 and ONNX int8 on the rows of
     ``data_path`` that ``split_file`` puts in ``part`` (all rows without a split file), with
     the int8 - fp32 differences and the graph file sizes."""
-    from ..experiment import _select_part, load_cohort
-    from ..predict import predict_arrays
+    from ..runs.holdout import select_part, load_cohort
+    from ..inference.predict import predict_arrays
     from .runtime import OnnxPredictor
 
     bundle = load_bundle(bundle_path)
     cohort = load_cohort(data_path, progress=progress)
     table = cohort.table
     if split_file is not None:
-        table = table.iloc[_select_part(table, split_file, part)].reset_index(drop=True)
+        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
     y = table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
     images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress).images
     meta = bundle.encode_table(table)

@@ -13,7 +13,7 @@ What one call of :meth:`Predictor.run` does for a batch::
 
 So an explained image-input prediction costs one forward per view plus a backward through
 the head, and a heatmap-input prediction computes its maps once. ``dermfuse evaluate``,
-``predict``, ``cam`` and ``serve`` all call this class; `dermfuse.predict` keeps thin
+``predict``, ``cam`` and ``serve`` all call this class; `dermfuse.inference.predict` keeps thin
 function wrappers for older callers."""
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-from ..calibrate import Calibration
+from ..evaluation.calibrate import Calibration
 from ..data.cache import load_image, resize_image
 from ..data.encode import MetadataEncoder
 from ..errors import InputError
 from ..models.ensemble import Ensemble
-from ..transforms import to_input, tta_views
+from ..preprocess import to_input, tta_views
 from .trust import Assessment, Trust
 
 __all__ = ["Predictor", "Output", "encode_metadata", "feature_taps", "ood_layers", "stat_taps", "channel_stats"]
@@ -167,7 +167,7 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> Predictor:
-        """The engine for a loaded `dermfuse.bundle.Bundle` (it holds references only: building
+        """The engine for a loaded `dermfuse.inference.bundle.Bundle` (it holds references only: building
         one per call is free, and it always sees the bundle's current parts)."""
         return cls(bundle.model, bundle.classes, bundle.encoder, bundle.image_size, meta_dim=bundle.model_meta_dim,
                 resize_method=bundle.resize_method, input_mode=bundle.input_mode, cam_model=bundle.cam_model,
@@ -248,13 +248,13 @@ class Predictor:
         sink: list[list[torch.Tensor]] = []
         maps = explained = None
         if self.input_mode != "image":
-            from ..heatmaps import CAM_METHODS, _quantize, render_input
+            from ..explain.heatmap_input import CAM_METHODS, quantize_maps, render_input
 
             raw_x = to_input(x).to(self.device)
             with _tapped(self.cam_model if want_features else None, sink, self.feature_layer), \
                     CAM_METHODS[self.cam_method](self.cam_model) as cam:
                 own = cam.forward(raw_x, None).argmax(1)  # the CAM backbone's class, as in training
-                maps = _quantize(cam.maps(own).numpy())  # (B, S, S), what the classifier sees
+                maps = quantize_maps(cam.maps(own).numpy())  # (B, S, S), what the classifier sees
             xs = to_input(render_input(self.input_mode, x, maps)).to(self.device)
             raw = self._mean_softmax(tta_views(xs) if self.tta else [xs], m)
             if explain:
@@ -264,7 +264,7 @@ class Predictor:
                 if (explained != own).any():  # another class than the one whose map it saw
                     maps = compute_maps_for(self.cam_model, x, self.cam_method, explained)
         elif explain:
-            from ..cam import GradCAM
+            from ..explain.gradcam import GradCAM
 
             xs = to_input(x).to(self.device)
             members = list(self.model.members) if isinstance(self.model, Ensemble) else [self.model]
@@ -327,10 +327,10 @@ class Predictor:
 
 def compute_maps_for(cam_model: nn.Module, images: np.ndarray, method: str, targets: np.ndarray) -> np.ndarray:
     """The CAM backbone's maps for chosen classes (not its own prediction), quantised like
-    `dermfuse.heatmaps.compute_maps`. images: (N, S, S, 3) uint8 -> (N, S, S) float32."""
-    from ..heatmaps import CAM_METHODS, _quantize
+    `dermfuse.explain.heatmap_input.compute_maps`. images: (N, S, S, 3) uint8 -> (N, S, S) float32."""
+    from ..explain.heatmap_input import CAM_METHODS, quantize_maps
 
     x = to_input(images).to(next(cam_model.parameters()).device)
     with CAM_METHODS[method](cam_model) as cam:
         maps = cam(x, None, targets=[int(t) for t in targets])
-    return _quantize(np.asarray(maps, np.float32))
+    return quantize_maps(np.asarray(maps, np.float32))

@@ -352,7 +352,7 @@ def selective_report(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], t
     """What the trust part does on labelled rows: coverage, accuracy and balanced accuracy
     of the answered rows, the melanoma operating point's sensitivity/specificity, the share
     flagged out of distribution, and the area under the risk-coverage curve."""
-    from ..metrics import balanced_accuracy
+    from ..evaluation.metrics import balanced_accuracy
 
     y = np.asarray(y, np.int64)
     proba = np.asarray(proba, np.float64)

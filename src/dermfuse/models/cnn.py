@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dermfuse.models import Normalize, register_model
+from .registry import Normalize, register_model
 
 __all__ = ["ConvBlocks", "PlainCNN", "cnn"]
 

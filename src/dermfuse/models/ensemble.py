@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dermfuse.models import create_model
+from .registry import create_model
 
 __all__ = ["ENSEMBLE", "Ensemble", "build_ensemble"]
 
@@ -42,7 +42,7 @@ class Ensemble(nn.Module):
     @property
     def cam_layer(self) -> nn.Module | None:
         """The first member's Grad-CAM layer: says the ensemble has an image branch to
-        explain. `dermfuse.predict.explain_arrays` averages every member's map."""
+        explain. `dermfuse.inference.predict.explain_arrays` averages every member's map."""
         return getattr(self.members[0], "cam_layer", None)
 
     def forward(self, image: torch.Tensor | None, meta: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dermfuse.models import Normalize, create_model, model_spec, register_model
-from dermfuse.models.cnn import ConvBlocks
+from .registry import Normalize, create_model, model_spec, register_model
+from .cnn import ConvBlocks
 
 __all__ = ["FTMultiCNN", "MetaMLP", "ft_multicnn", "meta_mlp"]
 

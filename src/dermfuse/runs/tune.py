@@ -38,13 +38,14 @@ import torch
 import yaml
 from rich.console import Console
 
-from ..config import RunConfig, apply_overrides, config_to_dict, save_config
+from ..io import atomic_write_text
+from ..config import RunConfig, apply_overrides, config_to_dict
 from ..data.cache import build_cache
 from ..data.encode import MetadataEncoder
 from ..data.splits import holdout, validation_split
 from ..errors import ConfigError, DataError
 from ..models import create_model, model_spec
-from ..train import ArrayDataset, fit
+from ..training.loop import ArrayDataset, fit
 
 __all__ = ["SearchSpace", "TuneResult", "load_space", "default_storage", "open_study", "tune", "mask_url"]
 
@@ -281,11 +282,12 @@ class _Data:
 def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     """The training part only: split as ``dermfuse train`` does, drop the test rows, then
     decode, encode (encoder fitted on the training rows) and, for heatmap inputs, make the maps."""
-    from ..experiment import _split_by, cohort_for, image_size_for
+    from .cohort import cohort_for
+    from .config_checks import image_size_for, split_by
 
     cohort = cohort_for(cfg, progress)
     table, classes, y = cohort.table, cohort.classes, cohort.labels
-    by = _split_by(cfg.data.split)
+    by = split_by(cfg.data.split)
     try:
         is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
                    if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
@@ -298,7 +300,7 @@ def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     part = np.full(len(table), "test", dtype=object)
     part[train_idx], part[val_idx] = "train", "val"
     split = pd.DataFrame({"image_id": table["image_id"], "part": part})
-    _atomic_text(out / "split.csv", split.to_csv(index=False))
+    atomic_write_text(out / "split.csv", split.to_csv(index=False))
 
     keep = np.sort(np.r_[train_idx, val_idx])  # test rows go no further than here
     sub = table.iloc[keep].reset_index(drop=True)
@@ -310,7 +312,7 @@ def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     meta = encoder.transform(sub) if model_spec(cfg.model.name).uses_meta else np.zeros((len(sub), 0), np.float32)
     images = cache.images
     if cfg.model.input != "image" and model_spec(cfg.model.name).uses_image:
-        from ..heatmaps import heatmap_stage
+        from ..training.heatmap_stage import heatmap_stage
 
         stage = heatmap_stage(cfg, sub, y_sub, classes, images, tr, va,
                               out / "heatmap_stage" / _worker_id().replace(":", "-"),
@@ -325,19 +327,13 @@ def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
 
 
 def _build(cfg: RunConfig, num_classes: int, meta_dim: int) -> torch.nn.Module:
-    from ..experiment import model_kwargs
+    from .config_checks import model_kwargs
 
     kwargs, weights = model_kwargs(cfg, num_classes, meta_dim), cfg.model.weights
     if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
         kwargs["backbone_weights"], weights = weights, None  # the file is the backbone's (as train_run)
     torch.manual_seed(cfg.train.seed)
     return create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **kwargs)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = None, study_name: str | None = None,
@@ -347,7 +343,7 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
     ``trials`` counts this worker's trials: two workers with ``trials=3`` add six. 0 only
     writes the report of the study as it stands. Returns the study's best so far."""
     optuna = _optuna()
-    from ..experiment import check_config
+    from .config_checks import check_config
 
     check_config(cfg)
     if trials < 0:
@@ -373,7 +369,7 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
     data = _prepare(cfg, out, progress) if trials else None
     if data is not None:
         study.set_user_attr("split", data.counts)
-    _atomic_text(out / "base_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write_text(out / "base_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     def objective(trial: Any) -> float:
         trial.set_user_attr("worker", worker)
@@ -429,15 +425,12 @@ def _finish(study: Any, cfg: RunConfig, out: Path, url: str, name: str, trials_r
         best_path = out / "best_config.yaml"
         header = (f"# dermfuse tune: best trial {best.number} of study {name!r}, {OBJECTIVE} = {best.value:.4f}\n"
                   f"# train it: dermfuse train DATA --config {best_path.name}\n")
-        tmp = out / f".best_config.{os.getpid()}.tmp"
-        save_config(best_cfg, tmp)
-        tmp.write_text(header + tmp.read_text())
-        os.replace(tmp, best_path)
+        atomic_write_text(best_path, header + yaml.safe_dump(config_to_dict(best_cfg), sort_keys=False))
     summary = {"study": name, "storage": mask_url(url), "direction": "maximize", "objective": OBJECTIVE,
                "trials": counts, "split": study.user_attrs.get("split"),
                "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
                "best_config": None if best_path is None else best_path.name}
-    _atomic_text(out / "tune.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "tune.json", json.dumps(summary, indent=2))
     write_tune_report(study, out)
     return TuneResult(out, name, mask_url(url), trials_run, None if best is None else best.value,
                       {} if best is None else dict(best.params), best_path, counts)

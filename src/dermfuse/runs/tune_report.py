@@ -4,7 +4,6 @@ and parameter importances (matplotlib), in the run folder."""
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..plots import save_figure
-from ..report import Section, figure_html, json_block, table_html, write_report
+from ..io import atomic_write
+from ..evaluation.plots import save_figure
+from ..evaluation.report import Section, figure_html, json_block, table_html, write_report
 
 __all__ = ["trials_frame", "plot_history", "plot_importances", "param_importances", "write_tune_report"]
 
@@ -87,9 +87,7 @@ def write_tune_report(study: Any, out: str | Path) -> Path:
     """trials.csv, trials.html (with both plots) and plots/*.png in ``out``; returns trials.html."""
     out = Path(out)
     trials = trials_frame(study)
-    tmp = out / f".trials.{os.getpid()}.csv"
-    trials.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, out / "trials.csv")
+    atomic_write(out / "trials.csv", lambda tmp: trials.to_csv(tmp, index=False, float_format="%.6g"))
     importances = param_importances(study)
     figures = {"optimization_history": plot_history(trials), "param_importances": plot_importances(importances)}
     sections = []

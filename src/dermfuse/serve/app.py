@@ -51,7 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import CLASS_NAMES, __version__
-from ..bundle import Bundle, load_bundle
+from ..inference.bundle import Bundle, load_bundle
 from ..constants import AGE_RANGE, OVERLAY_ALPHA
 from ..data.cache import MIN_IMAGE_SIDE
 from ..data.vocab import shorten
@@ -59,7 +59,7 @@ from ..errors import InputError
 from ..inference.predictor import Predictor
 from ..inference.trust import OPERATING_POINTS, Trust
 from ..inference.card import model_card
-from ..predict import prepare_image
+from ..inference.predict import prepare_image
 
 __all__ = ["create_app", "run_server", "MAX_UPLOAD_BYTES", "DISCLAIMER", "PredictResponse"]
 
@@ -210,7 +210,7 @@ def _infer(engine: Predictor, images: np.ndarray, meta: np.ndarray, explain: lis
     """One engine run for a batch (probabilities, features, maps), then the trust verdict.
     images: (B, S, S, 3) uint8; meta: (B, D); explain: class index per image or None (the
     answered class at that image's operating point)."""
-    from ..cam import colorize, overlay
+    from ..explain.gradcam import colorize, overlay
 
     trust = engine.trust or Trust()
 
@@ -391,7 +391,7 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int
                operating_point: str = "argmax", device: str = "cpu") -> FastAPI:
     """The FastAPI app serving one bundle (a loaded ``Bundle``, a bundle directory, or None
     for the released model). ``operating_point``: the default of the form field of that name."""
-    from ..explain import resolve_device
+    from ..inference.device import resolve_device
     from ..released import resolve_bundle
 
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dermfuse.cam_render import colorize, overlay, plot_triptych
+from dermfuse.explain.render import colorize, overlay, plot_triptych
 
 __all__ = [
     "BaseCAM",

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from rich.console import Console
 
-from .config import RunConfig, apply_overrides
-from .constants import SYNTHETIC_BANNER
-from .data.synth import make_synthetic
-from .experiment import RunResult, load_cohort, train_run
-from .report import Section, figure_html, table_html, write_report
+from ..config import RunConfig, apply_overrides
+from ..constants import SYNTHETIC_BANNER
+from ..data.synth import make_synthetic
+from .predictions_csv import read_predictions
+from .holdout import RunResult, load_cohort, train_run
+from ..evaluation.report import Section, figure_html, table_html, write_report
 
 __all__ = ["run_demo", "DEMO_MODELS", "DemoModel", "demo_config"]
 
@@ -98,13 +98,13 @@ def run_demo(out: str | Path = "demo-out", n: int = 1000, epochs: int = 10, seed
 
 
 def _png(fig) -> bytes:
-    from .plots import fig_to_png_bytes
+    from ..evaluation.plots import fig_to_png_bytes
 
     return fig_to_png_bytes(fig)
 
 
 def _data_section(cohort) -> Section:
-    from .plots import plot_class_distribution
+    from ..evaluation.plots import plot_class_distribution
 
     counts = cohort.summary["classes"]
     dropped = {k: v for k, v in cohort.report.counts.items() if v}
@@ -121,7 +121,7 @@ def _data_section(cohort) -> Section:
 
 
 def _comparison_section(models, results: dict[str, RunResult], seconds: dict[str, float], n_classes: int) -> Section:
-    from .plots import plot_model_comparison
+    from ..evaluation.plots import plot_model_comparison
 
     rows = [(spec.label, *(results[spec.key].metrics.get(k) for k in _KEYS), f"{seconds[spec.key]:.0f}")
             for spec in models]
@@ -140,18 +140,18 @@ def _comparison_section(models, results: dict[str, RunResult], seconds: dict[str
 def _cam_section(result: RunResult, cohort, n_images: int = 4) -> Section | None:
     """Original | heatmap | overlay (paper Fig. 6) for a few held-out images, from the heatmap
     run's own CAM backbone (fine-tuned on training rows only), with a colour bar."""
-    from .bundle import load_bundle
-    from .cam import plot_triptych
-    from .data.cache import build_cache
-    from .heatmaps import compute_maps
-    from .plots import add_heatmap_colorbar
+    from ..inference.bundle import load_bundle
+    from ..explain.gradcam import plot_triptych
+    from ..data.cache import build_cache
+    from ..explain.heatmap_input import compute_maps
+    from ..evaluation.plots import add_heatmap_colorbar
 
     if result.bundle is None:
         return None
     bundle = load_bundle(result.bundle)
     if bundle.cam_model is None:
         return None
-    pred = pd.read_csv(result.run_dir / "predictions.csv")
+    pred = read_predictions(result.run_dir / "predictions.csv")
     picks = pred.groupby("label", sort=False).head(1).head(n_images)  # one held-out image per class
     table = cohort.table.set_index("image_id").loc[picks["image_id"]].reset_index()
     images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=False).images

@@ -29,25 +29,24 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 from rich.console import Console
 
-from . import __version__
-from .config import RunConfig, config_to_dict, save_config
-from .cv_report import atomic_write_text, collect, render_summary
-from .io import atomic_write
-from .data.cache import CachedImages, build_cache
-from .data.encode import MetadataEncoder
-from .data.splits import group_ids, kfold, validation_split
-from .errors import ConfigError, DataError
-from .experiment import (Cohort, _split_by, cohort_for, image_size_for, model_kwargs,
-                         split_label)
-from .heatmaps import INPUT_MODES, render_input
-from .metrics import compute_metrics
+from .. import __version__
+from ..config import RunConfig, config_to_dict, save_config
+from ..data.cache import CachedImages, build_cache
+from ..data.splits import group_ids, kfold, validation_split
+from ..errors import ConfigError, DataError
+from ..explain.heatmap_input import INPUT_MODES, render_input
+from ..io import atomic_write, atomic_write_text
+from ..models import list_models, model_spec
+from ..training.distributed import is_main_process
+from ..training.loop import training_device
+from .cohort import Cohort, cohort_for
+from .config_checks import image_size_for, split_by, split_label
+from .cv_report import collect, render_summary
 from .predictions_csv import write_predictions
-from .models import create_model, list_models, model_spec
-from .train import ArrayDataset, _resolve_device, fit, is_main_process, predict_proba
+from .variant import train_variant
 
 __all__ = ["Variant", "parse_models", "run_cv", "run_protocol_gap", "run_plan", "collect", "render_summary",
            "DEFAULT_MODELS"]
@@ -175,7 +174,7 @@ def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
 def _hardware(cfg: RunConfig) -> str:
     """What a fold trained on, e.g. 'cpu' or 'cuda, mixed precision': outside the config
     check (fold jobs may run on different machines), so `collect` says when folds differ."""
-    device = _resolve_device(cfg.train.device)
+    device = training_device(cfg.train.device)
     return device.type + (", mixed precision" if cfg.train.amp and device.type == "cuda" else "")
 
 
@@ -231,7 +230,7 @@ class _Runner:
         # group: lesion (or patient) of each row, what a bootstrap of the results resamples
         fresh = pd.DataFrame({"image_id": ids, "group": group_ids(table, "auto")})
         for split in [self.cfg.data.split, *sorted(splits - {self.cfg.data.split})]:  # "fold" first
-            self.folds[split] = kfold(table, k, seed=seed, by=_split_by(split))
+            self.folds[split] = kfold(table, k, seed=seed, by=split_by(split))
             fresh[self._fold_column(split)] = self.folds[split]
         path = self.run_dir / "folds.csv"
         if path.exists():
@@ -285,7 +284,7 @@ class _Runner:
         folds = self.folds[split]
         train = np.flatnonzero(folds != k)
         train, val = validation_split(self.cohort.table, train, fraction=self.cfg.data.val_fraction,
-                                      seed=self.cfg.seed, by=_split_by(split))
+                                      seed=self.cfg.seed, by=split_by(split))
         return train, val, np.flatnonzero(folds == k)
 
     def maps(self, split: str, k: int, size: int) -> np.ndarray:
@@ -294,7 +293,7 @@ class _Runner:
         key = (split, k, size)
         if key in self._maps:
             return self._maps[key]
-        from .heatmaps import heatmap_stage
+        from ..training.heatmap_stage import heatmap_stage
 
         folder = self.run_dir / "_cam" / f"{split}-fold{k}-{size}px"
         path = folder / "maps.npy"
@@ -342,35 +341,18 @@ class _Runner:
         cfg, table, y, classes = v.config(self.cfg), self.cohort.table, self.cohort.labels, self.cohort.classes
         cfg.out = str(folder)
         train, val, test = self.split_rows(v.split, k)
-        spec = model_spec(v.model)
         size = image_size_for(cfg)
         images = self.cache(size).images
-        if v.input != "image" and spec.uses_image:
+        if v.input != "image" and model_spec(v.model).uses_image:
             images = render_input(v.input, np.asarray(images), self.maps(v.split, k, size))
-        meta = MetadataEncoder().fit(table.iloc[train]).transform(table)
-        if not (spec.uses_meta and v.use_meta):
-            meta = np.zeros((len(table), 0), np.float32)
-        kwargs = model_kwargs(cfg, len(classes), meta.shape[1])
-        torch.manual_seed(cfg.train.seed)  # initial weights independent of the variants before this one
-        model = create_model(v.model, pretrained=cfg.model.pretrained, weights=cfg.model.weights, **kwargs)
-        warnings = []
-        source = getattr(model, "weights_source", "random")
-        own_blocks = v.model == "cnn" or (v.model == "ft_multicnn" and not cfg.model.image_backbone)
-        if cfg.model.pretrained and source == "random" and spec.uses_image and not own_blocks:
-            warnings.append(f"{v.model}: no pretrained weights available offline; trained from random weights.")
-
-        def ds(idx: np.ndarray) -> ArrayDataset:
-            return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y[idx])
-
         folder.mkdir(parents=True, exist_ok=True)
-        res = fit(model, ds(train), ds(val), cfg.train, classes, run_dir=folder, resume=self.resume,
-                  progress=self.progress)
-        proba = predict_proba(model, ds(test), batch_size=64, tta=cfg.train.tta)
-        metrics = compute_metrics(y[test], proba, classes)
+        done = train_variant(cfg, table, y, classes, images, train, val, test, folder, resume=self.resume,
+                             progress=self.progress)
+        res, proba, metrics = done.fit, done.proba, dict(done.metrics)
         metrics.update(variant=v.name, fold=k, model=v.model, input=v.input, use_meta=v.use_meta,
                        split=split_label(v.split), n_train=int(len(train)), n_val=int(len(val)),
-                       n_test=int(len(test)), best_epoch=res.best_epoch, weights_source=source,
-                       hardware=_hardware(cfg), warnings=warnings, seconds=time.time() - t0)
+                       n_test=int(len(test)), best_epoch=res.best_epoch, weights_source=done.weights_source,
+                       hardware=_hardware(cfg), warnings=done.warnings, seconds=time.time() - t0)
         if self.main:
             atomic_write_text(folder / "history.json", json.dumps(res.history, indent=2))
             atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))

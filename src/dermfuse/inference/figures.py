@@ -8,14 +8,15 @@ from typing import Sequence
 
 
 from .bundle import load_bundle
-from .cam import plot_triptych
-from .constants import OVERLAY_ALPHA
-from .errors import BundleError, InputError
-from .plots import save_figure
-from .inference.predictor import Predictor
+from ..explain.gradcam import plot_triptych
+from ..constants import OVERLAY_ALPHA
+from ..errors import BundleError, InputError
+from ..evaluation.plots import save_figure
+from .predictor import Predictor
 from .predict import answer
+from .device import resolve_device
 
-__all__ = ["cam_figures", "resolve_device"]
+__all__ = ["cam_figures"]
 
 
 def cam_figures(bundle_path: str | Path | None, images: Sequence[str | Path], out: str | Path,
@@ -27,7 +28,7 @@ def cam_figures(bundle_path: str | Path | None, images: Sequence[str | Path], ou
     ``explain_class`` (e.g. 'mel'): the class to explain, default each image's answer.
     ``bundle_path`` None: the released model. Raises BundleError for a bundle that has
     nothing to explain with, InputError for an unreadable image (named)."""
-    from .released import resolve_bundle
+    from ..released import resolve_bundle
 
     bundle = load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
     if bundle.cam_model is None and getattr(bundle.model, "cam_layer", None) is None:
@@ -59,18 +60,3 @@ def cam_figures(bundle_path: str | Path | None, images: Sequence[str | Path], ou
         save_figure(plot_triptych(img, p.heatmap[None], titles=[title], alpha=alpha), path)
         written.append(path)
     return written
-
-
-def resolve_device(name: str | None) -> str:
-    """'auto' -> cuda where available, else cpu; 'cpu'/'cuda'/'cuda:N' as given (InputError
-    for cuda on a machine without it)."""
-    import torch
-
-    name = (name or "cpu").strip()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA device on this machine; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda") and name != "mps":
-        raise InputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
-    return name

@@ -211,12 +211,12 @@ def expected_calibration_error(y_true: Any, proba: Any, n_bins: int = 15) -> flo
     return float(np.sum(count[full] / n * np.abs(acc[full] - conf[full])))
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     """NaN -> None, numpy scalars/arrays -> Python, recursively."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+        return [jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, (float, np.floating)):
@@ -235,7 +235,7 @@ def compute_metrics(y_true: Any, proba: Any, classes: Sequence[str]) -> dict[str
     p = _proba(y, proba)
     if len(classes) != p.shape[1]:
         raise ValueError(f"{len(classes)} class names for proba with {p.shape[1]} columns")
-    return _jsonable(
+    return jsonable(
         {
             "accuracy": accuracy(y, p),
             "balanced_accuracy": balanced_accuracy(y, p),
@@ -260,7 +260,7 @@ matrix, so thousands of resamples cost one matrix product)."""
 
 def confusion_metrics(cm: np.ndarray, mel: int | None = None) -> dict[str, np.ndarray]:
     """BOOTSTRAP_METRICS of a stack of confusion matrices (..., C, C), rows = true class,
-    with the definitions of ``dermfuse.metrics``: balanced accuracy = mean recall over the
+    with the definitions of ``dermfuse.evaluation.metrics``: balanced accuracy = mean recall over the
     classes present; macro F1 = mean F1 over the classes present in the labels or the
     predictions; melanoma sensitivity = recall of class ``mel`` (NaN without it)."""
     cm = np.asarray(cm, np.float64)

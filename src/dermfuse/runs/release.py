@@ -18,7 +18,6 @@ The weights are copied unchanged (same model id and checksum)."""
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,16 +27,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import CLASS_NAMES, __version__
-from .bundle import META_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
-from .errors import DataError
-from .inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPULATION_LIMITS
-from .inference.ood_images import design_photos, skimage_photos, synthetic_ood
-from .inference.predictor import Predictor, channel_stats, ood_layers, stat_taps
-from .inference.trust import Trust, auroc, fit_melanoma, fit_ood_layers, fit_selective, save_trust_arrays
-from .metrics import confusion_metrics
+from .. import CLASS_NAMES, __version__
+from ..inference.bundle import META_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
+from ..errors import DataError
+from ..inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPULATION_LIMITS
+from ..inference.ood_images import design_photos, skimage_photos, synthetic_ood
+from ..inference.predictor import Predictor, channel_stats, ood_layers, stat_taps
+from ..inference.trust import Trust, auroc, fit_melanoma, fit_ood_layers, fit_selective, save_trust_arrays
+from ..evaluation.metrics import confusion_metrics
 
-__all__ = ["release_run", "lesion_bootstrap", "AGE_BANDS"]
+__all__ = ["release_run", "layer_features", "lesion_bootstrap", "AGE_BANDS"]
 
 AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+"))
 
@@ -64,7 +63,7 @@ def _score_images(engine: Predictor, images: np.ndarray, meta_one: np.ndarray, p
     return out.proba, out.features
 
 
-def _layer_features(engine: Predictor, images: np.ndarray, meta: np.ndarray, layers: Sequence[str],
+def layer_features(engine: Predictor, images: np.ndarray, meta: np.ndarray, layers: Sequence[str],
                     progress: bool) -> dict[str, np.ndarray]:
     """Every candidate OOD feature set of ``images`` from one pass of the identity view:
     layer path -> (N, 2C) channel statistics (ensemble members side by side), 'pooled' ->
@@ -103,9 +102,9 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
                 progress: bool = True) -> dict[str, Any]:
     """Fit the trust part on ``run_dir``'s rows, write the card, and write the bundle to ``out``.
     Returns a summary (thresholds, OOD AUROCs). ``data`` overrides the run's data path."""
-    from .config import load_config
-    from .data.cache import build_cache
-    from .experiment import load_cohort
+    from ..config import load_config
+    from ..data.cache import build_cache
+    from .cohort import load_cohort
 
     run_dir, out = Path(run_dir), Path(out)
     for name in ("config.yaml", "split.csv", "bundle"):
@@ -133,11 +132,11 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
     size = bundle.image_size
     net = engine.cam_model if engine.input_mode != "image" else engine.model
     layers = ood_layers(net)
-    train_f = _layer_features(engine, images[train_idx], meta[train_idx], layers, progress)
-    val_f = _layer_features(engine, images[val_idx], meta[val_idx], layers, progress)
+    train_f = layer_features(engine, images[train_idx], meta[train_idx], layers, progress)
+    val_f = layer_features(engine, images[val_idx], meta[val_idx], layers, progress)
     val_out = engine.run(np.ascontiguousarray(images[val_idx]), meta[val_idx], progress=progress)
     design = np.concatenate([*synthetic_ood(size, 20, seed=0).values(), design_photos(size, method=bundle.resize_method)])
-    design_f = _layer_features(engine, design, unknown, layers, False)
+    design_f = layer_features(engine, design, unknown, layers, False)
     ood = fit_ood_layers(train_f, val_f, design_f, keep=ood_keep)
     engine.trust = Trust(ood=ood)  # the engine now taps the chosen layer
     fitted_on = {"run": str(run_dir), "train_rows": int(len(train_idx)), "val_rows": int(len(val_idx)),
@@ -309,17 +308,18 @@ def _age_band(age: Any) -> str:
 def holdout_metrics(holdout_dir: Path, data_path: str, progress: bool = True, n_boot: int = 1000) -> dict[str, Any]:
     """Metrics of a holdout run's test predictions (its predictions.csv) with 95 % lesion-bootstrap
     intervals, per class and by sex, age band and site (with counts)."""
-    from .experiment import load_cohort
+    from .cohort import load_cohort
+    from .predictions_csv import classes_of, label_indices, probabilities, read_predictions
 
     pred_file = holdout_dir / "predictions.csv"
     if not pred_file.is_file():
         raise DataError(f"{holdout_dir} has no predictions.csv: not a finished holdout run")
-    pred = pd.read_csv(pred_file)
-    classes = [c[2:] for c in pred.columns if c.startswith("p_")]
+    pred = read_predictions(pred_file)
+    classes = classes_of(pred)
     cohort = load_cohort(data_path, None, False, progress)
     rows = cohort.table.set_index("image_id").loc[pred["image_id"]].reset_index()
-    y = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    p = pred[[f"p_{c}" for c in classes]].to_numpy(np.float64).argmax(1)
+    y = label_indices(pred, classes)
+    p = probabilities(pred, classes).argmax(1)
     groups = rows["lesion_id"].to_numpy() if "lesion_id" in rows else rows["image_id"].to_numpy()
     res = lesion_bootstrap(y, p, groups, classes, n_boot=n_boot)
     subgroups: dict[str, dict[str, Any]] = {}

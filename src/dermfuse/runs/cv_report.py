@@ -18,34 +18,21 @@ import pandas as pd
 from rich.console import Console, Group
 from rich.table import Table
 
-from .io import atomic_write, temp_path
-from .io import atomic_write_text as _atomic_write_text
-from . import __version__
-from .constants import LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER
-from .errors import DataError
-from .metrics import BOOTSTRAP_METRICS, accuracy, balanced_accuracy, compute_metrics, paired_bootstrap
+from ..io import atomic_write, atomic_write_text
+from .. import __version__
+from ..constants import LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER
+from ..errors import DataError
+from ..evaluation.metrics import BOOTSTRAP_METRICS, accuracy, balanced_accuracy, compute_metrics, paired_bootstrap
 from .predictions_csv import label_indices, probabilities, proba_columns, read_predictions
-from .report import Section, figure_html, json_block, table_html, write_report
+from ..evaluation.report import Section, figure_html, json_block, table_html, write_report
 
-__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "paired_differences", "render_summary", "protocol_gap", "atomic_write_text",
-           "tmp_path"]
+__all__ = ["METRICS", "collect", "exposed_images", "mean_std", "paired_differences", "render_summary", "protocol_gap"]
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_sensitivity", "auc_macro", "ece", "log_loss")
 """Metrics in the tables; ece and log_loss are lower-is-better."""
 COMPARISON_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")  # the paper's Fig. 8
 LEAKY = "@image"
 console = Console(stderr=True)
-
-
-def tmp_path(path: Path) -> Path:
-    """A temporary name beside ``path``, unique per host and process (fold jobs on several
-    machines may write into one shared run directory); rename it over ``path``."""
-    return temp_path(path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
-    _atomic_write_text(path, text)
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
@@ -339,7 +326,7 @@ def _mean_history(histories: list[list[dict]]) -> list[dict]:
 
 
 def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dict) -> Path:
-    from .plots import fig_to_png_bytes, plot_confusion, plot_history, plot_model_comparison, plot_roc
+    from ..evaluation.plots import fig_to_png_bytes, plot_confusion, plot_history, plot_model_comparison, plot_roc
 
     classes = plan["data"]["classes"]
     stats, pooled = result["stats"], result["pooled"]
@@ -438,7 +425,7 @@ def _plot_macro_roc(scored: dict[str, tuple[np.ndarray, np.ndarray]], auc: dict[
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
 
-    from .plots import _finish_roc_axes
+    from ..evaluation.plots import finish_roc_axes
 
     grid = np.linspace(0.0, 1.0, 201)
     fig = Figure(figsize=(6, 6), layout="constrained")
@@ -453,7 +440,7 @@ def _plot_macro_roc(scored: dict[str, tuple[np.ndarray, np.ndarray]], auc: dict[
         if tprs:
             label = f"{name} (AUC {auc[name]:.3f})" if auc.get(name) is not None else name
             ax.plot(grid, np.mean(tprs, axis=0), lw=1.5, label=label)
-    _finish_roc_axes(ax, "ROC, macro average over classes")
+    finish_roc_axes(ax, "ROC, macro average over classes")
     return fig
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .constants import HEADLINE_METRICS
+from ..constants import HEADLINE_METRICS
 
 __all__ = ["Section", "table_html", "figure_html", "metrics_table_html", "subgroup_section", "write_report"]
 
@@ -145,7 +145,7 @@ def write_report(
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .io import atomic_write_text
+    from ..io import atomic_write_text
 
     atomic_write_text(path, "".join(parts))
     return path

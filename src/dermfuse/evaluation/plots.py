@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as _area, roc_curve
 
-from dermfuse.metrics import reliability_bins
+from dermfuse.evaluation.metrics import reliability_bins
 
 __all__ = [
     "plot_history",
@@ -127,11 +127,11 @@ def plot_roc(y_true: Any, proba: Any, classes: Sequence[str], title: str | None 
         fpr, tpr, _ = roc_curve(pos, p[:, k])
         auc = float(_area(fpr, tpr))
         ax.plot(fpr, tpr, color=color, lw=1.5, label=f"{name} (AUC {auc:.3f})")
-    _finish_roc_axes(ax, title or "ROC, one vs rest")
+    finish_roc_axes(ax, title or "ROC, one vs rest")
     return fig
 
 
-def _finish_roc_axes(ax: Any, title: str) -> None:
+def finish_roc_axes(ax: Any, title: str) -> None:
     """Chance diagonal, limits, labels and legend shared by the ROC figures."""
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
     ax.set_xlim(0, 1)
@@ -147,7 +147,7 @@ def _finish_roc_axes(ax: Any, title: str) -> None:
 def plot_reliability(y_true: Any, proba: Any, n_bins: int = 15, title: str | None = None) -> Figure:
     """Reliability diagram (top-label accuracy vs confidence per bin) with the ECE in the
     title, over a histogram of confidences. Two axes."""
-    from dermfuse.metrics import expected_calibration_error
+    from dermfuse.evaluation.metrics import expected_calibration_error
 
     conf, acc, count, edges = reliability_bins(y_true, proba, n_bins)
     ece = expected_calibration_error(y_true, proba, n_bins)
@@ -225,7 +225,7 @@ def add_heatmap_colorbar(fig: Figure, axes: Sequence[Any] | None = None,
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import ListedColormap, Normalize
 
-    from dermfuse.cam_render import jet_lut
+    from dermfuse.explain.render import jet_lut
 
     cmap = ListedColormap(jet_lut().astype(np.float64) / 255.0, name="opencv_jet")
     bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap), ax=list(axes if axes is not None else fig.axes),

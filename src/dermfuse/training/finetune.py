@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .data.encode import UNKNOWN, MetadataEncoder
-from .errors import BundleError, ConfigError, DataError
+from ..data.encode import UNKNOWN, MetadataEncoder
+from ..errors import BundleError, ConfigError, DataError
 
 __all__ = ["RELEASED", "released_dir", "resolve_init", "apply_init_architecture", "check_classes",
            "extend_encoder", "load_matching", "encoder_summary"]

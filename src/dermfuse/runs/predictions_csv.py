@@ -16,9 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .io import atomic_write
+from ..io import atomic_write
 
-__all__ = ["proba_columns", "write_predictions", "read_predictions", "probabilities", "label_indices"]
+__all__ = ["proba_columns", "write_predictions", "read_predictions", "probabilities", "label_indices",
+           "classes_of"]
 
 PREFIX = "p_"
 
@@ -66,3 +67,8 @@ def probabilities(df: pd.DataFrame, classes: Sequence[str], renormalise: bool = 
 def label_indices(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     """(N,) int64 index into ``classes`` of each row's ``label``."""
     return df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+
+
+def classes_of(df: pd.DataFrame) -> list[str]:
+    """The classes a predictions table holds probabilities for, in column order."""
+    return [c[len(PREFIX):] for c in df.columns if c.startswith(PREFIX)]

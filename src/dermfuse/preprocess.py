@@ -219,23 +219,23 @@ class AugmentationStep:
 
 
 PAPER_AUGMENTATION: tuple[AugmentationStep, ...] = (
-    AugmentationStep("Transpose", "dermfuse.transforms.Transpose", {}, 0.5,
+    AugmentationStep("Transpose", "dermfuse.preprocess.Transpose", {}, 0.5,
                      "swaps H and W; a non-square image changes shape (H, W) -> (W, H)"),
     AugmentationStep("VerticalFlip", "v2.RandomVerticalFlip", {}, 0.5),
     AugmentationStep("HorizontalFlip", "v2.RandomHorizontalFlip", {}, 0.5),
-    AugmentationStep("Rotate", "dermfuse.transforms.Rotate", {"angle_range": (-90.0, 90.0), "fill": 0}, 0.5,
+    AugmentationStep("Rotate", "dermfuse.preprocess.Rotate", {"angle_range": (-90.0, 90.0), "fill": 0}, 0.5,
                      "albumentations' default limit ±90°; border constant 0 (albumentations defaults to reflect)"),
-    AugmentationStep("RandomBrightness", "dermfuse.transforms.RandomBrightness",
+    AugmentationStep("RandomBrightness", "dermfuse.preprocess.RandomBrightness",
                      {"brightness_range": (-0.2, 0.2)}, 0.5, "I' = I + beta, I in [0, 1] (uint8: + 255*beta)"),
-    AugmentationStep("RandomContrast", "dermfuse.transforms.RandomContrast",
+    AugmentationStep("RandomContrast", "dermfuse.preprocess.RandomContrast",
                      {"contrast_range": (0.8, 1.2)}, 0.5,
                      "I' = alpha (I - mu) + mu as the paper writes (albumentations scales around 0)"),
-    AugmentationStep("GaussianBlur", "dermfuse.transforms.GaussianBlur", {"kernel_range": (3, 5)}, 0.25,
+    AugmentationStep("GaussianBlur", "dermfuse.preprocess.GaussianBlur", {"kernel_range": (3, 5)}, 0.25,
                      "blur_limit=5: kernel 3 or 5, sigma from the kernel size"),
     AugmentationStep("ShiftScaleRotate", "v2.RandomApply([v2.RandomAffine])",
                      {"translate": (0.1, 0.1), "scale": (0.9, 1.1), "degrees": 15, "fill": 0}, 0.85,
                      "shift ±10% of the size, scale 0.9..1.1, rotate ±15°, border constant 0"),
-    AugmentationStep("Normalize", "dermfuse.transforms.to_input", {"max_pixel_value": 255.0}, 1.0,
+    AugmentationStep("Normalize", "dermfuse.preprocess.to_input", {"max_pixel_value": 255.0}, 1.0,
                      "/255 to [0, 1], applied to every image at train and eval time, not at random"),
 )
 """The paper's augmentation, transform by transform (Section 3.2.3), as dermfuse implements it."""

@@ -6,8 +6,8 @@ The network explained is the one whose own Grad-CAM the bundle shows: the classi
 an image-input bundle (with each image's metadata; member 0 of a seed ensemble) or the CAM
 backbone of a heatmap-input bundle (image only). Its class probabilities (softmax of its
 logits: no test-time views, no calibration) are what the curves track, for the class it
-predicts on the unperturbed image. Every CAM method in `dermfuse.heatmaps.CAM_METHODS`
-and a ``random`` baseline (`dermfuse.faithfulness.random_maps` at the target layer's grid)
+predicts on the unperturbed image. Every CAM method in `dermfuse.explain.heatmap_input.CAM_METHODS`
+and a ``random`` baseline (`dermfuse.explain.faithfulness.random_maps` at the target layer's grid)
 are scored on the same images. With lesion masks (``DATA/masks/<image_id>.png``, written by
 ``make_synthetic(masks=True)``) the energy in the lesion and the pointing game are scored too.
 
@@ -26,21 +26,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from rich.progress import Progress
 from torch import nn
 
-from . import faithfulness as fm
-from .bundle import Bundle, load_bundle
-from .data.cache import build_cache
-from .data.splits import group_ids
-from .errors import BundleError, DataError
-from .heatmaps import CAM_METHODS
-from .models.ensemble import Ensemble
-from .transforms import to_input
+from ..io import atomic_write_text
+from ..explain import faithfulness as fm
+from ..inference.bundle import Bundle, load_bundle
+from ..data.cache import build_cache
+from ..data.splits import group_ids
+from ..errors import BundleError, DataError
+from ..explain.heatmap_input import CAM_METHODS
+from ..models.ensemble import Ensemble
+from ..preprocess import to_input
 
 __all__ = ["RANDOM", "explain_eval", "explained_network", "earlier_layer", "load_masks", "plot_curves",
            "plot_localisation", "plot_examples", "render_markdown"]
@@ -169,7 +169,7 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
     explain_eval.json, explain_eval.md and plots/*.png there. Scores per image: deletion_auc,
     insertion_auc, average_drop, increase_in_confidence, border_energy and, with masks,
     energy_in_lesion and pointing_game."""
-    from .experiment import _select_part, load_cohort
+    from .holdout import select_part, load_cohort
 
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown or not methods:
@@ -180,7 +180,7 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
     cohort = load_cohort(data_path, format, True, progress)
     table = cohort.table
     if split_file is not None:
-        table = table.iloc[_select_part(table, split_file, part)].reset_index(drop=True)
+        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
     if n_images is not None and n_images < len(table):
         pick = np.sort(np.random.default_rng(seed).choice(len(table), n_images, replace=False))
         table = table.iloc[pick].reset_index(drop=True)
@@ -276,15 +276,15 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
 
 def _write(out: Path, result: dict[str, Any], examples: dict[str, np.ndarray], images: np.ndarray,
            masks: np.ndarray | None) -> None:
-    from .plots import save_figure
+    from ..evaluation.plots import save_figure
 
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    (out / "explain_eval.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "explain_eval.json", json.dumps(result, indent=2))
     save_figure(plot_curves(result), out / "plots" / "deletion_insertion.png")
     if result["masks"]:
         save_figure(plot_localisation(result), out / "plots" / "localisation.png")
     save_figure(plot_examples(images, examples, masks), out / "plots" / "examples.png")
-    (out / "explain_eval.md").write_text(render_markdown(result))
+    atomic_write_text(out / "explain_eval.md", render_markdown(result))
 
 
 def plot_curves(result: dict[str, Any]):

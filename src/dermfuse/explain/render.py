@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .constants import OVERLAY_ALPHA
+from ..constants import OVERLAY_ALPHA
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

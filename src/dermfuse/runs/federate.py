@@ -15,7 +15,7 @@ is built from per-site summaries only (`site_summary`: counts, sums, sums of squ
 a histogram of ages, and the category levels each site has seen; `encoder_from_summaries`),
 never from pooled rows, and equals the encoder fitted on the pooled training rows.
 
-Each round a client runs the existing training loop (`dermfuse.train.fit`) for
+Each round a client runs the existing training loop (`dermfuse.training.loop.fit`) for
 ``local_epochs`` epochs from the global weights, at the learning rate the central schedule
 has at that point (rounds x local epochs = central epochs), with a fresh Adam state. FedProx
 adds mu/2 ||w - w_global||^2 to the local loss as a gradient hook on the parameters
@@ -43,10 +43,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import RunConfig, config_from_dict, config_to_dict, save_config
-from .data.encode import UNKNOWN, MetadataEncoder, _ages, _category
-from .data.splits import group_ids, holdout, validation_split
-from .errors import ConfigError, DataError
+from ..io import atomic_write, atomic_write_text
+from ..config import RunConfig, config_from_dict, config_to_dict, save_config
+from ..data.encode import UNKNOWN, MetadataEncoder, parse_ages, category_level
+from ..data.splits import group_ids, holdout, validation_split
+from ..errors import ConfigError, DataError
 
 __all__ = ["SITE_RULES", "STRATEGIES", "ENGINES", "assign_sites", "site_summary", "encoder_from_summaries",
            "round_lr", "FederatedResult", "federate"]
@@ -78,7 +79,7 @@ def assign_sites(table: pd.DataFrame, k: int, rule: str = "site", seed: int = 0)
     out = np.zeros(len(table), np.int64)
     if rule == "site":
         column = table["site"] if "site" in table else pd.Series([None] * len(table))
-        site_of = pd.Series([_category(v) for v in column]).groupby(groups.values).agg(lambda s: s.mode().iloc[0])
+        site_of = pd.Series([category_level(v) for v in column]).groupby(groups.values).agg(lambda s: s.mode().iloc[0])
         per_site = groups.map(site_of).value_counts()  # images per body site
         if len(per_site) < k:
             raise DataError(f"--site-rule site: the data have {len(per_site)} body sites, fewer than {k} sites")
@@ -88,7 +89,7 @@ def assign_sites(table: pd.DataFrame, k: int, rule: str = "site", seed: int = 0)
             centre[name], load[c] = c, load[c] + count
         return groups.map(site_of).map(centre).to_numpy(np.int64)
     if rule == "age":
-        age = pd.Series(_ages(table["age"] if "age" in table else [None] * len(table)))
+        age = pd.Series(parse_ages(table["age"] if "age" in table else [None] * len(table)))
         lesion_age = age.groupby(groups.values).mean()
         order = lesion_age.sort_values(na_position="last", kind="stable").index
     else:
@@ -106,12 +107,12 @@ def assign_sites(table: pd.DataFrame, k: int, rule: str = "site", seed: int = 0)
 def site_summary(rows: pd.DataFrame) -> dict[str, Any]:
     """What one site shares to build the common metadata encoder: age count, sum, sum of
     squares and histogram {age: count}, and the sex and body-site levels it has seen."""
-    age = _ages(rows["age"] if "age" in rows else [None] * len(rows))
+    age = parse_ages(rows["age"] if "age" in rows else [None] * len(rows))
     seen = age[~np.isnan(age)]
     return {"n_age": int(len(seen)), "age_sum": float(seen.sum()), "age_sumsq": float((seen ** 2).sum()),
             "age_hist": {float(a): int(c) for a, c in Counter(seen.tolist()).items()},
-            "sexes": sorted({_category(v) for v in (rows["sex"] if "sex" in rows else [])} - {UNKNOWN}),
-            "sites": sorted({_category(v) for v in (rows["site"] if "site" in rows else [])} - {UNKNOWN})}
+            "sexes": sorted({category_level(v) for v in (rows["sex"] if "sex" in rows else [])} - {UNKNOWN}),
+            "sites": sorted({category_level(v) for v in (rows["site"] if "site" in rows else [])} - {UNKNOWN})}
 
 
 def _median(hist: Counter) -> float:
@@ -171,8 +172,8 @@ class _Site:
         self.cfg, self.classes, self.data, self.kwargs, self.site = cfg, classes, data, kwargs, site
 
     def train(self, weights: list[np.ndarray], lr: float, mu: float, round_: int, epochs: int) -> list[np.ndarray]:
-        from .models import create_model
-        from .train import ArrayDataset, fit
+        from ..models import create_model
+        from ..training.loop import ArrayDataset, fit
 
         net = create_model(self.cfg.model.name, pretrained=False, **self.kwargs)
         _load(net, weights)
@@ -236,9 +237,10 @@ class FederatedResult:
 
 
 def _prepare(cfg: RunConfig, k: int, rule: str, progress: bool):
-    from .data.cache import build_cache
-    from .experiment import _split_by, check_config, cohort_for, image_size_for, model_kwargs
-    from .models import model_spec
+    from ..data.cache import build_cache
+    from .cohort import cohort_for
+    from .config_checks import check_config, image_size_for, model_kwargs, split_by
+    from ..models import model_spec
 
     check_config(cfg)
     if cfg.model.input != "image":
@@ -252,7 +254,7 @@ def _prepare(cfg: RunConfig, k: int, rule: str, progress: bool):
                           "not supported; use schedule none or cosine, one model, calibration none")
     cohort = cohort_for(cfg, progress)
     table, y = cohort.table, cohort.labels
-    by = _split_by(cfg.data.split)
+    by = split_by(cfg.data.split)
     is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
     train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
                                           seed=cfg.seed, by=by)
@@ -273,10 +275,11 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     """Federated training of ``cfg.model`` on ``cfg.data.path`` split into ``sites`` sites;
     writes config.yaml, sites.json, split.csv, history.json, metrics.json, predictions.csv
     (and with ``central``: central/ and comparison.json) into ``cfg.out``."""
-    from .predictions_csv import write_predictions
-    from .metrics import compute_metrics, paired_bootstrap
-    from .models import create_model
-    from .train import ArrayDataset, evaluate, predict_proba
+    from .predictions_csv import probabilities, read_predictions, write_predictions
+    from ..evaluation.metrics import compute_metrics, paired_bootstrap
+    from ..models import create_model
+    from ..training.loop import ArrayDataset, evaluate
+    from .variant import score
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"federate --strategy {strategy!r}: expected one of {STRATEGIES}")
@@ -304,8 +307,9 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     classes = cohort.classes
     part = np.full(len(table), "train", dtype=object)
     part[val_idx], part[test_idx] = "val", "test"
-    pd.DataFrame({"image_id": table["image_id"], "part": part,
-                  "site": np.where(part == "train", site_of, -1)}).to_csv(run_dir / "split.csv", index=False)
+    split = pd.DataFrame({"image_id": table["image_id"], "part": part,
+                          "site": np.where(part == "train", site_of, -1)})
+    atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
     site_rows = [train_idx[site_of[train_idx] == s] for s in range(sites)]
     if any(len(r) == 0 for r in site_rows):
         raise DataError(f"a site has no training rows ({[len(r) for r in site_rows]}); use fewer sites")
@@ -314,7 +318,7 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
                   "body_sites": sorted({str(v) for v in table.iloc[r].get("site", pd.Series(dtype=str))
                                         if isinstance(v, str)})[:20]}
                  for s, r in enumerate(site_rows)]
-    (run_dir / "sites.json").write_text(json.dumps({"rule": site_rule, "sites": site_info}, indent=2))
+    atomic_write_text(run_dir / "sites.json", json.dumps({"rule": site_rule, "sites": site_info}, indent=2))
     spec = {"config": config_to_dict(cfg), "classes": classes, "kwargs": kwargs, "encoder": encoder.to_dict(),
             "rows": [r.tolist() for r in site_rows]}
 
@@ -347,30 +351,29 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     if len(history) != rounds + 1:
         raise DataError(f"federate: the server scored {len(history) - 1} of {rounds} rounds; a site failed")
     _load(global_net, best["weights"])
-    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-    test = ArrayDataset(np.ascontiguousarray(images[test_idx]), meta[test_idx], y[test_idx])
-    proba = predict_proba(global_net, test, batch_size=64, tta=cfg.train.tta)
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2))
+    proba = score(global_net, classes, encoder, np.ascontiguousarray(images[test_idx]), meta[test_idx], cfg.train.tta)
     metrics = compute_metrics(y[test_idx], proba, classes)
     metrics.update(best_round=best["round"], rounds=rounds, local_epochs=local_epochs, sites=sites,
                    site_rule=site_rule, strategy=strategy, mu=mu, engine=engine)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     write_predictions(run_dir / "predictions.csv", table.iloc[test_idx]["image_id"].to_numpy(), classes, y[test_idx], proba)
     result = FederatedResult(run_dir, metrics, history, site_info)
     if central:
-        from .experiment import train_run
+        from .holdout import train_run
 
         ccfg = config_from_dict(config_to_dict(cfg))
         ccfg.out = str(run_dir / "central")
         cres = train_run(ccfg, progress=progress)
-        cpred = pd.read_csv(run_dir / "central" / "predictions.csv")
+        cpred = read_predictions(run_dir / "central" / "predictions.csv")
         if list(cpred["image_id"]) != list(table["image_id"].iloc[test_idx]):
             raise DataError("central and federated runs scored different test images")
-        cp = cpred[[f"p_{c}" for c in classes]].to_numpy().argmax(1)
+        cp = probabilities(cpred, classes).argmax(1)
         boot = paired_bootstrap(y[test_idx], proba.argmax(1), cp, group_ids(table.iloc[test_idx]), classes)
         result.central = cres.metrics
         result.comparison = {"federated_minus_central": boot, "central_epochs": cfg.train.epochs,
                              "test_images": int(len(test_idx))}
-        (run_dir / "comparison.json").write_text(json.dumps(result.comparison, indent=2))
+        atomic_write_text(run_dir / "comparison.json", json.dumps(result.comparison, indent=2))
     return result
 
 
@@ -393,9 +396,10 @@ def _strategy(name: str, mu: float, sites: int, rounds: int, local_epochs: int, 
 def _site_from_spec(spec: dict[str, Any], s: int) -> _Site:
     """Rebuild site ``s`` from the run spec (in a client process: its rows, the image cache,
     the common encoder)."""
-    from .data.cache import build_cache
-    from .experiment import cohort_for, image_size_for
-    from .models import model_spec
+    from ..data.cache import build_cache
+    from .cohort import cohort_for
+    from .config_checks import image_size_for
+    from ..models import model_spec
 
     cfg = config_from_dict(spec["config"])
     cohort = cohort_for(cfg, progress=False)

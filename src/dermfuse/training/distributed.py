@@ -1,4 +1,4 @@
-"""DistributedDataParallel plumbing for ``dermfuse.train``, switched on by the environment
+"""DistributedDataParallel plumbing for ``dermfuse.training.loop``, switched on by the environment
 ``torchrun`` sets (``WORLD_SIZE`` > 1, with ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``). In a single process every helper is a no-op."""
 

@@ -22,14 +22,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
-from .calibrate import Calibration
-from .data.encode import MetadataEncoder
-from .errors import BundleError
-from .inference.trust import load_trust
-from .io import atomic_write, atomic_write_text
-from .models import create_model
-from .models.ensemble import ENSEMBLE, build_ensemble
+from .. import __version__
+from ..evaluation.calibrate import Calibration
+from ..data.encode import MetadataEncoder
+from ..errors import BundleError
+from .trust import load_trust
+from ..io import atomic_write, atomic_write_text
+from ..models import create_model
+from ..models.ensemble import ENSEMBLE, build_ensemble
 
 __all__ = ["Bundle", "save_bundle", "load_bundle", "update_bundle_info", "BUNDLE_FORMAT", "MODEL_CARD"]
 
@@ -81,7 +81,7 @@ class Bundle:
 
     def encode_table(self, table) -> "np.ndarray":
         """Metadata features for a cleaned table, (N, model_meta_dim) float32."""
-        from .inference.predictor import encode_metadata
+        from .predictor import encode_metadata
 
         return encode_metadata(self.encoder, self.model_meta_dim, table)
 

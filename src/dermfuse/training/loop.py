@@ -28,15 +28,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ._distributed import (all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed,
-                           is_main_process)
-from .config import TrainConfig
-from .errors import ConfigError
-from .metrics import balanced_accuracy
-from .transforms import BatchAugmentation, to_input, train_augmentation, tta_views
+from ..io import atomic_write, atomic_write_text
+from .distributed import all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed, is_main_process
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..evaluation.metrics import balanced_accuracy
+from ..preprocess import BatchAugmentation, to_input, train_augmentation
 
 __all__ = [
-    "tta_views",
     "ArrayDataset",
     "EpochSampler",
     "FitResult",
@@ -46,7 +45,6 @@ __all__ = [
     "evaluate",
     "fit",
     "is_main_process",
-    "predict_proba",
     "train_one_epoch",
 ]
 
@@ -248,14 +246,6 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     random.setstate((3, tuple(s["python"].tolist()), s["python_gauss"]))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside ``path`` and rename it over ``path``: a kill at any
-    moment leaves the previous complete file."""
-    from .io import atomic_write
-
-    atomic_write(path, write)
-
-
 def rank_seed(seed: int, rank: int) -> int:
     """The global RNG seed of one rank: ``seed`` itself on rank 0 (a one-process run), and on
     rank r > 0 one drawn from (seed, r), so that ensemble members, whose seeds are consecutive,
@@ -272,7 +262,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resolve_device(name: str) -> torch.device:
+def training_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -326,7 +316,7 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     exception it raises (e.g. optuna's TrialPruned) ends the fit and propagates.
     """
     _check(cfg, train, list(classes))
-    device = _resolve_device(cfg.device)
+    device = training_device(cfg.device)
     rank, world = init_distributed(device)
     main = rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -429,9 +419,9 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "best_weights": best_weights, "rng": rng, "config": dataclasses.asdict(cfg),
                     "classes": list(classes), **state}
-            _atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+            atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
             history_json = json.dumps(state["history"], indent=2)
-            _atomic_write(run_dir / "history.json", lambda tmp: tmp.write_text(history_json))
+            atomic_write_text(run_dir / "history.json", history_json)
         if show:
             console.print(_summary(row, cfg.epochs), soft_wrap=True, highlight=False)
         if on_epoch is not None:
@@ -453,27 +443,3 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
 
 
 # --- inference ----------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def predict_proba(model: nn.Module, data: ArrayDataset, batch_size: int = 64, tta: bool = False,
-                  progress: bool = False) -> np.ndarray:
-    """Class probabilities float32 (N, C) in ``data`` order, on the model's device in eval
-    mode. ``tta`` averages the softmax over identity, h-flip, v-flip, hv-flip and, for
-    square images, the transpose."""
-    if len(data) == 0:
-        raise ValueError("predict_proba: the data set is empty")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    model.eval()
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-    out = []
-    with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), console=console, transient=True,
-                  disable=not progress) as bar:
-        for images, meta, _ in bar.track(loader):
-            x = to_input(images.to(device))  # (B, 3, H, W)
-            meta = meta.to(device)
-            views = tta_views(x) if tta else [x]
-            proba = torch.stack([model(v, meta).float().softmax(1) for v in views]).mean(0)  # (B, C)
-            out.append(proba.cpu())
-    return torch.cat(out).numpy().astype(np.float32)

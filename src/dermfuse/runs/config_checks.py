@@ -1,0 +1,72 @@
+"""What a run config means before any image is read: the checks a run's values must
+pass, the model's keyword arguments, its image size and the split's grouping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import RunConfig
+from ..data.splits import SPLIT_LABELS
+from ..errors import ConfigError
+from ..evaluation.calibrate import CALIBRATION_MODES
+from ..models import model_spec
+
+__all__ = ["check_config", "model_kwargs", "image_size_for", "split_by", "split_label"]
+
+
+def split_label(split: str) -> str:
+    """Human label of a split protocol, e.g. 'image-level (leaky)'."""
+    return SPLIT_LABELS.get(split, f"{split}-grouped")
+
+
+def split_by(split: str) -> str:
+    return {"lesion": "auto", "grouped": "auto"}.get(split, split)
+
+
+def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, Any]:
+    """Keyword arguments that rebuild the configured architecture (weights excluded)."""
+    m = cfg.model
+    kw: dict[str, Any] = {"num_classes": num_classes, "meta_dim": meta_dim}
+    if m.name == "cnn" or (m.name == "ft_multicnn" and m.image_backbone in (None, "", "cnn")):
+        kw["input_size"] = image_size_for(cfg)  # the flatten layer fixes the input size
+    if m.name == "ft_multicnn":
+        kw.update(use_meta=m.use_meta, dropout=m.dropout, batchnorm=m.batchnorm)
+        if m.image_backbone and m.image_backbone != "cnn":
+            kw["image_backbone"] = m.image_backbone
+    return kw
+
+
+def image_size_for(cfg: RunConfig) -> int:
+    if cfg.data.image_size:
+        return int(cfg.data.image_size)
+    name = cfg.model.image_backbone if cfg.model.name == "ft_multicnn" and cfg.model.image_backbone else cfg.model.name
+    size = model_spec(name).default_size
+    return int(size or 128)
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Fail fast, before any image is decoded, on names and values a run cannot use."""
+    from ..explain.heatmap_input import CAM_METHODS, INPUT_MODES
+
+    model_spec(cfg.model.name)
+    if cfg.model.image_backbone and cfg.model.image_backbone != "cnn":
+        model_spec(cfg.model.image_backbone)
+    if cfg.model.input not in INPUT_MODES:
+        raise ConfigError(f"model.input {cfg.model.input!r}: expected one of {list(INPUT_MODES)}")
+    if cfg.model.input != "image":
+        model_spec(cfg.model.cam_backbone)
+        if cfg.model.cam_method not in CAM_METHODS:
+            raise ConfigError(f"model.cam_method {cfg.model.cam_method!r}: expected one of {sorted(CAM_METHODS)}")
+    if cfg.data.split not in ("lesion", "patient", "auto", "grouped", "image"):
+        raise ConfigError(f"data.split {cfg.data.split!r}: expected lesion, patient or image")
+    if not 0 <= cfg.data.test_fraction < 1 or not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError("data.test_fraction (0 = no test part: train on all rows) and data.val_fraction "
+                          "must be in [0, 1)")
+    if cfg.train.calibration not in CALIBRATION_MODES:
+        raise ConfigError(f"train.calibration {cfg.train.calibration!r}: expected one of {list(CALIBRATION_MODES)}")
+    if cfg.train.calibration != "none" and cfg.data.val_fraction == 0:
+        raise ConfigError("train.calibration is fitted on the validation part: set data.val_fraction > 0")
+    if cfg.train.members < 1:
+        raise ConfigError(f"train.members {cfg.train.members!r}: expected 1 (one model) or more (a seed ensemble)")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
+        raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")

@@ -1,0 +1,509 @@
+"""Holdout runs: read → clean → split → cache → encode → (heatmaps) → fit → evaluate →
+run directory with predictions, metrics, figures, report.html and a model bundle.
+
+`train_run` is what ``dermfuse train`` calls; `evaluate_bundle` is ``dermfuse evaluate``.
+Cross-validation and ablations (several runs over the same folds) live in `cv.py`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from .. import __version__
+from ..config import RunConfig, config_to_dict, save_config
+from ..constants import HEADLINE_METRICS, LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER, TABLE_METRICS
+from ..data.cache import build_cache
+from ..data.formats import detect_layout
+from ..data.splits import holdout, validation_split
+from ..errors import ConfigError, DataError
+from ..evaluation.calibrate import CALIBRATION_MODES, fit_calibration
+from ..evaluation.metrics import compute_metrics
+from ..evaluation.report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
+from ..inference.bundle import load_bundle, save_bundle, update_bundle_info
+from ..io import atomic_write, atomic_write_text
+from ..models import model_spec
+from ..models.ensemble import ENSEMBLE
+from ..training.distributed import is_main_process
+from .cohort import Cohort, cohort_for, load_cohort
+from .config_checks import check_config, image_size_for, model_kwargs, split_by, split_label
+from .predictions_csv import label_indices, probabilities, read_predictions, write_predictions
+from .variant import Trained, calibrated_metrics, calibration_summary, headline, train_variant
+
+__all__ = [
+    "Cohort",
+    "RunResult",
+    "load_cohort",
+    "cohort_for",
+    "model_kwargs",
+    "train_run",
+    "evaluate_bundle",
+    "split_label",
+]
+
+log = logging.getLogger("dermfuse")
+console = Console(stderr=True)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    bundle: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
+              member: int | None = None, show_cleaning: bool = True) -> RunResult:
+    """One holdout run of ``cfg.model`` on ``cfg.data.path``; writes everything into
+    ``cfg.out`` and returns the test metrics and the bundle path.
+
+    ``member`` = k (a seed ensemble only, 0 <= k < ``train.members``) trains member k alone
+    into ``cfg.out/members/k`` and stops there: no ensemble, metrics or bundle (the result
+    has ``bundle`` None and ``metrics`` {"member": k, ...}). Several such jobs can run at
+    once, on one GPU or on several machines sharing the folder; a last run with
+    ``resume=True`` then finds every member finished and builds the ensemble from them.
+
+    With ``cfg.model.init`` (a bundle folder or 'released') the run fine-tunes that bundle:
+    its architecture, classes, extended metadata encoder and weights (`dermfuse.training.finetune`).
+    The training itself is `dermfuse.runs.variant.train_variant`, as in cross-validation."""
+    init_bundle, init_info = _init_bundle(cfg)
+    check_config(cfg)
+    if member is not None and (cfg.train.members < 2 or not 0 <= member < cfg.train.members):
+        raise ConfigError(f"member {member!r}: expected 0 to {cfg.train.members - 1}, one member of a seed "
+                          f"ensemble of train.members = {cfg.train.members} (>= 2) models")
+    t0 = time.time()
+    main = is_main_process()  # under torchrun every rank trains; only rank 0 writes
+    run_dir = Path(cfg.out)
+    if main:
+        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    cohort = cohort_for(cfg, progress)
+    if main:
+        cohort.report.save_json(run_dir / "cleaning_report.json")
+    if progress and main and show_cleaning:  # the demo shows it once for all its runs
+        console.print(cohort.report.render())
+    table, classes, y = cohort.table, cohort.classes, cohort.labels
+    if init_bundle is not None:
+        from ..training.finetune import check_classes
+
+        check_classes(classes, init_bundle.classes, str(cfg.data.path))
+    train_idx, val_idx, test_idx = _holdout_split(cfg, table, run_dir if main else None)
+    size = image_size_for(cfg)
+    cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
+    encoder = None
+    if init_bundle is not None:  # extended, not refitted: see dermfuse.training.finetune
+        from ..training.finetune import encoder_summary, extend_encoder
+
+        encoder = extend_encoder(init_bundle.encoder, table.iloc[train_idx])
+        init_info["encoder"] = encoder_summary(init_bundle.encoder, encoder)
+    images, cam_model, cam_info = cache.images, None, {}
+    if cfg.model.input != "image" and model_spec(cfg.model.name).uses_image:
+        from ..training.heatmap_stage import heatmap_stage
+
+        stage = heatmap_stage(cfg, table, y, classes, images, train_idx, val_idx, run_dir,
+                              cache_key=cache.key, progress=progress, resume=resume)
+        images, cam_model, cam_info = stage.inputs, stage.cam_model, stage.info
+    done = train_variant(cfg, table, y, classes, images, train_idx, val_idx, test_idx, run_dir, encoder=encoder,
+                         init=None if init_bundle is None else (init_bundle, init_info), member=member,
+                         resume=resume, progress=progress)
+    if member is not None:  # one member alone; the run that builds the ensemble reuses its checkpoint
+        f = done.fit
+        return RunResult(run_dir, {"member": member, "seed": cfg.train.seed + member, "best_epoch": f.best_epoch,
+                                   "stopped_early": f.stopped_early, "epochs_run": len(f.history)}, None, f.history)
+    metrics = _run_metrics(cfg, done, init_info)
+    if not main:
+        return RunResult(run_dir, metrics, None, done.fit.history)
+    test_ids = table["image_id"].to_numpy()[test_idx]
+    _write_scores(run_dir, cfg, done, metrics, test_ids, classes, y[test_idx])
+    bundle = _save_run_bundle(run_dir, cfg, cohort, done, cam_model, cam_info, size, metrics,
+                              n_train=len(train_idx), n_val=len(val_idx))
+    if len(test_idx):
+        _holdout_report(run_dir, cfg, cohort, done.fit.history, metrics, y[test_idx], done.proba,
+                        n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=done.warnings,
+                        seconds=time.time() - t0)
+    return RunResult(run_dir, metrics, bundle, done.fit.history)
+
+
+def _holdout_split(cfg: RunConfig, table: pd.DataFrame,
+                   run_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) row positions: a holdout test part, then a validation part of
+    the training rows with the same grouping; written to ``run_dir/split.csv`` (if given)."""
+    by = split_by(cfg.data.split)
+    try:
+        is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+                   if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
+        train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
+                                              seed=cfg.seed, by=by)
+    except ValueError as e:
+        raise DataError(f"cannot split {cfg.data.path} with --split {cfg.data.split}: {e}") from None
+    test_idx = np.flatnonzero(is_test)
+    if run_dir is not None:
+        part = np.full(len(table), "train", dtype=object)
+        part[val_idx], part[test_idx] = "val", "test"
+        split = pd.DataFrame({"image_id": table["image_id"], "part": part})
+        atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
+    return train_idx, val_idx, test_idx
+
+
+def _run_metrics(cfg: RunConfig, done: Trained, init_info: dict[str, Any]) -> dict[str, Any]:
+    metrics = dict(done.metrics)
+    if done.raw is None:  # test_fraction 0: everything but the validation part trains; nothing is held out
+        metrics = {"n_images": 0, "note": "no test part (data.test_fraction = 0): trained on all rows but "
+                                          "the validation part; held-out numbers come from a run with a test part"}
+        if not done.calibration.is_identity:
+            metrics["calibration"] = calibration_summary(done.calibration)
+    metrics["split"] = split_label(cfg.data.split)
+    metrics["weights_source"] = done.weights_source
+    if done.member_metrics:
+        metrics["members"] = done.member_metrics
+    if init_info:
+        metrics["init"] = init_info
+    return metrics
+
+
+def _write_scores(run_dir: Path, cfg: RunConfig, done: Trained, metrics: dict[str, Any], test_ids: np.ndarray,
+                  classes: list[str], y_test: np.ndarray) -> None:
+    """metrics.json, predictions.csv (each member's too; the uncalibrated ones where a
+    calibration was fitted) and, for an ensemble, member 0's history.json."""
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    if cfg.train.members > 1:  # member 0's curves stand for the run (the report's, `dermfuse calibrate`'s)
+        atomic_write_text(run_dir / "history.json", json.dumps(done.fit.history, indent=2))
+    if done.raw is None:
+        return
+    write_predictions(run_dir / "predictions.csv", test_ids, classes, y_test, done.proba)
+    for k, p in enumerate(done.member_proba):  # each member alone, for paired comparisons
+        write_predictions(run_dir / "members" / str(k) / "predictions.csv", test_ids, classes, y_test, p)
+    if not done.calibration.is_identity:  # `dermfuse calibrate` starts again from these
+        write_predictions(run_dir / "predictions_uncalibrated.csv", test_ids, classes, y_test, done.raw)
+
+
+def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Trained, cam_model, cam_info: dict,
+                     size: int, metrics: dict[str, Any], n_train: int, n_val: int) -> Path:
+    model_name, kwargs = cfg.model.name, done.kwargs
+    if cfg.train.members > 1:
+        model_name, kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": done.kwargs,
+                                        "n_members": cfg.train.members, "num_classes": len(cohort.classes),
+                                        "meta_dim": done.meta_dim}
+    return save_bundle(
+        run_dir / "bundle", model=done.model, model_name=model_name, model_kwargs=kwargs,
+        classes=cohort.classes, encoder=done.encoder, image_size=size, resize_method=cfg.data.resize_method,
+        input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
+        cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.model.cam_method,
+        tta=cfg.train.tta, calibration=done.calibration,
+        metrics={**headline(metrics), "split": metrics["split"]},
+        training_data={"path": str(cfg.data.path), "format": cohort.read.format,
+                       "column_map": cfg.data.column_map if cohort.read.format == "generic" else None,
+                       "synthetic": cohort.synthetic, "n_train": int(n_train), "n_val": int(n_val)},
+    )
+
+
+def _init_bundle(cfg: RunConfig):
+    """The bundle ``cfg.model.init`` names (loaded) and what the run records about it; sets
+    ``cfg``'s architecture to the bundle's. (None, {}) without ``init``."""
+    if not cfg.model.init:
+        return None, {}
+    from ..training.finetune import apply_init_architecture, resolve_init
+
+    path = resolve_init(cfg.model.init)
+    bundle = load_bundle(path)
+    for line in apply_init_architecture(cfg, bundle):
+        log.info(line)
+    cfg.model.init = str(path)  # the resolved folder, so the saved config names what was used
+    return bundle, {"bundle": str(path), "model_id": bundle.model_id}
+
+
+HEADLINE = HEADLINE_METRICS  # the old name
+
+
+def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list[dict], metrics: dict,
+                    y_test: np.ndarray, proba: np.ndarray, n_parts: tuple[int, int, int],
+                    warnings: list[str], seconds: float) -> Path:
+    from ..evaluation.plots import fig_to_png_bytes, plot_confusion, plot_history, plot_reliability, plot_roc
+
+    classes = cohort.classes
+    cm = np.asarray(metrics["confusion_matrix"])
+    figs = {
+        "curves": plot_history(history),
+        "confusion_counts": plot_confusion(cm, classes, normalize=False),
+        "confusion_normalized": plot_confusion(cm, classes, normalize=True),
+        "roc": plot_roc(y_test, proba, classes),
+        "reliability": plot_reliability(y_test, proba),
+    }
+    png = {}
+    for name, fig in figs.items():
+        png[name] = fig_to_png_bytes(fig)
+        (run_dir / "plots" / f"{name}.png").write_bytes(png[name])
+    summary = cohort.summary
+    data_rows = [("format", summary["format"]), ("images", summary["images"]),
+                 ("lesions", summary["lesions"]), ("patients", summary["patients"]),
+                 ("train / val / test images", " / ".join(map(str, n_parts))),
+                 ("split", split_label(cfg.data.split))]
+    sections = [
+        Section("Data", table_html(data_rows, ("", "")) +
+                table_html(sorted(summary["classes"].items(), key=lambda kv: -kv[1]), ("class", "images"))),
+        Section("Cleaning report", table_html(sorted(cohort.report.counts.items()), ("dropped: reason", "rows")) +
+                table_html(sorted(cohort.report.fixed.items()), ("fixed (row kept)", "rows")) +
+                table_html(sorted(summary["missing"].items()), ("missing after cleaning", "rows"))),
+        Section("Test metrics", metrics_table_html(metrics)),
+        Section("Training curves", figure_html(png["curves"], "training and validation accuracy and loss" + (
+            " of member 0; every member's history is in members/K/history.json" if "members" in metrics else ""))),
+        Section("Confusion matrix", "<div class='figs'>" + figure_html(png["confusion_counts"], "counts") +
+                figure_html(png["confusion_normalized"], "row-normalised (recall)") + "</div>"),
+        Section("ROC and calibration", "<div class='figs'>" + figure_html(png["roc"], "one-vs-rest ROC") +
+                figure_html(png["reliability"], "reliability diagram") + "</div>"),
+        Section("Config", json_block(config_to_dict(cfg))),
+    ]
+    if "calibration" in metrics:
+        sections.insert(3, _calibration_section(metrics))
+    if "members" in metrics:
+        sections.insert(3, _members_section(metrics))
+    banners = []
+    if cohort.synthetic:
+        banners.append(SYNTHETIC_BANNER)
+    if cfg.data.split == "image":
+        banners.append(LEAKY_SPLIT_BANNER)
+    return write_report(
+        run_dir / "report.html", f"dermfuse — {cfg.model.name} ({cfg.model.input} input)",
+        sections, subtitle=f"{cfg.data.path} · {seconds / 60:.1f} min · dermfuse {__version__}",
+        banners=banners, warnings=warnings)
+
+
+def _members_section(metrics: dict[str, Any]) -> Section:
+    cols = TABLE_METRICS
+    rows = [(f"member {m['member']} (seed {m['seed']}, best epoch {m['best_epoch'] + 1})", *(m.get(c) for c in cols))
+            for m in metrics["members"]]
+    rows.append(("ensemble (mean of the members' probabilities)", *(metrics.get(c) for c in cols)))
+    return Section("Ensemble members",
+                   "<p>Every member scored alone on the same test rows, each calibrated on the validation "
+                   "part by itself: what a single-model run with that seed gives. The spread between "
+                   "them is the seed noise of one training run.</p>" + table_html(rows, ("model", *cols)))
+
+
+def _calibration_section(metrics: dict[str, Any]) -> Section:
+    cal, raw = metrics["calibration"], metrics.get("uncalibrated", {})
+    fitted = cal.get("fitted_on", {})
+    params = [("prior shift tau", cal["prior_shift"]), ("temperature T", cal["temperature"]),
+              ("fitted on", f"{fitted.get('where', '?')} ({fitted.get('n', '?')} images)"),
+              ("validation log loss before / after", f"{fitted.get('val_log_loss_before', float('nan')):.4f} / "
+                                                    f"{fitted.get('val_log_loss_after', float('nan')):.4f}")]
+    rows = [(k, raw.get(k), metrics.get(k)) for k in HEADLINE if k in raw]
+    return Section("Calibration (fitted on validation rows only)",
+                   "<p>p = softmax((log p_model + tau · log prior) / T); tau maximises (accuracy + balanced "
+                   "accuracy) / 2 on the validation part, T minimises its log loss.</p>" +
+                   table_html(params, ("", "")) + table_html(rows, ("test metric", "uncalibrated", "calibrated")))
+
+
+def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress: bool = True) -> dict[str, Any]:
+    """Fit calibration for a finished holdout run (one trained with ``calibration: none``)
+    on its validation part, exactly as ``train.calibration`` does inside ``train_run``;
+    write it into the run's bundle, rescore the saved test predictions, and rewrite
+    metrics.json, predictions.csv (the uncalibrated ones are kept beside it) and the report."""
+    from ..config import load_config
+    from ..inference.predict import predict_arrays
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "split.csv", "history.json", "bundle"):
+        if not (run_dir / name).exists():
+            raise DataError(f"{run_dir} is not a finished holdout run: {name} is missing")
+    cfg = load_config(run_dir / "config.yaml")
+    if mode not in CALIBRATION_MODES or mode == "none":
+        raise ConfigError(f"calibration {mode!r}: expected temperature or prior-temperature")
+    bundle = load_bundle(run_dir / "bundle")
+    cohort = cohort_for(cfg, progress)
+    table, classes = cohort.table, cohort.classes
+    if list(classes) != list(bundle.classes):
+        raise DataError(f"classes of {cfg.data.path} {classes} differ from the bundle's {bundle.classes}")
+    part = pd.read_csv(run_dir / "split.csv").set_index("image_id")["part"]
+    where = table["image_id"].map(part)
+    if where.isna().any():
+        raise DataError(f"{where.isna().sum()} images of {cfg.data.path} are not in {run_dir / 'split.csv'}")
+    val_idx = np.flatnonzero(where.to_numpy() == "val")
+    train_idx = np.flatnonzero(where.to_numpy() == "train")
+    y = cohort.labels
+    # the run's own cache (same table, size and method): nothing is decoded again
+    images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress).images
+    val_proba = predict_arrays(bundle, np.ascontiguousarray(images[val_idx]), bundle.encode_table(table.iloc[val_idx]),
+                               progress=progress, calibrated=False)
+    calibration = fit_calibration(val_proba, y[val_idx], y[train_idx], mode)
+
+    raw_path = run_dir / "predictions_uncalibrated.csv"  # kept, so calibrating twice starts from the same scores
+    if not raw_path.exists():
+        if not (run_dir / "predictions.csv").exists():
+            raise DataError(f"{run_dir} is not a finished holdout run: predictions.csv is missing")
+        (run_dir / "predictions.csv").replace(raw_path)
+    pred = read_predictions(raw_path)
+    raw = probabilities(pred, classes, renormalise=True)
+    y_test = label_indices(pred, classes)
+    proba, metrics = calibrated_metrics(y_test, raw, calibration, classes)
+    metrics["split"] = split_label(cfg.data.split)
+    old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    if "members" in old:  # an ensemble's members were scored alone, each with its own calibration
+        metrics["members"] = old["members"]
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_predictions(run_dir / "predictions.csv", pred["image_id"].to_numpy(), classes, y_test, proba)
+    update_bundle_info(run_dir / "bundle", calibration=calibration.to_dict(),
+                       metrics={**headline(metrics), "split": metrics["split"]})
+    history = json.loads((run_dir / "history.json").read_text())
+    cfg.train.calibration = mode
+    save_config(cfg, run_dir / "config.yaml")
+    _holdout_report(run_dir, cfg, cohort, history, metrics, y_test, proba,
+                    n_parts=(len(train_idx), len(val_idx), len(y_test)), warnings=[],
+                    seconds=sum(h.get("seconds", 0.0) for h in history))
+    return metrics
+
+
+def select_part(table: pd.DataFrame, split_file: str | Path, part: str) -> np.ndarray:
+    """Positions of the rows that ``split_file`` (a run's split.csv) puts in ``part``."""
+    split_file = Path(split_file)
+    if not split_file.is_file():
+        raise DataError(f"split file not found: {split_file}")
+    try:
+        split = pd.read_csv(split_file)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{split_file}: not a readable CSV ({e})") from None
+    if not {"image_id", "part"} <= set(split.columns):
+        raise DataError(f"{split_file}: expected columns image_id, part (a run's split.csv); found {list(split.columns)}")
+    parts = sorted(split["part"].astype(str).unique())
+    if part not in parts:
+        raise DataError(f"{split_file}: no rows in part {part!r}; parts there: {parts}")
+    chosen = set(split.loc[split["part"] == part, "image_id"].astype(str))
+    idx = np.flatnonzero(table["image_id"].astype(str).isin(chosen).to_numpy())
+    if len(idx) < len(chosen):
+        log.warning("%d of the %d %s images in %s are not among the clean rows of this data set",
+                    len(chosen) - len(idx), len(chosen), part, split_file)
+    if len(idx) == 0:
+        raise DataError(f"none of the {part} images of {split_file} are in this data set")
+    return idx
+
+
+def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, format: str | None = None,
+                    progress: bool = True, out: str | Path | None = None,
+                    split_file: str | Path | None = None, part: str = "test",
+                    column_map: dict[str, str] | None = None, operating_point: str = "argmax",
+                    device: str = "cpu", by: Any = None, n_boot: int = 1000) -> dict[str, Any]:
+    """Score a bundle (None: the released model) on every clean row of a data set, or with
+    ``split_file`` (a run's split.csv) only on the rows it puts in ``part``; returns the
+    metrics dict with a ``trust`` part (risk-coverage, the selective threshold's coverage and
+    accuracy, the melanoma operating point), and writes predictions.csv, metrics.json,
+    risk_coverage.png and report.html into ``out`` when given.
+
+    ``by`` ('sex,age_band,site' or a list): also the metrics per subgroup, under
+    ``metrics["subgroups"]`` (`dermfuse.evaluation.subgroups.subgroup_metrics`); report.html shows them."""
+    from ..inference.device import resolve_device
+    from ..inference.predictor import Predictor
+    from ..inference.trust import Trust, plot_risk_coverage, selective_report
+    from ..released import resolve_bundle
+
+    if by:  # a bad key fails before any image is decoded
+        from ..evaluation.subgroups import parse_by
+
+        try:
+            by = parse_by(by)
+        except ValueError as e:
+            raise ConfigError(f"--by: {e}") from None
+    bundle = load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
+    engine = Predictor.from_bundle(bundle)
+    if operating_point != "argmax":
+        (bundle.trust or Trust()).decide(np.zeros((0, len(bundle.classes))), bundle.classes, operating_point)
+    trained_on = bundle.info.get("training_data", {}).get("path")
+    if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
+        log.warning("%s is the data set this bundle was trained on: every row is scored, training "
+                    "rows included, so these metrics are optimistic. Pass --split-file RUN/split.csv "
+                    "to score the held-out rows only.", data_path)
+    saved_map = bundle.info.get("training_data", {}).get("column_map")
+    if format is None and column_map is None and saved_map and detect_layout(data_path) is None:
+        log.info("%s matches no known format: reading it with the column map the bundle was "
+                 "trained with (%s)", data_path, saved_map)
+        column_map = saved_map
+    cohort = load_cohort(data_path, format, True, progress, column_map)
+    table = cohort.table
+    if split_file is not None:
+        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
+    unknown = sorted(set(cohort.classes) - set(bundle.classes))
+    if unknown and (table["label"].isin(unknown)).any():
+        raise DataError(f"data set has classes the bundle does not know: {unknown}; bundle classes: {bundle.classes}")
+    y = table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
+    cache = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
+    meta = bundle.encode_table(table)
+    res = engine.run(cache.images, meta, progress=progress, features=engine.needs_features)
+    proba = res.proba
+    metrics = compute_metrics(y, proba, bundle.classes)
+    metrics["model_id"] = bundle.model_id
+    metrics["operating_point"] = operating_point
+    metrics["trust"] = selective_report(y, proba, bundle.classes, bundle.trust, res.features)
+    if operating_point != "argmax":
+        decided = bundle.trust.decide(proba, bundle.classes, operating_point)
+        metrics["at_operating_point"] = {k: v for k, v in compute_metrics(y, decided, bundle.classes).items()
+                                         if not isinstance(v, (dict, list))}
+    metrics["unseen_categories"] = bundle.encoder.unseen_counts
+    metrics["unrecognised_metadata"] = getattr(cohort.report, "unrecognised", {})
+    metrics["cleaning"] = cohort.report.counts
+    metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
+    if by:
+        from ..evaluation.subgroups import subgroup_metrics
+
+        try:
+            metrics["subgroups"] = subgroup_metrics(table, proba, bundle.classes, by=by, n_boot=n_boot)
+        except ValueError as e:
+            raise ConfigError(f"--by {by}: {e}") from None
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        write_predictions(out / "predictions.csv", table["image_id"].to_numpy(), bundle.classes, y, proba)
+        from ..evaluation.plots import save_figure
+
+        shipped = bundle.trust.selective.threshold if bundle.trust and bundle.trust.selective else None
+        save_figure(plot_risk_coverage(y, proba, shipped, title=f"{bundle.model_id} on {Path(data_path).name}"),
+                    out / "risk_coverage.png")
+        _evaluate_report(out, bundle, metrics, data_path, synthetic_data=cohort.synthetic)
+    return metrics
+
+
+def _evaluate_report(out: Path, bundle, metrics: dict[str, Any], data_path: str | Path,
+                     synthetic_data: bool = False) -> None:
+    """report.html of ``dermfuse evaluate --out``: headline metrics, the risk-coverage curve and
+    what the trust part does on these rows."""
+    t = metrics.get("trust") or {}
+    rows = [[k, metrics.get(k)] for k in ("n_images", "accuracy", "balanced_accuracy", "macro_f1",
+                                          "melanoma_sensitivity", "auc_macro") if k in metrics]
+    sections = [Section("Metrics (argmax, every row)", table_html(rows, ["metric", "value"]))]
+    body = figure_html((out / "risk_coverage.png").read_bytes(), "risk-coverage: error rate of the answered images against "
+                       "the share answered, ordered by top probability") if (out / "risk_coverage.png").exists() else ""
+    s = t.get("selective")
+    if s:
+        body += table_html([["threshold (top probability)", s["threshold"]], ["target coverage", s["target_coverage"]],
+                            ["coverage on these rows", s["coverage"]], ["accuracy of answered", s["accuracy"]],
+                            ["balanced accuracy of answered", s["balanced_accuracy"]],
+                            ["accuracy, all rows", s["accuracy_all"]],
+                            ["balanced accuracy, all rows", s["balanced_accuracy_all"]]], ["selective prediction", ""])
+    mo = t.get("melanoma_operating_point")
+    if mo:
+        body += table_html([["threshold P(mel)", mo["threshold"]], ["target sensitivity", mo["target_sensitivity"]],
+                            ["sensitivity", mo["sensitivity"]], ["specificity", mo["specificity"]],
+                            ["argmax sensitivity", mo["argmax_sensitivity"]],
+                            ["argmax specificity", mo["argmax_specificity"]], ["melanomas", mo["n_mel"]]],
+                           ["melanoma operating point", ""])
+    if t.get("status_counts"):
+        body += table_html([[k, v] for k, v in t["status_counts"].items()], ["status", "images"])
+    if not bundle.trust:
+        body += "<p class='muted'>This bundle has no trust part (made before `dermfuse release`).</p>"
+    sections.append(Section("When not to trust it", body))
+    if "subgroups" in metrics:
+        from ..evaluation.report import subgroup_section
+
+        sections.append(subgroup_section(metrics["subgroups"]))
+    synthetic = bundle.info.get("training_data", {}).get("synthetic")
+    write_report(out / "report.html", f"dermfuse evaluate: {bundle.model_id}", sections,
+                 subtitle=f"data: {data_path} ({metrics.get('rows')})",
+                 banners=(["SYNTHETIC model: trained on synthetic data; says nothing about real lesions."]
+                          if synthetic else []) +
+                         ([SYNTHETIC_BANNER] if synthetic_data else []))

@@ -28,7 +28,7 @@ from dermfuse.explain.heatmap_input import compute_maps, render_input  # noqa: E
 from dermfuse.models import create_model  # noqa: E402
 from dermfuse.models.ensemble import ENSEMBLE, build_ensemble  # noqa: E402
 from dermfuse.inference.predict import explain_arrays, predict_arrays  # noqa: E402
-from dermfuse.training.loop import tta_views  # noqa: E402
+from dermfuse.preprocess import tta_views  # noqa: E402
 from dermfuse.preprocess import to_input  # noqa: E402
 
 SIZE = 64

@@ -133,3 +133,14 @@ def test_no_private_name_is_imported_from_another_module():
                      for target, name in imps
                      if name and name.startswith("_") and not (name.startswith("__") and name.endswith("__")))
     assert private == []
+
+
+def test_the_web_service_imports_no_training_code():
+    """Serving needs the engine and its preprocessing, not the training loop or DDP."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dermfuse.serve.app; print(sorted(m for m in sys.modules "
+            "if m.startswith(('dermfuse.training', 'dermfuse.runs'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

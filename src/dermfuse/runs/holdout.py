@@ -22,18 +22,17 @@ from ..config import RunConfig, config_to_dict, save_config
 from ..constants import HEADLINE_METRICS, LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER, TABLE_METRICS
 from ..data.cache import build_cache
 from ..data.formats import detect_layout
-from ..data.splits import holdout, validation_split
 from ..errors import ConfigError, DataError
 from ..evaluation.calibrate import CALIBRATION_MODES, fit_calibration
 from ..evaluation.metrics import compute_metrics
 from ..evaluation.report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
 from ..inference.bundle import load_bundle, save_bundle, update_bundle_info
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write_text
 from ..models import model_spec
 from ..models.ensemble import ENSEMBLE
 from ..training.distributed import is_main_process
-from .cohort import Cohort, cohort_for, load_cohort
-from .config_checks import check_config, image_size_for, model_kwargs, split_by, split_label
+from .cohort import Cohort, cohort_for, holdout_split, load_cohort
+from .config_checks import check_config, image_size_for, model_kwargs, split_label
 from .predictions_csv import label_indices, probabilities, read_predictions, write_predictions
 from .variant import Trained, calibrated_metrics, calibration_summary, headline, train_variant
 
@@ -95,7 +94,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         from ..training.finetune import check_classes
 
         check_classes(classes, init_bundle.classes, str(cfg.data.path))
-    train_idx, val_idx, test_idx = _holdout_split(cfg, table, run_dir if main else None)
+    train_idx, val_idx, test_idx = holdout_split(cfg, table, run_dir if main else None)
     size = image_size_for(cfg)
     cache = build_cache(table, size=size, method=cfg.data.resize_method, progress=progress)
     encoder = None
@@ -130,27 +129,6 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
                         n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=done.warnings,
                         seconds=time.time() - t0)
     return RunResult(run_dir, metrics, bundle, done.fit.history)
-
-
-def _holdout_split(cfg: RunConfig, table: pd.DataFrame,
-                   run_dir: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) row positions: a holdout test part, then a validation part of
-    the training rows with the same grouping; written to ``run_dir/split.csv`` (if given)."""
-    by = split_by(cfg.data.split)
-    try:
-        is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
-                   if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
-        train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
-                                              seed=cfg.seed, by=by)
-    except ValueError as e:
-        raise DataError(f"cannot split {cfg.data.path} with --split {cfg.data.split}: {e}") from None
-    test_idx = np.flatnonzero(is_test)
-    if run_dir is not None:
-        part = np.full(len(table), "train", dtype=object)
-        part[val_idx], part[test_idx] = "val", "test"
-        split = pd.DataFrame({"image_id": table["image_id"], "part": part})
-        atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
-    return train_idx, val_idx, test_idx
 
 
 def _run_metrics(cfg: RunConfig, done: Trained, init_info: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 from rich.console import Console
@@ -42,8 +41,7 @@ from ..io import atomic_write_text
 from ..config import RunConfig, apply_overrides, config_to_dict
 from ..data.cache import build_cache
 from ..data.encode import MetadataEncoder
-from ..data.splits import holdout, validation_split
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..models import create_model, model_spec
 from ..training.loop import ArrayDataset, fit
 
@@ -282,25 +280,14 @@ class _Data:
 def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     """The training part only: split as ``dermfuse train`` does, drop the test rows, then
     decode, encode (encoder fitted on the training rows) and, for heatmap inputs, make the maps."""
-    from .cohort import cohort_for
-    from .config_checks import image_size_for, split_by
+    from .cohort import cohort_for, holdout_split
+    from .config_checks import image_size_for
 
     cohort = cohort_for(cfg, progress)
     table, classes, y = cohort.table, cohort.classes, cohort.labels
-    by = split_by(cfg.data.split)
-    try:
-        is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
-                   if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
-        train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
-                                              seed=cfg.seed, by=by)
-    except ValueError as e:
-        raise DataError(f"cannot split {cfg.data.path} with --split {cfg.data.split}: {e}") from None
+    train_idx, val_idx, test_idx = holdout_split(cfg, table, out)  # writes out/split.csv
     if len(val_idx) == 0:
         raise ConfigError("dermfuse tune scores trials on the validation part: set data.val_fraction > 0")
-    part = np.full(len(table), "test", dtype=object)
-    part[train_idx], part[val_idx] = "train", "val"
-    split = pd.DataFrame({"image_id": table["image_id"], "part": part})
-    atomic_write_text(out / "split.csv", split.to_csv(index=False))
 
     keep = np.sort(np.r_[train_idx, val_idx])  # test rows go no further than here
     sub = table.iloc[keep].reset_index(drop=True)
@@ -322,7 +309,7 @@ def _prepare(cfg: RunConfig, out: Path, progress: bool) -> _Data:
     def ds(idx: np.ndarray) -> ArrayDataset:
         return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y_sub[idx])
 
-    counts = {"train": int(len(tr)), "val": int(len(va)), "test_excluded": int(is_test.sum())}
+    counts = {"train": int(len(tr)), "val": int(len(va)), "test_excluded": int(len(test_idx))}
     return _Data(ds(tr), ds(va), classes, int(meta.shape[1]), counts)
 
 

@@ -63,7 +63,8 @@ DEFAULT_MODELS = ("cnn", "resnet50", "inception_v3", "ft_multicnn:heatmap")
 """The paper's comparison (Fig. 8): three baselines and the heatmap-guided FT-MultiCNN."""
 LEAKY_SPLIT = "image"
 _IGNORED_CONFIG = {("out",), ("data", "path"), ("data", "check_images"), ("train", "device"),
-                   ("train", "num_workers"), ("train", "amp"), ("train", "augment_on")}  # may differ between fold jobs
+                   ("train", "num_workers"), ("train", "amp"), ("train", "augment_on"),
+                   ("train", "channels_last")}  # may differ between fold jobs
 console = Console(stderr=True)
 log = logging.getLogger(__name__)
 

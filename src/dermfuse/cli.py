@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit prior shift + temperature on a finished run's validation part")
     p.add_argument("run_dir")
-    p.add_argument("--mode", default="prior-temperature", choices=["temperature", "prior-temperature"])
+    p.add_argument("--mode", default="prior-temperature", choices=["temperature", "prior-temperature", "balanced-temperature"])
 
     p = sub.add_parser("evaluate", help="score a bundle (default: the released model) on a data set",
                        description="dermfuse evaluate DATA (the released model) | evaluate BUNDLE DATA | "

@@ -63,6 +63,42 @@ def test_prior_shift_undoes_a_balanced_decision():
     assert by_tau[1.0]["balanced_accuracy"] < by_tau[0.0]["balanced_accuracy"]
 
 
+def _imbalanced(seed: int, n: int = 30000):
+    rng = np.random.default_rng(seed)
+    prior = np.array([0.7, 0.2, 0.07, 0.03])
+    y = rng.choice(4, size=n, p=prior)
+    x = rng.normal(size=(n, 4))
+    x[np.arange(n), y] += 1.2
+    return y, x * 1.2 + np.log(prior), prior  # labels, posterior logits under the prior, prior
+
+
+def test_balanced_prior_shift_adjusts_an_unbalanced_decision():
+    """Scores of a model trained without class balancing (posterior under the prior): for
+    balanced accuracy alone the shift goes the other way, towards tau = -1 (logit adjustment,
+    Menon et al. 2021), and buys balanced accuracy; the mean objective keeps more accuracy."""
+    y, logits, prior = _imbalanced(3)
+    proba = _softmax(logits)
+    tau, scan = fit_prior_shift(proba, y, np.log(prior), objective="balanced_accuracy")
+    by_tau = {r["tau"]: r for r in scan}
+    assert -1.0 <= tau <= -0.5
+    assert by_tau[tau]["balanced_accuracy"] == max(r["balanced_accuracy"] for r in scan)
+    assert by_tau[tau]["balanced_accuracy"] > by_tau[0.0]["balanced_accuracy"] + 0.05
+    tau_mean, _ = fit_prior_shift(proba, y, np.log(prior))  # grid 0..1.5
+    assert tau_mean > tau
+
+    # already balanced scores: little left to adjust
+    tau_bal, _ = fit_prior_shift(_softmax(logits - np.log(prior)), y, np.log(prior), objective="balanced_accuracy")
+    assert abs(tau_bal) <= 0.25
+
+    cal = fit_calibration(proba, y, y, "balanced-temperature")
+    assert cal.prior_shift == tau and "max balanced accuracy" in cal.fitted_on["objective"]
+    adjusted = cal.apply(proba).argmax(1)
+    want = np.argmax(np.log(proba) + tau * np.log(np.bincount(y) / len(y)), axis=1)
+    assert (adjusted == want).mean() > 0.999  # temperature changes no decision
+    with pytest.raises(ValueError, match="objective"):
+        fit_prior_shift(proba, y, np.log(prior), objective="f1")
+
+
 def test_fit_calibration_modes_and_round_trip():
     z, y = _sampled(n=4000, c=3, seed=2)
     proba = _softmax(2.0 * z)

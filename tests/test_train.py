@@ -481,3 +481,84 @@ def test_array_dataset_items_and_memmap(tmp_path):
     assert m.shape == (2,) and y == labels[4] and isinstance(ds.images, np.memmap)
     with pytest.raises(ValueError, match="labels"):
         ArrayDataset(images, meta, labels[:3])
+
+
+# --- memory format ------------------------------------------------------------------------
+
+
+class TinyConvNet(nn.Module):
+    """3x3 conv, depthwise 3x3, 1x1 (no bias before a batch norm, as in the real backbones),
+    each + BN + ReLU, pooled, + metadata -> logits (B, 3)."""
+
+    def __init__(self, meta_dim: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16 + meta_dim, 3)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.features(image * 4 - 2).mean(dim=(2, 3)), meta], dim=1))
+
+
+def test_channels_last_training_gives_the_same_losses_and_hands_back_a_contiguous_model():
+    """train.channels_last (the default, faster on CPU: docs/performance.md) changes the layout,
+    not the numbers: the same training and validation losses within 1e-4 either way."""
+    train = ArrayDataset(*make_task(32, seed=0))
+    val = ArrayDataset(*make_task(16, seed=1))
+    runs = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = TinyConvNet()
+        seen: list[tuple[bool, bool]] = []  # (input, first conv weight) in channels_last, per forward
+
+        def spy(module, args, model=model, seen=seen):
+            w = model.features[0].weight
+            seen.append((args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous(),
+                         w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()))
+
+        hook = model.register_forward_pre_hook(spy)
+        cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, max_steps_per_epoch=3, augment=False, balance="none",
+                          early_stopping="none", device="cpu", channels_last=channels_last)
+        res = fit(model, train, val, cfg, CLASSES, progress=False)
+        hook.remove()
+        assert seen and all(s == (channels_last, channels_last) for s in seen)  # training and validation
+        assert all(p.is_contiguous() for p in model.parameters())  # bundles and exports see the usual layout
+        runs[channels_last] = res.history
+    assert TrainConfig().channels_last
+    for a, b in zip(runs[False], runs[True], strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
+    assert runs[False][-1]["train_loss"] < runs[False][0]["train_loss"]  # it learns: the losses compared move
+
+
+def test_channels_last_step_of_the_lite0_ft_multicnn_is_exact_in_float64():
+    """The real path (depthwise and 1x1 convs, batch norm): one training step in float64 gives
+    the same loss and gradients in both layouts (float32 differs by rounding only, which a
+    random-init Lite0 at 32 px with batch norm over a few images amplifies)."""
+    import copy
+
+    from dermfuse.models import create_model
+
+    torch.manual_seed(0)
+    ref = create_model("ft_multicnn", 3, meta_dim=2, pretrained=False, input_size=32,
+                       image_backbone="efficientnet_lite0", dropout=0.0).double().train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 32, generator=g, dtype=torch.float64)
+    meta = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (4,), generator=g)
+    grads, losses = [], []
+    for channels_last in (False, True):
+        model = copy.deepcopy(ref)
+        xx = x
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+            xx = x.contiguous(memory_format=torch.channels_last)
+        loss = nn.functional.cross_entropy(model(xx, meta), y)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-9)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)

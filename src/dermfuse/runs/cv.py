@@ -16,12 +16,19 @@ Run directory::
 A variant is a model name for ``cv`` (``cnn``; ``ft_multicnn+heatmap`` for another input;
 ``cnn@image`` for the image-level split of the protocol gap) or an input/metadata
 combination for ``ablate`` (``heatmap+meta``). Folds whose DONE exists are skipped, so a
-rerun continues; ``fold=K`` runs one fold as an independent job."""
+rerun continues; ``fold=K`` runs one fold as an independent job.
+
+Inner folds: with ``rows=RowSelection(split_file, ("train",))`` the folds are made of
+the rows a holdout run's split.csv puts in those parts only, so a recipe can be chosen on
+lesion-grouped folds of a holdout's training part without its test rows ever being read;
+plan.json records the selection and a fold job with another one is refused."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,20 +50,66 @@ from ..models import list_models, model_spec
 from ..training.distributed import is_main_process
 from ..training.loop import training_device
 from .cohort import Cohort, cohort_for
+from .holdout import select_part
 from .config_checks import image_size_for, split_by, split_label
 from .cv_report import collect, render_summary
 from .predictions_csv import write_predictions
 from .variant import train_variant
 
-__all__ = ["Variant", "parse_models", "run_cv", "run_protocol_gap", "run_plan", "collect", "render_summary",
-           "DEFAULT_MODELS"]
+__all__ = ["Variant", "RowSelection", "restrict_cohort", "parse_models", "run_cv", "run_protocol_gap",
+           "run_plan", "collect", "render_summary", "DEFAULT_MODELS"]
 
 DEFAULT_MODELS = ("cnn", "resnet50", "inception_v3", "ft_multicnn:heatmap")
 """The paper's comparison (Fig. 8): three baselines and the heatmap-guided FT-MultiCNN."""
 LEAKY_SPLIT = "image"
 _IGNORED_CONFIG = {("out",), ("data", "path"), ("data", "check_images"), ("train", "device"),
-                   ("train", "num_workers"), ("train", "amp"), ("train", "augment_on")}  # may differ between fold jobs
+                   ("train", "num_workers"), ("train", "amp"), ("train", "augment_on"),
+                   ("train", "channels_last")}  # may differ between fold jobs
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    """The rows a cross-validation may use: those ``split_file`` (a holdout run's
+    split.csv, columns image_id and part) puts in ``parts``, e.g. ("train",), or
+    ("train", "val") for every row but the test part."""
+
+    split_file: str
+    parts: tuple[str, ...] = ("train",)
+
+    @classmethod
+    def parse(cls, split_file: str, parts: str | Sequence[str] = "train") -> "RowSelection":
+        names = [p.strip() for p in (parts.split(",") if isinstance(parts, str) else parts) if p.strip()]
+        if not names:
+            raise ConfigError("--part: name at least one part of the split file, e.g. train")
+        if "test" in names:
+            log.warning("inner folds over the 'test' part of %s: that part is the holdout's", split_file)
+        return cls(str(split_file), tuple(dict.fromkeys(names)))
+
+
+def restrict_cohort(cohort: Cohort, rows: RowSelection) -> tuple[Cohort, dict[str, Any]]:
+    """The cohort's rows that ``rows`` selects (order kept), and what plan.json records:
+    the split file, the parts, how many rows were kept and left out, and a digest of the
+    kept image ids (a later fold job must select the same ones)."""
+    table = cohort.table
+    idx = np.unique(np.concatenate([select_part(table, rows.split_file, p) for p in rows.parts]))
+    sub = table.iloc[idx].reset_index(drop=True)
+    ids = sorted(sub["image_id"].astype(str))
+    # a lesion (or patient) with images both in the chosen parts and elsewhere: the outer split was not grouped
+    groups = group_ids(table, "auto")
+    inside = np.zeros(len(table), bool)
+    inside[idx] = True
+    shared = sorted(set(groups[inside]) & set(groups[~inside]))
+    if shared:
+        log.warning("%d lesions of the chosen parts of %s also have images outside them (the holdout split "
+                    "was not lesion-grouped)", len(shared), rows.split_file)
+    info = {"split_file": str(Path(rows.split_file).resolve()), "parts": list(rows.parts),
+            "n_rows": int(len(sub)), "n_left_out": int(len(table) - len(sub)),
+            "groups_shared_with_left_out": len(shared),
+            "image_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+    restricted = Cohort(sub, cohort.report, cohort.read, cohort.classes, cohort.labels[idx], cohort.synthetic)
+    return restricted, info
 
 
 @dataclass(frozen=True)
@@ -107,18 +160,21 @@ def parse_models(models: Sequence[str] | str, cfg: RunConfig) -> list[Variant]:
 
 def run_cv(cfg: RunConfig, models: Sequence[str] | str = DEFAULT_MODELS, folds: int | None = None,
            fold: int | None = None, progress: bool = True, resume: bool = False,
-           protocol_gap: bool = False, keep_checkpoints: bool = False) -> Path:
+           protocol_gap: bool = False, keep_checkpoints: bool = False,
+           rows: RowSelection | None = None) -> Path:
     """Cross-validate ``models`` on the same ``folds`` (default ``cfg.data.folds``) into
     ``cfg.out``. ``fold=K`` runs fold K only (no report; merge with `collect`); otherwise
     every unfinished fold runs and the report is written. ``protocol_gap`` also runs every
-    model on image-level folds (variant ``NAME@image``). Returns the run directory."""
+    model on image-level folds (variant ``NAME@image``). ``rows``: fold only the rows a
+    split file puts in some parts (inner folds of a holdout's training part). Returns the
+    run directory."""
     variants = parse_models(models, cfg)
     if protocol_gap:
         if cfg.data.split == LEAKY_SPLIT:
             raise ConfigError("protocol gap compares a grouped split with the image-level one; "
                               "use --split lesion (or patient), not image")
         variants += [Variant(f"{v.name}@{LEAKY_SPLIT}", v.model, v.input, v.use_meta, LEAKY_SPLIT) for v in variants]
-    return run_plan(cfg, "cv", variants, folds, fold, progress, resume, keep_checkpoints)
+    return run_plan(cfg, "cv", variants, folds, fold, progress, resume, keep_checkpoints, rows=rows)
 
 
 def run_protocol_gap(cfg: RunConfig, models: Sequence[str] | str, folds: int | None = None,
@@ -131,10 +187,12 @@ def run_protocol_gap(cfg: RunConfig, models: Sequence[str] | str, folds: int | N
 
 def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | None, fold: int | None,
              progress: bool = True, resume: bool = False, keep_checkpoints: bool = False,
-             reference: str | None = None, only: Sequence[str] | None = None) -> Path:
+             reference: str | None = None, only: Sequence[str] | None = None,
+             rows: RowSelection | None = None) -> Path:
     """Run ``variants`` on every unfinished fold (or fold ``fold`` only) of ``cfg.out``;
     the shared engine of `run_cv` and `run_ablation`. Writes the report unless ``fold``.
-    ``only``: train just the variants of these names; the plan still holds all of them."""
+    ``only``: train just the variants of these names; the plan still holds all of them.
+    ``rows``: use only the rows a split file puts in some parts (see `RowSelection`)."""
     if cfg.train.members != 1:
         raise ConfigError(f"train.members = {cfg.train.members}: cross-validation and ablations compare "
                           "single models (train.members = 1); seed ensembles are built by `dermfuse train`")
@@ -145,7 +203,13 @@ def run_plan(cfg: RunConfig, kind: str, variants: list[Variant], folds: int | No
         raise ConfigError(f"fold={fold}: expected 0..{k - 1} for {k} folds")
     run_dir = Path(cfg.out)
     cohort = cohort_for(cfg, progress)
-    runner = _Runner(cfg, cohort, run_dir, progress, resume, keep_checkpoints)
+    selection = None
+    if rows is not None:
+        cohort, selection = restrict_cohort(cohort, rows)
+        if progress:
+            console.print(f"inner folds: {selection['n_rows']} rows in part(s) {', '.join(rows.parts)} of "
+                          f"{rows.split_file}; {selection['n_left_out']} other rows are not read")
+    runner = _Runner(cfg, cohort, run_dir, progress, resume, keep_checkpoints, selection)
     runner.prepare(kind, variants, reference)
     todo = variants if only is None else [v for v in variants if v.name in only]
     for f in [fold] if fold is not None else range(k):
@@ -196,8 +260,9 @@ class _Runner:
     """State of one job: the cohort, its folds, image caches and the current fold's maps."""
 
     def __init__(self, cfg: RunConfig, cohort: Cohort, run_dir: Path, progress: bool, resume: bool,
-                 keep_checkpoints: bool) -> None:
+                 keep_checkpoints: bool, selection: dict[str, Any] | None = None) -> None:
         self.cfg, self.cohort, self.run_dir = cfg, cohort, run_dir
+        self.selection = selection
         self.progress, self.resume, self.keep = progress, resume, keep_checkpoints
         self.main = is_main_process()
         self.folds: dict[str, np.ndarray] = {}
@@ -217,9 +282,25 @@ class _Runner:
                                   f"use the same options or another --out")
         elif self.main:
             save_config(cfg, cfg_path)  # atomic (dermfuse.io)
+        self._check_selection()
         self._prepare_folds({v.split for v in variants})
         if self.main:
             self._write_plan(kind, variants, reference)
+
+    def _check_selection(self) -> None:
+        """A fold job must fold the rows the run began with (same split-file selection)."""
+        path = self.run_dir / "plan.json"
+        if not path.exists():
+            return
+        old = json.loads(path.read_text()).get("rows")
+        new = self.selection
+        key = ("parts", "image_ids_sha256")
+        if (old is None) != (new is None) or (old and any(old[k] != new[k] for k in key)):
+            def say(sel: dict[str, Any] | None) -> str:
+                return ("all clean rows" if sel is None else
+                        f"part(s) {', '.join(sel['parts'])} of {sel['split_file']} ({sel['n_rows']} rows)")
+            raise ConfigError(f"{self.run_dir} folds {say(old)}; this job would fold {say(new)}: "
+                              "give the same --split-file and --part, or another --out")
 
     def _fold_column(self, split: str) -> str:
         return "fold" if split == self.cfg.data.split else f"fold_{split}"
@@ -264,7 +345,7 @@ class _Runner:
         plan = {
             "kind": kind, "folds": self.cfg.data.folds, "seed": self.cfg.seed, "split": self.cfg.data.split,
             "split_label": split_label(self.cfg.data.split), "reference": reference,
-            "variants": list(known.values()),
+            "variants": list(known.values()), "rows": self.selection,
             "data": {"path": str(self.cfg.data.path), "format": c.read.format, "n_images": int(len(c.table)),
                      "classes": list(c.classes), "synthetic": bool(c.synthetic), "summary": c.summary},
             "dermfuse": __version__,

@@ -175,6 +175,7 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     best = max(ranked, key=lambda v: stats[v]["balanced_accuracy"]["mean"]) if ranked else None
     result: dict[str, Any] = {
         "kind": plan["kind"], "run_dir": str(run_dir), "folds": plan["folds"], "split": plan["split_label"],
+        "rows": plan.get("rows"),
         "variants": plan["variants"], "per_fold": per_fold, "stats": stats, "pooled": pooled,
         "missing": {v: f for v, f in missing.items() if f}, "complete": not any(missing.values()),
         "best": best, "gap": protocol_gap(stats, paired_pooled(oof, classes)), "warnings": warnings,
@@ -343,6 +344,9 @@ def _report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dic
     protocol = [("data", plan["data"]["path"]), ("format", plan["data"]["format"]),
                 ("clean images", plan["data"]["n_images"]), ("folds", plan["folds"]), ("seed", plan["seed"]),
                 ("split", plan["split_label"]),
+                *([("rows (inner folds)", f"part(s) {', '.join(plan['rows']['parts'])} of "
+                   f"{plan['rows']['split_file']}: {plan['rows']['n_rows']} rows; {plan['rows']['n_left_out']} "
+                   "other rows never read")] if plan.get("rows") else []),
                 ("finished folds", f"{len(result['per_fold'])} of {plan['folds'] * len(by_name)}")]
     variant_rows = [(v["name"], v["model"], v["input"], "yes" if v["use_meta"] else "no",
                      "image-level (leaky)" if v["split"] == "image" else plan["split_label"],

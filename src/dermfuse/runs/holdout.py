@@ -293,7 +293,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
             raise DataError(f"{run_dir} is not a finished holdout run: {name} is missing")
     cfg = load_config(run_dir / "config.yaml")
     if mode not in CALIBRATION_MODES or mode == "none":
-        raise ConfigError(f"calibration {mode!r}: expected temperature or prior-temperature")
+        raise ConfigError(f"calibration {mode!r}: expected temperature, prior-temperature or balanced-temperature")
     bundle = load_bundle(run_dir / "bundle")
     cohort = cohort_for(cfg, progress)
     table, classes = cohort.table, cohort.classes

@@ -167,10 +167,12 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, mode: st
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device, amp: bool = False,
                     max_steps: int | None = None, bar: Progress | None = None,
-                    augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+                    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
     """One pass over ``loader`` (at most ``max_steps`` batches); returns {"loss", "acc"}
     averaged over every sample all ranks saw. ``augment`` (uint8 batch -> uint8 batch) runs
-    on ``device`` after the copy, for augmentation per batch instead of per image."""
+    on ``device`` after the copy, for augmentation per batch instead of per image.
+    ``memory_format``: the layout of the input batch (channels_last with a channels_last model)."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
@@ -179,7 +181,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         images = images.to(device, non_blocking=True)
         if augment is not None:
             images = augment(images)
-        x = to_input(images)  # (B, 3, H, W) float in [0, 1]
+        x = to_input(images).contiguous(memory_format=memory_format)  # (B, 3, H, W) float in [0, 1]
         meta, labels = meta.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x, meta)  # (B, C)
@@ -201,13 +203,14 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
+             memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
     """Unweighted cross entropy, accuracy and balanced accuracy over every rank's share of
     ``loader``: {"loss", "acc", "balanced_accuracy"}."""
     model.eval()
     loss_sum, ys, preds = torch.zeros(1, dtype=torch.float64, device=device), [], []
     for images, meta, labels in loader:
-        x = to_input(images.to(device, non_blocking=True))
+        x = to_input(images.to(device, non_blocking=True)).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x, meta.to(device, non_blocking=True)).float()  # (B, C)
@@ -314,20 +317,37 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     history.json after every epoch; ``resume=True`` continues from checkpoint.pt there.
     ``on_epoch(row)`` is called on every rank after each epoch's row (and checkpoint); an
     exception it raises (e.g. optuna's TrialPruned) ends the fit and propagates.
+    With ``cfg.channels_last`` the model trains and is validated in the channels_last memory
+    format (faster on CPU) and is handed back in the usual contiguous one.
     """
     _check(cfg, train, list(classes))
     device = training_device(cfg.device)
     rank, world = init_distributed(device)
-    main = rank == 0
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume and run_dir is None:
         raise ValueError("fit: resume=True needs a run_dir")
     _seed_everything(rank_seed(cfg.seed, rank))
     amp = cfg.amp and device.type == "cuda"
     monitor = cfg.early_stopping if val is not None and len(val) and cfg.early_stopping != "none" else None
-    higher_is_better = monitor == "balanced_accuracy"
 
     model.to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.channels_last:  # conv weights NHWC; given back in the usual layout when fit returns
+        model.to(memory_format=torch.channels_last)
+    try:
+        return _fit(model, train, val, cfg, classes, run_dir, resume, progress, on_epoch, device, rank, world,
+                    amp, monitor, memory_format)
+    finally:
+        if cfg.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: TrainConfig, classes: list[str],
+         run_dir: Path | None, resume: bool, progress: bool, on_epoch: Callable[[dict[str, Any]], None] | None,
+         device: torch.device, rank: int, world: int, amp: bool, monitor: str | None,
+         memory_format: torch.memory_format) -> FitResult:
+    main = rank == 0
+    higher_is_better = monitor == "balanced_accuracy"
     net = model
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -390,9 +410,10 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
         with Progress(*columns, console=console, transient=True, disable=not show) as bar:
             tr = train_one_epoch(net, train_loader, criterion, optimizer, scaler, device, amp,
                                  cfg.max_steps_per_epoch, bar if show else None,
-                                 None if batch_augment is None else lambda x: batch_augment(x, augment_rng))
+                                 None if batch_augment is None else lambda x: batch_augment(x, augment_rng),
+                                 memory_format)
         broadcast_buffers(model)
-        va = evaluate(model, val_loader, device, amp) if val_loader is not None else {}
+        va = evaluate(model, val_loader, device, amp, memory_format) if val_loader is not None else {}
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va.get("loss"),
                "val_acc": va.get("acc"), "val_balanced_accuracy": va.get("balanced_accuracy"),
                "lr": lr, "seconds": time.perf_counter() - start}

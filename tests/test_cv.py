@@ -376,12 +376,12 @@ def test_ablate_variants_runs_part_of_the_grid(synth_small, tmp_path, capsys):
 def holdout_split(synth_small, tmp_path_factory):
     """A lesion-grouped holdout's split.csv (train / val / test) of the small synthetic set,
     written by the same function `dermfuse train` uses; no training."""
-    from dermfuse.runs.holdout import _holdout_split
+    from dermfuse.runs.cohort import holdout_split as write_split
 
     run = tmp_path_factory.mktemp("holdout")
     cfg = RunConfig()
     cfg.data.path = str(synth_small)
-    _holdout_split(cfg, load_cohort(synth_small, progress=False).table, run)
+    write_split(cfg, load_cohort(synth_small, progress=False).table, run)
     split = pd.read_csv(run / "split.csv", dtype={"image_id": str})
     assert set(split["part"]) == {"train", "val", "test"}
     return run / "split.csv", split

@@ -238,16 +238,16 @@ def test_batcher_groups_waiting_requests(bundle):
 
 
 def test_a_failing_item_does_not_fail_its_batch(bundle, monkeypatch):
-    import dermfuse.serve.app as serve_app
+    import dermfuse.serve.batcher as serve_batcher
 
-    real = serve_app._infer
+    real = serve_batcher.infer_batch
 
     def infer(b, images, meta, *rest):  # a batch holding the marked image fails, like a model bug would
         if (images[:, 0, 0, 0] == 255).any():
             raise RuntimeError("boom")
         return real(b, images, meta, *rest)
 
-    monkeypatch.setattr(serve_app, "_infer", infer)
+    monkeypatch.setattr(serve_batcher, "infer_batch", infer)
     batcher = create_app(bundle).state.batcher
     meta = bundle.encoder.encode_one(40, "male", "back")
     imgs = [np.full((bundle.image_size, bundle.image_size, 3), v, np.uint8) for v in (10, 255, 20, 30)]

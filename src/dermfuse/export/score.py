@@ -21,7 +21,8 @@ def score_export(bundle_path: str | Path, export_dir: str | Path, data_path: str
     """Accuracy and balanced accuracy of PyTorch, ONNX fp32 and ONNX int8 on the rows of
     ``data_path`` that ``split_file`` puts in ``part`` (all rows without a split file), with
     the int8 - fp32 differences and the graph file sizes."""
-    from ..runs.holdout import select_part, load_cohort
+    from ..runs.cohort import load_cohort
+    from ..runs.evaluate import select_part
     from ..inference.predict import predict_arrays
     from .runtime import OnnxPredictor
 

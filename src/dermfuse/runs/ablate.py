@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..config import RunConfig
 from .cv import RowSelection, Variant, run_plan
-from .cv_report import paired_differences  # re-exported: dermfuse.runs.ablate.paired_differences
+from .cv_stats import paired_differences  # re-exported: dermfuse.runs.ablate.paired_differences
 from ..errors import ConfigError
 
 __all__ = ["ABLATION_INPUTS", "REFERENCE", "ablation_variants", "run_ablation", "paired_differences"]

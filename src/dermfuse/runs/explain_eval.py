@@ -169,7 +169,8 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
     explain_eval.json, explain_eval.md and plots/*.png there. Scores per image: deletion_auc,
     insertion_auc, average_drop, increase_in_confidence, border_energy and, with masks,
     energy_in_lesion and pointing_game."""
-    from .holdout import select_part, load_cohort
+    from .cohort import load_cohort
+    from .evaluate import select_part
 
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown or not methods:

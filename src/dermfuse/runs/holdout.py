@@ -1,7 +1,8 @@
 """Holdout runs: read → clean → split → cache → encode → (heatmaps) → fit → evaluate →
 run directory with predictions, metrics, figures, report.html and a model bundle.
 
-`train_run` is what ``dermfuse train`` calls; `evaluate_bundle` is ``dermfuse evaluate``.
+`train_run` is what ``dermfuse train`` calls, `calibrate_run` is ``dermfuse calibrate``;
+`evaluate_bundle` (``dermfuse evaluate``) lives in `dermfuse.runs.evaluate` and is re-exported here.
 Cross-validation and ablations (several runs over the same folds) live in `cv.py`."""
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from .. import __version__
 from ..config import RunConfig, config_to_dict, save_config
 from ..constants import HEADLINE_METRICS, LEAKY_SPLIT_BANNER, SYNTHETIC_BANNER, TABLE_METRICS
 from ..data.cache import build_cache
-from ..data.formats import detect_layout
 from ..errors import ConfigError, DataError
 from ..evaluation.calibrate import CALIBRATION_MODES, fit_calibration
-from ..evaluation.metrics import compute_metrics
 from ..evaluation.report import Section, figure_html, json_block, metrics_table_html, table_html, write_report
 from ..inference.bundle import load_bundle, save_bundle, update_bundle_info
 from ..io import atomic_write_text
@@ -33,6 +32,7 @@ from ..models.ensemble import ENSEMBLE
 from ..training.distributed import is_main_process
 from .cohort import Cohort, cohort_for, holdout_split, load_cohort
 from .config_checks import check_config, image_size_for, model_kwargs, split_label
+from .evaluate import evaluate_bundle, select_part  # re-exported: where 0.1 callers import them
 from .predictions_csv import label_indices, probabilities, read_predictions, write_predictions
 from .variant import Trained, calibrated_metrics, calibration_summary, headline, train_variant
 
@@ -44,6 +44,7 @@ __all__ = [
     "model_kwargs",
     "train_run",
     "evaluate_bundle",
+    "select_part",
     "split_label",
 ]
 
@@ -336,152 +337,3 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
                     n_parts=(len(train_idx), len(val_idx), len(y_test)), warnings=[],
                     seconds=sum(h.get("seconds", 0.0) for h in history))
     return metrics
-
-
-def select_part(table: pd.DataFrame, split_file: str | Path, part: str) -> np.ndarray:
-    """Positions of the rows that ``split_file`` (a run's split.csv) puts in ``part``."""
-    split_file = Path(split_file)
-    if not split_file.is_file():
-        raise DataError(f"split file not found: {split_file}")
-    try:
-        split = pd.read_csv(split_file)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{split_file}: not a readable CSV ({e})") from None
-    if not {"image_id", "part"} <= set(split.columns):
-        raise DataError(f"{split_file}: expected columns image_id, part (a run's split.csv); found {list(split.columns)}")
-    parts = sorted(split["part"].astype(str).unique())
-    if part not in parts:
-        raise DataError(f"{split_file}: no rows in part {part!r}; parts there: {parts}")
-    chosen = set(split.loc[split["part"] == part, "image_id"].astype(str))
-    idx = np.flatnonzero(table["image_id"].astype(str).isin(chosen).to_numpy())
-    if len(idx) < len(chosen):
-        log.warning("%d of the %d %s images in %s are not among the clean rows of this data set",
-                    len(chosen) - len(idx), len(chosen), part, split_file)
-    if len(idx) == 0:
-        raise DataError(f"none of the {part} images of {split_file} are in this data set")
-    return idx
-
-
-def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, format: str | None = None,
-                    progress: bool = True, out: str | Path | None = None,
-                    split_file: str | Path | None = None, part: str = "test",
-                    column_map: dict[str, str] | None = None, operating_point: str = "argmax",
-                    device: str = "cpu", by: Any = None, n_boot: int = 1000) -> dict[str, Any]:
-    """Score a bundle (None: the released model) on every clean row of a data set, or with
-    ``split_file`` (a run's split.csv) only on the rows it puts in ``part``; returns the
-    metrics dict with a ``trust`` part (risk-coverage, the selective threshold's coverage and
-    accuracy, the melanoma operating point), and writes predictions.csv, metrics.json,
-    risk_coverage.png and report.html into ``out`` when given.
-
-    ``by`` ('sex,age_band,site' or a list): also the metrics per subgroup, under
-    ``metrics["subgroups"]`` (`dermfuse.evaluation.subgroups.subgroup_metrics`); report.html shows them."""
-    from ..inference.device import resolve_device
-    from ..inference.predictor import Predictor
-    from ..inference.trust import Trust, plot_risk_coverage, selective_report
-    from ..released import resolve_bundle
-
-    if by:  # a bad key fails before any image is decoded
-        from ..evaluation.subgroups import parse_by
-
-        try:
-            by = parse_by(by)
-        except ValueError as e:
-            raise ConfigError(f"--by: {e}") from None
-    bundle = load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
-    engine = Predictor.from_bundle(bundle)
-    if operating_point != "argmax":
-        (bundle.trust or Trust()).decide(np.zeros((0, len(bundle.classes))), bundle.classes, operating_point)
-    trained_on = bundle.info.get("training_data", {}).get("path")
-    if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
-        log.warning("%s is the data set this bundle was trained on: every row is scored, training "
-                    "rows included, so these metrics are optimistic. Pass --split-file RUN/split.csv "
-                    "to score the held-out rows only.", data_path)
-    saved_map = bundle.info.get("training_data", {}).get("column_map")
-    if format is None and column_map is None and saved_map and detect_layout(data_path) is None:
-        log.info("%s matches no known format: reading it with the column map the bundle was "
-                 "trained with (%s)", data_path, saved_map)
-        column_map = saved_map
-    cohort = load_cohort(data_path, format, True, progress, column_map)
-    table = cohort.table
-    if split_file is not None:
-        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
-    unknown = sorted(set(cohort.classes) - set(bundle.classes))
-    if unknown and (table["label"].isin(unknown)).any():
-        raise DataError(f"data set has classes the bundle does not know: {unknown}; bundle classes: {bundle.classes}")
-    y = table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
-    cache = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
-    meta = bundle.encode_table(table)
-    res = engine.run(cache.images, meta, progress=progress, features=engine.needs_features)
-    proba = res.proba
-    metrics = compute_metrics(y, proba, bundle.classes)
-    metrics["model_id"] = bundle.model_id
-    metrics["operating_point"] = operating_point
-    metrics["trust"] = selective_report(y, proba, bundle.classes, bundle.trust, res.features)
-    if operating_point != "argmax":
-        decided = bundle.trust.decide(proba, bundle.classes, operating_point)
-        metrics["at_operating_point"] = {k: v for k, v in compute_metrics(y, decided, bundle.classes).items()
-                                         if not isinstance(v, (dict, list))}
-    metrics["unseen_categories"] = bundle.encoder.unseen_counts
-    metrics["unrecognised_metadata"] = getattr(cohort.report, "unrecognised", {})
-    metrics["cleaning"] = cohort.report.counts
-    metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
-    if by:
-        from ..evaluation.subgroups import subgroup_metrics
-
-        try:
-            metrics["subgroups"] = subgroup_metrics(table, proba, bundle.classes, by=by, n_boot=n_boot)
-        except ValueError as e:
-            raise ConfigError(f"--by {by}: {e}") from None
-    if out:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-        write_predictions(out / "predictions.csv", table["image_id"].to_numpy(), bundle.classes, y, proba)
-        from ..evaluation.plots import save_figure
-
-        shipped = bundle.trust.selective.threshold if bundle.trust and bundle.trust.selective else None
-        save_figure(plot_risk_coverage(y, proba, shipped, title=f"{bundle.model_id} on {Path(data_path).name}"),
-                    out / "risk_coverage.png")
-        _evaluate_report(out, bundle, metrics, data_path, synthetic_data=cohort.synthetic)
-    return metrics
-
-
-def _evaluate_report(out: Path, bundle, metrics: dict[str, Any], data_path: str | Path,
-                     synthetic_data: bool = False) -> None:
-    """report.html of ``dermfuse evaluate --out``: headline metrics, the risk-coverage curve and
-    what the trust part does on these rows."""
-    t = metrics.get("trust") or {}
-    rows = [[k, metrics.get(k)] for k in ("n_images", "accuracy", "balanced_accuracy", "macro_f1",
-                                          "melanoma_sensitivity", "auc_macro") if k in metrics]
-    sections = [Section("Metrics (argmax, every row)", table_html(rows, ["metric", "value"]))]
-    body = figure_html((out / "risk_coverage.png").read_bytes(), "risk-coverage: error rate of the answered images against "
-                       "the share answered, ordered by top probability") if (out / "risk_coverage.png").exists() else ""
-    s = t.get("selective")
-    if s:
-        body += table_html([["threshold (top probability)", s["threshold"]], ["target coverage", s["target_coverage"]],
-                            ["coverage on these rows", s["coverage"]], ["accuracy of answered", s["accuracy"]],
-                            ["balanced accuracy of answered", s["balanced_accuracy"]],
-                            ["accuracy, all rows", s["accuracy_all"]],
-                            ["balanced accuracy, all rows", s["balanced_accuracy_all"]]], ["selective prediction", ""])
-    mo = t.get("melanoma_operating_point")
-    if mo:
-        body += table_html([["threshold P(mel)", mo["threshold"]], ["target sensitivity", mo["target_sensitivity"]],
-                            ["sensitivity", mo["sensitivity"]], ["specificity", mo["specificity"]],
-                            ["argmax sensitivity", mo["argmax_sensitivity"]],
-                            ["argmax specificity", mo["argmax_specificity"]], ["melanomas", mo["n_mel"]]],
-                           ["melanoma operating point", ""])
-    if t.get("status_counts"):
-        body += table_html([[k, v] for k, v in t["status_counts"].items()], ["status", "images"])
-    if not bundle.trust:
-        body += "<p class='muted'>This bundle has no trust part (made before `dermfuse release`).</p>"
-    sections.append(Section("When not to trust it", body))
-    if "subgroups" in metrics:
-        from ..evaluation.report import subgroup_section
-
-        sections.append(subgroup_section(metrics["subgroups"]))
-    synthetic = bundle.info.get("training_data", {}).get("synthetic")
-    write_report(out / "report.html", f"dermfuse evaluate: {bundle.model_id}", sections,
-                 subtitle=f"data: {data_path} ({metrics.get('rows')})",
-                 banners=(["SYNTHETIC model: trained on synthetic data; says nothing about real lesions."]
-                          if synthetic else []) +
-                         ([SYNTHETIC_BANNER] if synthetic_data else []))

@@ -45,6 +45,21 @@ def _add_format_options(p: argparse.ArgumentParser) -> None:
                         "patient_id, age, sex, site (optional), e.g. image_id=isic_id,label=diagnosis")
 
 
+def _add_fold_options(p: argparse.ArgumentParser) -> None:
+    """The options `cv` and `ablate` share: folds, fold jobs, collecting, resuming, inner folds."""
+    p.add_argument("--folds", type=int, help="number of folds (default: data.folds, 5)")
+    p.add_argument("--fold", type=int, help="run fold K only, as an independent job (no report)")
+    p.add_argument("--collect", metavar="RUN_DIR", help="merge the finished folds of RUN_DIR into its report")
+    p.add_argument("--resume", action="store_true", help="continue unfinished folds from their checkpoints")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt when it finishes")
+    p.add_argument("--split-file", metavar="RUN/split.csv",
+                   help="inner folds: fold only the rows this split file (a holdout run's split.csv) puts in --part; "
+                        "the other rows (the holdout's test part) are never read")
+    p.add_argument("--part", default="train",
+                   help="with --split-file: the part(s) to fold, comma-separated (default train; train,val = all "
+                        "but the test part)")
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (sections data/model/train)")
     p.add_argument("--out", help="run directory (default runs/<model>)")
@@ -241,36 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="?", help="data set (omit with --collect)")
     p.add_argument("--models", default="cnn,resnet50,inception_v3,ft_multicnn:heatmap",
                    help="comma-separated NAME or NAME:INPUT (default: %(default)s)")
-    p.add_argument("--folds", type=int, help="number of folds (default: data.folds, 5)")
-    p.add_argument("--fold", type=int, help="run fold K only, as an independent job (no report)")
     p.add_argument("--protocol-gap", action="store_true",
                    help="also run each model on image-level folds and report how much that inflates the metrics")
-    p.add_argument("--collect", metavar="RUN_DIR", help="merge the finished folds of RUN_DIR into its report")
-    p.add_argument("--resume", action="store_true", help="continue unfinished folds from their checkpoints")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt when it finishes")
-    p.add_argument("--split-file", metavar="RUN/split.csv",
-                   help="inner folds: fold only the rows this split file (a holdout run's split.csv) puts in --part; "
-                        "the other rows (the holdout's test part) are never read")
-    p.add_argument("--part", default="train",
-                   help="with --split-file: the part(s) to fold, comma-separated (default train; train,val = all "
-                        "but the test part)")
+    _add_fold_options(p)
     _add_train_options(p)
     p = sub.add_parser("ablate", help="FT-MultiCNN ablation: input {heatmap,image,overlay} x metadata {with,without}")
     p.add_argument("data", nargs="?", help="data set (omit with --collect)")
-    p.add_argument("--folds", type=int, help="number of folds (default: data.folds, 5)")
-    p.add_argument("--fold", type=int, help="run fold K only, as an independent job (no report)")
-    p.add_argument("--collect", metavar="RUN_DIR", help="merge the finished folds of RUN_DIR into its report")
-    p.add_argument("--resume", action="store_true", help="continue unfinished folds from their checkpoints")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoint.pt when it finishes")
     p.add_argument("--variants", metavar="NAME,...",
                    help="train only these variants in this job, e.g. image+meta,image-only (default: all six; "
                         "--collect names the others as missing)")
-    p.add_argument("--split-file", metavar="RUN/split.csv",
-                   help="inner folds: fold only the rows this split file (a holdout run's split.csv) puts in --part; "
-                        "the other rows (the holdout's test part) are never read")
-    p.add_argument("--part", default="train",
-                   help="with --split-file: the part(s) to fold, comma-separated (default train; train,val = all "
-                        "but the test part)")
+    _add_fold_options(p)
     _add_train_options(p)
     # --- end cv / ablate -----------------------------------------------------------------
 

@@ -243,6 +243,9 @@ def test_train_member_jobs_then_build_the_ensemble(synth_small, tmp_path, capsys
 @pytest.fixture(scope="module")
 def released(bundle, tmp_path_factory, synth_small):
     out = tmp_path_factory.mktemp("rel") / "bundle"
+    # the holdout run's own trust part first, so the card reports its thresholds on the test rows
+    assert main(["-q", "release", str(bundle.parent), "--out", str(bundle.parent / "released"),
+                 "--data", str(synth_small)]) == 0
     code = main(["-q", "release", str(bundle.parent), "--out", str(out), "--holdout", str(bundle.parent),
                  "--data", str(synth_small), "--json"])
     assert code == 0
@@ -264,11 +267,17 @@ def test_release_writes_trust_and_card_and_keeps_the_weights(released, bundle, c
     acc = hold["overall"]["accuracy"]
     assert acc["low"] <= acc["value"] <= acc["high"] and set(hold["per_class"]) == set(b.classes)
     assert {"sex", "age_band", "site"} <= set(hold["subgroups"])
+    auc = hold["overall"]["macro_auc"]
+    assert auc["low"] <= auc["value"] <= auc["high"]
+    ops = hold["operating_points"]
+    assert ops["selective"]["threshold"] == load_bundle(bundle.parent / "released").trust.selective.threshold
+    assert 0 < ops["selective"]["coverage"]["value"] <= 1 and "validation rows" in ops["fitted_on"]
 
 
 def test_card_renders_text_and_json(released, capsys):
     code, out, _ = _run(["card", "--bundle", str(released)], capsys)
     assert code == 0 and "Intended use" in out and "CC BY-NC 4.0" in out and "Must not be used for" in out
+    assert "macro_auc" in out and "answered (top probability >=" in out
     code, out, _ = _run(["card", "--bundle", str(released), "--json"], capsys)
     assert json.loads(out)["schema"].startswith("dermfuse-model-card")
 

@@ -116,6 +116,19 @@ def render_card(card: dict[str, Any]) -> str:
             lines.append("  per class: sensitivity | specificity | n")
             for c, v in pcs.items():
                 lines.append(f"    {c:6s} {_ci(v.get('sensitivity')):26s} {_ci(v.get('specificity')):26s} {v.get('n', '-')}")
+        ops = hold.get("operating_points") or {}
+        if ops.get("note"):
+            lines.append(f"  operating points: {ops['note']}")
+        if ops.get("selective"):
+            sel = ops["selective"]
+            lines.append(f"  answered (top probability >= {sel['threshold']:.3f}, target coverage "
+                         f"{sel['target_coverage']:.0%}): coverage {_ci(sel.get('coverage'))}")
+            lines.append(f"    accuracy of the answered {_ci(sel.get('accuracy_answered'))}, balanced accuracy "
+                         f"{_ci(sel.get('balanced_accuracy_answered'))}")
+        if ops.get("melanoma"):
+            m = ops["melanoma"]
+            lines.append(f"  melanoma operating point (P(mel) >= {m['threshold']:.3f}, {m.get('n_mel', '?')} "
+                         f"melanomas): sensitivity {_ci(m.get('sensitivity'))}, specificity {_ci(m.get('specificity'))}")
         for name, groups in (hold.get("subgroups") or {}).items():
             lines.append(f"  by {name}: balanced accuracy (n)")
             for g, v in groups.items():

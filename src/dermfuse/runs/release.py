@@ -36,8 +36,12 @@ from ..inference.predictor import Predictor, channel_stats, ood_layers, stat_tap
 from ..inference.trust import Trust, auroc, fit_melanoma, fit_ood_layers, fit_selective, save_trust_arrays
 from ..evaluation.metrics import confusion_metrics
 
-__all__ = ["release_run", "layer_features", "lesion_bootstrap", "AGE_BANDS"]
+__all__ = ["release_run", "layer_features", "lesion_bootstrap", "auc_bootstrap", "operating_points", "AGE_BANDS",
+           "HOLDOUT_TRUST_DIR"]
 
+# where `dermfuse release HOLDOUT_RUN --out HOLDOUT_RUN/released` puts the holdout run's own trust
+# part; the card then reports those thresholds on the holdout's test rows
+HOLDOUT_TRUST_DIR = "released"
 AGE_BANDS = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+"))
 
 
@@ -338,5 +342,98 @@ def holdout_metrics(holdout_dir: Path, data_path: str, progress: bool = True, n_
             r = lesion_bootstrap(y[m], p[m], groups[m], classes, n_boot=n_boot // 2)
             subgroups[name][g] = {"n": int(m.sum()), "balanced_accuracy": r["overall"]["balanced_accuracy"],
                                   "accuracy": r["overall"]["accuracy"]}
-    return {"source": str(holdout_dir), "n_images": int(len(y)), "n_lesions": int(len(set(groups))),
-            "overall": res["overall"], "per_class": res["per_class"], "subgroups": subgroups}
+    proba = probabilities(pred, classes)
+    out = {"source": str(holdout_dir), "n_images": int(len(y)), "n_lesions": int(len(set(groups))),
+           "overall": {**res["overall"], **auc_bootstrap(y, proba, groups, classes, n_boot=n_boot)},
+           "per_class": res["per_class"], "subgroups": subgroups}
+    trust_dir = holdout_dir / HOLDOUT_TRUST_DIR
+    if (trust_dir / META_FILE).is_file():
+        trust = load_bundle(trust_dir).trust
+        out["operating_points"] = operating_points(y, proba, groups, classes, trust, n_boot=n_boot)
+        out["operating_points"]["fitted_on"] = (f"{trust_dir}: thresholds fitted on the holdout run's own "
+                                                "validation rows, applied here to its test rows")
+    else:
+        out["operating_points"] = {"note": f"not measured: no {trust_dir} (run `dermfuse release "
+                                           f"{holdout_dir} --out {trust_dir}` first)"}
+    return out
+
+
+def _group_resamples(groups: np.ndarray, n_boot: int, seed: int):
+    """Row indices of ``n_boot`` resamples of whole groups (lesions) with replacement."""
+    _, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    order = np.argsort(gidx, kind="stable")
+    starts = np.searchsorted(gidx[order], np.arange(gidx.max() + 2))
+    rows = [order[starts[g]:starts[g + 1]] for g in range(len(starts) - 1)]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([rows[g] for g in rng.integers(0, len(rows), len(rows))])
+
+
+def _interval(values: list[float], observed: float, level: float) -> dict[str, float | None]:
+    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], float)
+    tail = (1 - level) / 2 * 100
+    return {"value": None if observed is None or np.isnan(observed) else float(observed),
+            "low": float(np.percentile(v, tail)) if len(v) else None,
+            "high": float(np.percentile(v, 100 - tail)) if len(v) else None}
+
+
+def auc_bootstrap(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, classes: Sequence[str],
+                  n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float | None]]:
+    """Macro one-vs-rest AUC (over the classes present) and melanoma AUC, with lesion-bootstrap
+    intervals."""
+    from sklearn.metrics import roc_auc_score
+
+    y, proba = np.asarray(y, np.int64), np.asarray(proba, np.float64)
+    mel = list(classes).index("mel") if "mel" in classes else None
+
+    def aucs(idx: np.ndarray) -> tuple[float, float]:
+        yy, pp = y[idx], proba[idx]
+        per = [roc_auc_score(yy == k, pp[:, k]) for k in range(len(classes)) if 0 < (yy == k).sum() < len(yy)]
+        m = roc_auc_score(yy == mel, pp[:, mel]) if mel is not None and 0 < (yy == mel).sum() < len(yy) else np.nan
+        return (float(np.mean(per)) if per else np.nan), float(m)
+
+    obs = aucs(np.arange(len(y)))
+    boot = [aucs(idx) for idx in _group_resamples(groups, n_boot, seed)]
+    out = {"macro_auc": _interval([b[0] for b in boot], obs[0], level)}
+    if mel is not None:
+        out["melanoma_auc"] = _interval([b[1] for b in boot], obs[1], level)
+    return out
+
+
+def operating_points(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, classes: Sequence[str], trust: Trust,
+                     n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """The trust part's thresholds on labelled held-out rows, with lesion-bootstrap intervals:
+    the selective threshold's coverage and the accuracy / balanced accuracy of the answered
+    rows; the melanoma threshold's sensitivity and specificity."""
+    from ..evaluation.metrics import balanced_accuracy
+
+    y, proba = np.asarray(y, np.int64), np.asarray(proba, np.float64)
+    pred, conf = proba.argmax(1), proba.max(1)
+    out: dict[str, Any] = {}
+    if trust.selective is not None:
+        answered = conf >= trust.selective.threshold
+
+        def sel(idx):
+            a = idx[answered[idx]]
+            return (answered[idx].mean(), (pred[a] == y[a]).mean() if len(a) else np.nan,
+                    balanced_accuracy(y[a], pred[a]) if len(a) else np.nan)
+
+        obs, boot = sel(np.arange(len(y))), [sel(i) for i in _group_resamples(groups, n_boot, seed)]
+        out["selective"] = {"threshold": trust.selective.threshold, "target_coverage": trust.selective.coverage,
+                            **{k: _interval([b[j] for b in boot], obs[j], level)
+                               for j, k in enumerate(("coverage", "accuracy_answered", "balanced_accuracy_answered"))}}
+    if trust.melanoma is not None and "mel" in classes:
+        mel = list(classes).index("mel")
+        flag = proba[:, mel] >= trust.melanoma.threshold
+
+        def mel_point(idx):
+            pos, neg = idx[y[idx] == mel], idx[y[idx] != mel]
+            return (flag[pos].mean() if len(pos) else np.nan, (~flag[neg]).mean() if len(neg) else np.nan)
+
+        obs, boot = mel_point(np.arange(len(y))), [mel_point(i) for i in _group_resamples(groups, n_boot, seed)]
+        out["melanoma"] = {"threshold": trust.melanoma.threshold,
+                           "target_sensitivity": trust.melanoma.target_sensitivity,
+                           "n_mel": int((y == mel).sum()),
+                           "sensitivity": _interval([b[0] for b in boot], obs[0], level),
+                           "specificity": _interval([b[1] for b in boot], obs[1], level)}
+    return out

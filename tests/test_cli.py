@@ -341,3 +341,11 @@ def test_no_bundle_and_no_released_model_is_a_clear_error(image, capsys, monkeyp
     monkeypatch.setattr(rel, "RELEASED_BUNDLE", tmp_path / "none")
     code, _, err = _run(["predict", image], capsys)
     assert code == 2 and "--bundle" in err
+
+
+def test_evaluate_at_the_melanoma_operating_point(released, synth_small, capsys):
+    code, out, _ = _run(["evaluate", "--bundle", str(released), str(synth_small), "--operating-point", "melanoma",
+                         "--json"], capsys)
+    m = json.loads(out)
+    assert code == 0 and m["operating_point"] == "melanoma"
+    assert 0 <= m["at_operating_point"]["accuracy"] <= 1 and "auc_macro" not in m["at_operating_point"]

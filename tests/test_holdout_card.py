@@ -57,3 +57,14 @@ def test_resampling_keeps_lesions_whole():
     by_image = operating_points(y3, p3, np.arange(300), CLASSES, trust, n_boot=400)
     width = lambda o: o["selective"]["coverage"]["high"] - o["selective"]["coverage"]["low"]  # noqa: E731
     assert width(by_lesion) > 1.3 * width(by_image)
+
+
+def test_decision_metrics_score_decided_classes():
+    """`evaluate --operating-point melanoma` passes class indices, not probabilities."""
+    from dermfuse.runs.evaluate import decision_metrics
+
+    y = np.array([4, 4, 0, 1, 4, 5])
+    decided = np.array([4, 0, 0, 1, 4, 4])
+    m = decision_metrics(y, decided, CLASSES)
+    assert np.isclose(m["accuracy"], 4 / 6) and np.isclose(m["melanoma_sensitivity"], 2 / 3)
+    assert np.isclose(m["balanced_accuracy"], np.mean([1, 1, 2 / 3, 0])) and "auc_macro" not in m

@@ -24,7 +24,7 @@ from ..io import atomic_write_text
 from .cohort import load_cohort
 from .predictions_csv import write_predictions
 
-__all__ = ["evaluate_bundle", "select_part"]
+__all__ = ["evaluate_bundle", "select_part", "decision_metrics"]
 
 log = logging.getLogger("dermfuse")
 
@@ -51,6 +51,15 @@ def select_part(table: pd.DataFrame, split_file: str | Path, part: str) -> np.nd
     if len(idx) == 0:
         raise DataError(f"none of the {part} images of {split_file} are in this data set")
     return idx
+
+
+def decision_metrics(y: np.ndarray, decided: np.ndarray, classes) -> dict[str, Any]:
+    """The metrics of decided class indices (an operating point's answers): accuracy, balanced
+    accuracy, F1 and melanoma sensitivity. Scores such as AUC, ECE and log loss need
+    probabilities, so they are left out rather than computed on one-hot rows."""
+    onehot = np.eye(len(classes))[np.asarray(decided, np.int64)]
+    return {k: v for k, v in compute_metrics(y, onehot, classes).items()
+            if k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "melanoma_sensitivity", "n_images")}
 
 
 def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, format: str | None = None,
@@ -110,8 +119,7 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
     metrics["trust"] = selective_report(y, proba, bundle.classes, bundle.trust, res.features)
     if operating_point != "argmax":
         decided = bundle.trust.decide(proba, bundle.classes, operating_point)
-        metrics["at_operating_point"] = {k: v for k, v in compute_metrics(y, decided, bundle.classes).items()
-                                         if not isinstance(v, (dict, list))}
+        metrics["at_operating_point"] = decision_metrics(y, decided, bundle.classes)
     metrics["unseen_categories"] = bundle.encoder.unseen_counts
     metrics["unrecognised_metadata"] = getattr(cohort.report, "unrecognised", {})
     metrics["cleaning"] = cohort.report.counts

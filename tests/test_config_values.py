@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+from pathlib import Path
 from typing import get_args
 
 import numpy as np
@@ -15,6 +17,9 @@ from dermfuse.config import (CONFIG_VERSION, CamMethod, DataConfig, ModelConfig,
                              TrainConfig, apply_overrides, choices, config_from_dict, config_to_dict, load_config,
                              save_config)
 from dermfuse.errors import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
 
 # --- the one check ------------------------------------------------------------------------
 
@@ -201,3 +206,20 @@ def test_split_labels_say_what_groups():
     assert split_label("lesion") == "lesion-grouped"
     assert split_label("image-leaky") == "image-level (leaky)"
 
+
+# --- the CAM backbone's input size ---------------------------------------------------------
+
+
+def test_bundles_hold_no_cam_image_size_and_old_ones_must_agree(tmp_path):
+    from dermfuse.errors import BundleError
+    from dermfuse.inference.bundle import load_bundle
+
+    old = tmp_path / "old"
+    shutil.copytree(FIXTURES / "bundle_0_1_heatmap32", old)
+    info = json.loads((old / "bundle.json").read_text())
+    assert info["cam"]["image_size"] == info["preprocessing"]["image_size"] == 32
+    assert load_bundle(old).cam_model is not None  # an old bundle's cam.image_size is still read
+    info["cam"]["image_size"] = 64
+    (old / "bundle.json").write_text(json.dumps(info))
+    with pytest.raises(BundleError, match="cam.image_size is 64"):
+        load_bundle(old)

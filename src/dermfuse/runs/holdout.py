@@ -175,7 +175,7 @@ def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Traine
         run_dir / "bundle", model=done.model, model_name=model_name, model_kwargs=kwargs,
         classes=cohort.classes, encoder=done.encoder, image_size=size, resize_method=cfg.data.resize_method,
         input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
-        cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.cam.method,
+        cam_kwargs=cam_info.get("kwargs"), cam_method=cfg.cam.method,
         tta=cfg.train.tta, calibration=done.calibration,
         metrics={**headline(metrics), "split": metrics["split"]},
         training_data={"path": str(cfg.data.path), "format": cohort.read.format,

@@ -86,7 +86,7 @@ run() {
       # the settings of the CPU folds in docs/results.md, so GPU folds complete that table
       ablate) timeout -k 10 "$(left)" python3 -m dermfuse -q ablate "$data" --folds 5 --fold "$2" --out "$runs/ablate5_lite0" \
                 --config configs/ham10000_release.yaml --epochs "${ABL_EPOCHS:-4}" --image-size "$size" --device "$device" \
-                --set train.tta=false --set train.calibration=none --set model.cam_epochs=3 \
+                --set train.tta=false --set train.calibration=none --set cam.epochs=3 \
                 --set train.augment_on=workers --resume "${w[@]}" >"$log" 2>&1 || rc=$? ;;
       gap)    timeout -k 10 "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5" \
                 --models ft_multicnn:heatmap --protocol-gap "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;

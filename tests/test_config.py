@@ -35,7 +35,7 @@ def test_values_take_the_type_of_their_default(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-3\n  epochs: '4'\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg.train.lr == 0.001 and isinstance(cfg.train.lr, float) and cfg.train.epochs == 4
-    assert apply_overrides(RunConfig(), ["model.cam_lr=5e-4"]).model.cam_lr == 0.0005
+    assert apply_overrides(RunConfig(), ["cam.lr=5e-4"]).cam.lr == 0.0005
     with pytest.raises(ConfigError, match="train.epochs"):
         apply_overrides(RunConfig(), ["train.epochs=ten"])
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")

@@ -19,7 +19,7 @@ from dermfuse.runs.holdout import load_cohort
 
 TINY = ["--folds", "2", "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--no-pretrained",
         "--set", "train.augment=false", "--set", "train.max_steps_per_epoch=2",
-        "--set", "model.cam_backbone=cnn", "--set", "model.cam_epochs=1"]
+        "--set", "cam.backbone=cnn", "--set", "cam.epochs=1"]
 pytestmark = pytest.mark.filterwarnings("ignore:The least populated class")
 
 
@@ -309,7 +309,7 @@ def test_ablation(synth_small, tmp_path, capsys, n_clean):
     assert meta[("image+meta", "image-only")]["macro_f1"]["diff"] == pytest.approx(
         s["pooled"]["image+meta"]["macro_f1"] - s["pooled"]["image-only"]["macro_f1"])
     cams = sorted(p.parent.name for p in (out / "_cam").glob("*/maps.npy"))  # one CAM stage per fold
-    assert cams == ["lesion-fold0-32px", "lesion-fold1-32px"]
+    assert cams == ["grouped-fold0-32px", "grouped-fold1-32px"]
     assert all(s["pooled"][n]["n_images"] == n_clean for n in names)
     html = (out / "report.html").read_text()
     assert "Ablation: paired differences" in html and "heatmap+meta (reference, absolute)" in html
@@ -325,6 +325,34 @@ def test_ablation(synth_small, tmp_path, capsys, n_clean):
     code, _ = _cli(capsys, "ablate", str(synth_small), *TINY, "--out", str(out), "--fold", "0")
     assert code == 0 and "group" in pd.read_csv(out / "folds.csv").columns
     assert collect(out, progress=False)["ablation"]["bootstrap"]["resampled"] == "lesion"
+
+    # a run folder begun before config_version 2 (split: lesion, seed:, model.cam_*, plan
+    # without config_version) takes fold jobs with today's equivalent options
+    _to_version_1(out)
+    (out / "heatmap-only" / "fold0" / "DONE").unlink()  # trains again, on the saved fold-0 maps
+    code, _ = _cli(capsys, "ablate", str(synth_small), *TINY, "--out", str(out), "--fold", "0")
+    assert code == 0 and (out / "heatmap-only" / "fold0" / "DONE").exists()
+    assert sorted(p.name for p in (out / "_cam").iterdir()) == ["lesion-fold0-32px", "lesion-fold1-32px"]
+    assert json.loads((out / "plan.json").read_text())["split"] == "grouped"
+    assert collect(out, progress=False)["ablation"]["bootstrap"]["resampled"] == "lesion"
+
+
+def _to_version_1(run_dir):
+    """Rewrite a run folder's config.yaml and plan.json as a version-1 run wrote them."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del cfg["config_version"]
+    cfg["seed"] = cfg["data"].pop("split_seed")
+    cfg["train"]["seed"] = cfg["train"].pop("init_seed")
+    cfg["model"].update({f"cam_{k}": v for k, v in cfg.pop("cam").items()})
+    cfg["data"]["split"] = "lesion"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    plan = json.loads((run_dir / "plan.json").read_text())
+    del plan["config_version"]
+    plan["split"] = "lesion"
+    plan["variants"] = [{**v, "split": "lesion"} for v in plan["variants"]]
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    for folder in (run_dir / "_cam").iterdir():
+        folder.rename(folder.with_name(folder.name.replace("grouped-", "lesion-")))
 
 
 def test_a_variant_does_not_depend_on_what_ran_before_it(synth_small, tmp_path):

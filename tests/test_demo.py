@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dermfuse.runs.demo import DEMO_MODELS, DemoModel, demo_config, run_demo
 
-_SMALL = {"data.image_size": 32, "train.epochs": 1, "model.cam_backbone": "cnn", "model.cam_epochs": 1}
+_SMALL = {"data.image_size": 32, "train.epochs": 1, "cam.backbone": "cnn", "cam.epochs": 1}
 
 
 def test_demo_report_has_the_papers_figures_and_prints_cleaning_once(tmp_path, capsys):

@@ -44,8 +44,8 @@ def _cfg(data, out, members: int, seed: int = 0) -> RunConfig:
     cfg.train.tta = True
     cfg.train.calibration = "prior-temperature"
     cfg.train.members = members
-    cfg.seed = 0
-    cfg.train.seed = seed
+    cfg.data.split_seed = 0
+    cfg.train.init_seed = seed
     cfg.out = str(out)
     return cfg
 

@@ -82,7 +82,7 @@ def make_heatmap_bundle(out: Path) -> Path:
     _randomise_bn(cam)
     return save_bundle(out, model=net, model_name="ft_multicnn", model_kwargs=kw, classes=list(HAM10000_CLASSES),
                        encoder=enc, image_size=SIZE, input_mode="heatmap", cam_model=cam,
-                       cam_name="efficientnet_lite0", cam_kwargs=cam_kw, cam_image_size=SIZE, tta=True,
+                       cam_name="efficientnet_lite0", cam_kwargs=cam_kw, tta=True,
                        calibration=_calibration(), training_data={"name": "untrained test bundle"})
 
 

@@ -36,7 +36,7 @@ def _cfg(data, out, name="cnn", members=1, input="image") -> RunConfig:
     cfg = RunConfig()
     cfg.data.path, cfg.data.image_size, cfg.out = str(data), 48, str(out)
     cfg.model.name, cfg.model.input, cfg.model.pretrained = name, input, False
-    cfg.model.cam_backbone, cfg.model.cam_epochs = "cnn", 1
+    cfg.cam.backbone, cfg.cam.epochs = "cnn", 1
     cfg.train.epochs, cfg.train.batch_size, cfg.train.members, cfg.train.tta = 2, 32, members, True
     return cfg
 

@@ -22,7 +22,7 @@ def cohort(synth_small):
 
 def test_no_test_lesion_trains_its_fold_cam_backbone(cohort, tmp_path):
     cfg = RunConfig()
-    cfg.model.cam_backbone, cfg.model.cam_epochs, cfg.model.pretrained = "cnn", 1, False
+    cfg.cam.backbone, cfg.cam.epochs, cfg.model.pretrained = "cnn", 1, False
     cfg.model.input = "heatmap"
     cfg.train.batch_size = 32
     table, y = cohort.table, cohort.labels

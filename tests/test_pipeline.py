@@ -23,8 +23,8 @@ def _cfg(data, out, **model) -> RunConfig:
         setattr(cfg.model, k, v)
     cfg.train.epochs = 2
     cfg.train.batch_size = 32
-    cfg.model.cam_backbone = "cnn"
-    cfg.model.cam_epochs = 1
+    cfg.cam.backbone = "cnn"
+    cfg.cam.epochs = 1
     cfg.out = str(out)
     return cfg
 

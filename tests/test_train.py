@@ -162,7 +162,7 @@ def test_augmentation_runs_per_batch_on_the_device_only_when_asked(monkeypatch, 
     assert a.history[-1]["val_balanced_accuracy"] >= 0.8  # still learns the colour task
     if per_batch:  # reseeded every epoch from (seed, epoch, rank): a resumed epoch draws the same
         assert CountingBatchAugmentation.seeds == [
-            int(np.random.SeedSequence([cfg.seed, epoch, 0, 1]).generate_state(1)[0]) for epoch in range(3)]
+            int(np.random.SeedSequence([cfg.init_seed, epoch, 0, 1]).generate_state(1)[0]) for epoch in range(3)]
         monkeypatch.setattr("dermfuse.training.loop.BatchAugmentation", BlankingBatchAugmentation)
         torch.manual_seed(0)
         blank = fit(TinyNet(), train, val, cfg, CLASSES, progress=False)  # the model trains on what it returns
@@ -265,7 +265,7 @@ def test_early_stopping_stops_and_restores_best_weights():
 # --- (4) kill and resume ------------------------------------------------------------------
 
 RESUME_CFG = dict(epochs=4, batch_size=8, lr=0.02, schedule="cosine", warmup_epochs=1, balance="oversample",
-                  early_stopping="loss", patience=10, augment=False, device="cpu", seed=7)
+                  early_stopping="loss", patience=10, augment=False, device="cpu", init_seed=7)
 N_RESUME = 32
 
 
@@ -413,7 +413,7 @@ def test_fit_seeds_its_rank_with_rank_seed(monkeypatch):
     monkeypatch.setattr(train_mod, "_seed_everything", stop_after_seeding)
     monkeypatch.setattr(train_mod, "init_distributed", lambda device: (1, 2))  # as rank 1 of 2 sees it
     images, meta, labels = make_task(16, seed=0)
-    cfg = TrainConfig(epochs=1, batch_size=8, augment=False, device="cpu", seed=5)
+    cfg = TrainConfig(epochs=1, batch_size=8, augment=False, device="cpu", init_seed=5)
     with pytest.raises(Seeded):
         fit(TinyNet(), ArrayDataset(images, meta, labels), None, cfg, CLASSES, progress=False)
     assert seeds == [train_mod.rank_seed(5, 1)] and seeds[0] != 5 + 1

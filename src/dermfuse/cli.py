@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
+from .config import DataConfig, ModelConfig, TrainConfig, choices
 from .errors import DermfuseError, InputError
 
 
@@ -36,6 +37,13 @@ def _column_map_arg(text: str) -> dict[str, str]:
             f"expected NAME=COLUMN pairs separated by commas, e.g. image_id=isic_id,label=diagnosis,age=age_years; "
             f"could not read {', '.join(map(repr, bad)) or repr(text)}")
     return {k.strip(): v.strip() for k, v in (p.split("=") for p in pairs)}
+
+
+def _split_arg(text: str) -> str:
+    """--split: the version-2 names only; 'image' (version 1) is refused with its new name."""
+    if text == "image":
+        raise argparse.ArgumentTypeError("'image' is now 'image-leaky' (the leaky image-level split)")
+    return text
 
 
 def _add_format_options(p: argparse.ArgumentParser) -> None:
@@ -68,17 +76,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--image-size", type=int, help="input size in px (default: the model's, 128 for the paper's)")
-    p.add_argument("--split", choices=["lesion", "patient", "image"],
-                   help="lesion/patient-grouped (default) or image-level (leaky)")
-    p.add_argument("--balance", choices=["weighted-loss", "oversample", "undersample", "none"])
-    p.add_argument("--input", choices=["image", "heatmap", "overlay", "masked"],
+    p.add_argument("--split", type=_split_arg, choices=choices(DataConfig, "split"),
+                   help="grouped (default: by patient where the data set has patient ids, else by lesion), "
+                        "lesion or patient (exactly that id), image-leaky (image-level, leaky)")
+    p.add_argument("--balance", choices=choices(TrainConfig, "balance"))
+    p.add_argument("--input", choices=choices(ModelConfig, "input"),
                    help="what the image branch sees (heatmap = the paper's method)")
     p.add_argument("--image-backbone", help="ft_multicnn: a registered backbone instead of the three conv blocks")
     p.add_argument("--weights", help="local .safetensors/.pth state dict for the backbone")
     p.add_argument("--no-pretrained", action="store_true", help="start from random weights")
     p.add_argument("--no-meta", action="store_true", help="ft_multicnn without the metadata branch")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, help="sets both data.split_seed (which rows go to test, val and each "
+                                            "fold) and train.init_seed (weights, shuffling, augmentation)")
+    p.add_argument("--device", choices=choices(TrainConfig, "device"))
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="any config value, e.g. --set train.schedule=cosine (repeatable)")
 
@@ -127,7 +137,7 @@ def _run_config(args: argparse.Namespace, data: str, model: str | None):
     if args.no_meta:
         cfg.model.use_meta = False
     if args.seed is not None:
-        cfg.seed = cfg.train.seed = args.seed
+        cfg.data.split_seed = cfg.train.init_seed = args.seed
     apply_overrides(cfg, args.set)
     if args.out:
         cfg.out = args.out
@@ -180,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit prior shift + temperature on a finished run's validation part")
     p.add_argument("run_dir")
-    p.add_argument("--mode", default="prior-temperature", choices=["temperature", "prior-temperature", "balanced-temperature"])
+    p.add_argument("--mode", default="prior-temperature",
+                   choices=[m for m in choices(TrainConfig, "calibration") if m != "none"])
 
     p = sub.add_parser("evaluate", help="score a bundle (default: the released model) on a data set",
                        description="dermfuse evaluate DATA (the released model) | evaluate BUNDLE DATA | "

@@ -1,23 +1,51 @@
 """Run configuration: a few nested dataclasses with commented defaults, loaded from YAML,
 overridden from the command line (``section.key=value``) and written into every run folder.
-Unknown keys are an error."""
+Unknown keys are an error, and so is a value outside a field's closed set of choices (the
+``Literal`` types below, which the CLI's ``choices=`` come from too).
+
+Version 2 (``config_version: 2``, written into every saved config) renamed some names;
+a config without ``config_version`` is version 1 and is read with its old meaning:
+
+- ``data.split``: ``lesion`` (and ``auto``) -> ``grouped`` (by patient where a data set
+  has patient ids, else by lesion), ``image`` -> ``image-leaky``; in version 2 ``lesion``
+  and ``patient`` group by exactly that id;
+- the top-level ``seed`` -> ``data.split_seed``; ``train.seed`` -> ``train.init_seed``;
+- ``model.cam_backbone|cam_method|cam_epochs|cam_lr`` -> the ``cam`` section.
+
+Overrides (``--set``) take version-2 values; the renamed keys are still accepted there."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from .errors import ConfigError
 
 __all__ = [
+    "CONFIG_VERSION",
+    "V1_SPLIT_NAMES",
+    "SplitName",
+    "InputMode",
+    "CamMethod",
+    "ResizeMethod",
+    "Balance",
+    "Schedule",
+    "EarlyStopping",
+    "AugmentOn",
+    "Device",
+    "CalibrationMode",
     "DataConfig",
     "ModelConfig",
+    "CamConfig",
     "TrainConfig",
     "RunConfig",
+    "choices",
+    "check_values",
     "load_config",
     "save_config",
     "apply_overrides",
@@ -26,21 +54,40 @@ __all__ = [
 ]
 
 
-@dataclass
+CONFIG_VERSION = 2
+"""The config layout this code writes; see the module docstring for what changed."""
+
+SplitName = Literal["grouped", "lesion", "patient", "image-leaky"]
+"""grouped: patient where a data set has patient ids, else lesion (rows sharing either id
+are one group); lesion / patient: exactly that id; image-leaky: every image its own group
+(the paper's leaky image-level protocol, for comparison only)."""
+InputMode = Literal["image", "heatmap", "overlay", "masked"]  # what the image branch sees
+CamMethod = Literal["gradcam", "gradcam++", "layercam", "hirescam"]
+ResizeMethod = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+Balance = Literal["weighted-loss", "oversample", "undersample", "none"]
+Schedule = Literal["none", "cosine", "plateau"]
+EarlyStopping = Literal["balanced_accuracy", "loss", "none"]
+AugmentOn = Literal["auto", "workers", "device"]
+Device = Literal["auto", "cpu", "cuda"]
+CalibrationMode = Literal["none", "temperature", "prior-temperature", "balanced-temperature"]
+
+
+@dataclass(slots=True)  # slots: setting a misspelt or renamed field (cfg.seed) is an error
 class DataConfig:
     path: str = ""  # data set folder or CSV ("" = synthetic demo data)
     format: str | None = None  # None = detect from the CSV columns
     column_map: dict[str, str] | None = None  # format 'generic': canonical name -> CSV column
     image_size: int | None = None  # None = the model's default (128 for the paper's models)
-    resize_method: str = "bilinear"
-    split: str = "lesion"  # lesion | patient | auto (grouped) or image (image-level, leaky)
+    resize_method: ResizeMethod = "bilinear"
+    split: SplitName = "grouped"  # see SplitName; version-1 'lesion' is this one
+    split_seed: int = 0  # which rows go to test / val / which fold (version 1: the top-level seed)
     test_fraction: float = 0.2  # holdout part when not cross-validating
     folds: int = 5  # for cross-validation
     val_fraction: float = 0.1  # carved out of the training rows for early stopping
     check_images: bool = True  # decode every image once during cleaning
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelConfig:
     name: str = "ft_multicnn"
     pretrained: bool = True  # ImageNet weights where they can be had offline
@@ -49,50 +96,102 @@ class ModelConfig:
     use_meta: bool = True  # ft_multicnn: False drops the metadata branch (ablation)
     dropout: float = 0.3
     batchnorm: bool = True
-    input: str = "image"  # image | heatmap | overlay | masked (what the image branch sees)
-    cam_backbone: str = "efficientnet_lite0"  # fine-tuned to make heatmaps (input != image)
-    cam_method: str = "gradcam"  # gradcam | gradcam++ | layercam | hirescam
-    cam_epochs: int = 5  # fine-tuning epochs of the CAM backbone (per fold)
-    cam_lr: float = 5e-4
+    input: InputMode = "image"  # heatmap | overlay | masked: rendered from the cam section's maps
     init: str | None = None  # fine-tune from this bundle folder (or "released"): see dermfuse.training.finetune
 
 
-@dataclass
+@dataclass(slots=True)
+class CamConfig:
+    """The CAM backbone that makes the heatmaps when model.input is not 'image'. It sees
+    the classifier's own input (data.image_size): there is no separate CAM image size."""
+
+    backbone: str = "efficientnet_lite0"  # a registered model, fine-tuned on each split's training rows
+    method: CamMethod = "gradcam"
+    epochs: int = 5  # fine-tuning epochs of the CAM backbone (per fold)
+    lr: float = 5e-4
+
+
+@dataclass(slots=True)
 class TrainConfig:
     epochs: int = 50  # the paper's 50
     batch_size: int = 32  # the paper's 32
     lr: float = 1e-3  # Adam
     weight_decay: float = 0.0
-    schedule: str = "none"  # none | cosine | plateau
+    schedule: Schedule = "none"
     warmup_epochs: int = 0
-    balance: str = "weighted-loss"  # weighted-loss | oversample | undersample | none
+    balance: Balance = "weighted-loss"
     augment: bool = True  # the paper's recipe (dermfuse.preprocess)
     augment_strength: float = 1.0  # scales the recipe's magnitudes; 1 = the paper's (dermfuse tune searches it)
-    augment_on: str = "auto"  # workers (per image, in the data loader) | device (per batch) | auto: device on CUDA
-    early_stopping: str = "balanced_accuracy"  # balanced_accuracy | loss | none
+    augment_on: AugmentOn = "auto"  # workers (per image, in the data loader) | device (per batch) | auto: device on CUDA
+    early_stopping: EarlyStopping = "balanced_accuracy"
     patience: int = 8
     amp: bool = True  # used on CUDA only
     channels_last: bool = True  # NHWC memory format while training: faster on CPU (docs/performance.md), same results
     num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    init_seed: int = 0  # weight initialisation, shuffling, augmentation (version 1: train.seed)
+    device: Device = "auto"
     max_steps_per_epoch: int | None = None  # cap for quick runs (demo, tests)
     label_smoothing: float = 0.0
     tta: bool = False  # average predictions over flips at evaluation
-    calibration: str = "none"  # none | temperature | prior-temperature, fitted on the validation part
-    members: int = 1  # > 1: a seed ensemble of that many models (seeds seed, seed+1, ...), probabilities averaged
+    calibration: CalibrationMode = "none"  # fitted on the validation part
+    members: int = 1  # > 1: a seed ensemble of that many models (init seeds init_seed, init_seed+1, ...), probabilities averaged
 
 
-@dataclass
+@dataclass(slots=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs/latest"
-    seed: int = 0
+    config_version: int = CONFIG_VERSION  # a saved config without it is version 1
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "cam": CamConfig, "train": TrainConfig}
+
+_RENAMED = {  # version-1 key -> version-2 key (dotted)
+    "seed": "data.split_seed",
+    "train.seed": "train.init_seed",
+    "model.cam_backbone": "cam.backbone",
+    "model.cam_method": "cam.method",
+    "model.cam_epochs": "cam.epochs",
+    "model.cam_lr": "cam.lr",
+}
+V1_SPLIT_NAMES = {"lesion": "grouped", "auto": "grouped", "image": "image-leaky"}
+"""Version-1 data.split names (configs, plan.json) -> version 2; others are unchanged."""
+
+
+def choices(cls: type, name: str) -> tuple[str, ...]:
+    """The allowed values of field ``name`` of config dataclass ``cls`` (its Literal's
+    arguments), e.g. ``choices(DataConfig, "split")``; () for an open field."""
+    return _literal_fields(cls).get(name, ())
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_fields(cls: type) -> dict[str, tuple[str, ...]]:
+    return {name: get_args(hint) for name, hint in get_type_hints(cls).items() if get_origin(hint) is Literal}
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """The one check of a closed-set value: ConfigError naming the field, the value and
+    what is allowed (and the new name of a version-1 split)."""
+    if value in allowed:
+        return
+    hint = ""
+    if key.endswith("data.split") and value in V1_SPLIT_NAMES:
+        hint = (f" ({value!r} is a version-1 name: it is {V1_SPLIT_NAMES[value]!r} now"
+                + ("; 'lesion' groups by lesion id only" if value == "lesion" else "") + ")")
+    raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {', '.join(map(repr, allowed))}{hint}")
+
+
+def check_values(cfg: RunConfig) -> RunConfig:
+    """Check every closed-set field of ``cfg`` (the Literal-typed ones); returns ``cfg``.
+    Runs whenever a config is built, loaded or overridden, and before a run starts."""
+    for section in _SECTIONS:
+        obj = getattr(cfg, section)
+        for name, allowed in _literal_fields(type(obj)).items():
+            _check_choice(f"{section}.{name}", getattr(obj, name), allowed)
+    return cfg
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -124,21 +223,56 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
+    renamed = [f"{k} is {_RENAMED[_dotted(where, k)]}" for k in unknown if _dotted(where, k) in _RENAMED]
+    if renamed:
+        raise ConfigError(f"{where}: version-1 key(s) in a config_version {CONFIG_VERSION} config: "
+                          f"{'; '.join(renamed)} now")
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
     defaults = cls()
     return cls(**{k: _coerce(f"{where}.{k}", v, getattr(defaults, k)) for k, v in values.items()})
 
 
+def _dotted(where: str, key: str) -> str:
+    return key if where == "config" else f"{where}.{key}"
+
+
+def _upgrade_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 config dict in version-2 names, with the same meaning."""
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    for old, new in _RENAMED.items():
+        *old_sec, old_key = old.split(".")
+        src = d.get(old_sec[0]) if old_sec else d
+        if not isinstance(src, dict) or old_key not in src:
+            continue
+        value = src.pop(old_key)
+        new_sec, new_key = new.split(".")
+        dst = d.get(new_sec)
+        dst = d[new_sec] = dict(dst) if isinstance(dst, dict) else {}
+        if new_key in dst:
+            raise ConfigError(f"config: both {old} (version 1) and {new} are set")
+        dst[new_key] = value
+    data = d.get("data")
+    if isinstance(data, dict) and isinstance(data.get("split"), str):
+        data["split"] = V1_SPLIT_NAMES.get(data["split"], data["split"])
+    return d
+
+
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from nested dicts; unknown keys and mistyped values raise ConfigError."""
+    """Build a RunConfig from nested dicts, version 1 (no ``config_version``) or 2; unknown
+    keys, mistyped values and values outside a field's choices raise ConfigError."""
     if d is not None and not isinstance(d, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(d).__name__}")
     d = dict(d or {})
+    version = d.pop("config_version", 1)
+    if version == 1:
+        d = _upgrade_v1(d)
+    elif version != CONFIG_VERSION:
+        raise ConfigError(f"config_version {version!r}: this dermfuse reads versions 1 and {CONFIG_VERSION}")
     sections = {}
     for name, cls in _SECTIONS.items():
         sections[name] = _build(cls, d.pop(name, {}) or {}, name)
-    return _build(RunConfig, {**d, **sections}, "config")
+    return check_values(_build(RunConfig, {**d, **sections}, "config"))
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -161,12 +295,14 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-
-
 def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> RunConfig:
-    """Apply ``section.key=value`` overrides (or a {"section.key": value} dict) in place."""
+    """Apply ``section.key=value`` overrides (or a {"section.key": value} dict) in place.
+    Values are version-2 ones; a renamed key (``train.seed``) sets its new one."""
     items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
     for dotted, value in items:
+        dotted = _RENAMED.get(dotted, dotted)
+        if dotted == "config_version":
+            raise ConfigError("config_version cannot be overridden: it says how a config file was written")
         parts = dotted.split(".")
         target: Any = cfg
         for p in parts[:-1]:
@@ -181,7 +317,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> Ru
             value = yaml.safe_load(value)  # "7" -> 7, "false" -> False; _coerce checks the type
         default = getattr(type(target)(), key)
         setattr(target, key, _coerce(dotted, value, default if default is not None else current))
-    return cfg
+    return check_values(cfg)
 
 
 def _split(text: str) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 `by="auto"` links rows that share a patient_id or a lesion_id (connected components), so a
 lesion seen with and without a patient id still lands in one fold. `by="image"` makes every
 image its own group: the paper's leaky image-level protocol, kept for comparison.
+`SPLIT_GROUPING` says which grouping each config split name (`data.split`) uses.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-__all__ = ["BY_CHOICES", "SPLIT_LABELS", "group_ids", "holdout", "kfold", "validation_split"]
+from ..config import SplitName
+
+__all__ = ["BY_CHOICES", "SPLIT_GROUPING", "SPLIT_LABELS", "group_ids", "holdout", "kfold", "validation_split"]
 
 BY_CHOICES = ("auto", "patient", "lesion", "image")
-SPLIT_LABELS = {"lesion": "lesion-grouped", "image": "image-level (leaky)"}
+SPLIT_GROUPING: dict[SplitName, str] = {"grouped": "auto", "lesion": "lesion", "patient": "patient",
+                                        "image-leaky": "image"}
+"""data.split -> the `by` of group_ids."""
+SPLIT_LABELS: dict[SplitName, str] = {"grouped": "patient/lesion-grouped", "lesion": "lesion-grouped",
+                                      "patient": "patient-grouped", "image-leaky": "image-level (leaky)"}
+"""data.split -> its name in reports and bundles."""
 
 
 def _ids(table: pd.DataFrame, column: str) -> list[str | None]:

@@ -21,15 +21,16 @@ Everything here is fitted on validation rows only: test rows never choose a para
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from ..config import CalibrationMode
 from .metrics import balanced_accuracy
 
 __all__ = ["CALIBRATION_MODES", "Calibration", "fit_calibration", "fit_prior_shift", "fit_temperature"]
 
-CALIBRATION_MODES = ("none", "temperature", "prior-temperature", "balanced-temperature")
+CALIBRATION_MODES = get_args(CalibrationMode)  # the config's choices (dermfuse.config)
 TAU_GRID = np.round(np.linspace(0.0, 1.5, 31), 4)  # step 0.05
 BALANCED_TAU_GRID = np.round(np.linspace(-1.0, 1.5, 51), 4)  # step 0.05, 0 included
 PRIOR_OBJECTIVES = ("mean", "balanced_accuracy")

@@ -10,6 +10,7 @@ the backbone on one split's training rows is `dermfuse.training.heatmap_stage`."
 from __future__ import annotations
 
 import hashlib
+from typing import get_args
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
+from ..config import InputMode
 from ..data.cache import cache_root
 from ..constants import OVERLAY_ALPHA
 from ..io import atomic_write
@@ -26,7 +28,7 @@ from ..preprocess import to_input
 __all__ = ["CAM_METHODS", "INPUT_MODES", "compute_maps", "quantize_maps", "render_input", "weights_digest", "cached_maps"]
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "hirescam": HiResCAM}
-INPUT_MODES = ("image", "heatmap", "overlay", "masked")
+INPUT_MODES = get_args(InputMode)  # the config's choices (dermfuse.config)
 _FORMAT = 1  # bump when the map computation changes
 
 

@@ -61,8 +61,7 @@ class Bundle:
     image_size: int
     resize_method: str = "bilinear"
     input_mode: str = "image"  # image | heatmap | overlay | masked
-    cam_model: nn.Module | None = None
-    cam_image_size: int | None = None
+    cam_model: nn.Module | None = None  # sees the classifier's input (image_size)
     cam_method: str = "gradcam"
     calibration: Calibration = field(default_factory=Calibration)  # fitted on validation rows
     tta: bool = False  # average predictions over flips (and the transpose for square inputs)
@@ -108,7 +107,6 @@ def save_bundle(
     cam_model: nn.Module | None = None,
     cam_name: str | None = None,
     cam_kwargs: dict[str, Any] | None = None,
-    cam_image_size: int | None = None,
     cam_method: str = "gradcam",
     calibration: Calibration | None = None,
     tta: bool = False,
@@ -149,8 +147,7 @@ def save_bundle(
         if cam_model is None
         else {
             "name": cam_name,
-            "kwargs": cam_kwargs or {},
-            "image_size": int(cam_image_size or image_size),
+            "kwargs": cam_kwargs or {},  # no image_size: it sees preprocessing.image_size
             "method": cam_method,
         },
         "calibration": (calibration or Calibration()).to_dict(),
@@ -221,11 +218,14 @@ def _check_fits(path: Path, info: dict[str, Any], model: nn.Module, encoder: Met
     if declared and int(declared) != size:
         raise BundleError(f"{where}: preprocessing.image_size is {size} but the model was built for "
                           f"input_size {declared}")
-    if cam:
-        cam_size, cam_declared = int(cam["image_size"]), cam.get("kwargs", {}).get("input_size")
-        if cam_declared and int(cam_declared) != cam_size:
-            raise BundleError(f"{where}: cam.image_size is {cam_size} but the CAM backbone was built "
-                              f"for input_size {cam_declared}")
+    if cam:  # the CAM backbone gets the classifier's input; older bundles say so in cam.image_size
+        old_size, cam_declared = cam.get("image_size"), cam.get("kwargs", {}).get("input_size")
+        if old_size is not None and int(old_size) != size:
+            raise BundleError(f"{where}: cam.image_size is {old_size} but preprocessing.image_size is {size}; "
+                              "the CAM backbone is given the classifier's input, so they must agree")
+        if cam_declared and int(cam_declared) != size:
+            raise BundleError(f"{where}: the CAM backbone was built for input_size {cam_declared} but it is "
+                              f"given the classifier's {size}x{size} input (preprocessing.image_size)")
     meta_dim = int(kwargs.get("meta_dim", kwargs.get("member_kwargs", {}).get("meta_dim", 0)) or 0)
     if meta_dim not in (0, encoder.n_features):
         raise BundleError(f"{where}: the model takes {meta_dim} metadata features but the encoder "
@@ -293,7 +293,6 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             resize_method=pre.get("resize_method", "bilinear"),
             input_mode=pre.get("input", "image"),
             cam_model=cam_model,
-            cam_image_size=int(cam["image_size"]) if cam else None,
             cam_method=cam["method"] if cam else "gradcam",
             calibration=calibration,
             tta=bool(pre.get("tta", False)),

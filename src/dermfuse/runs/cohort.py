@@ -62,10 +62,10 @@ def holdout_split(cfg: RunConfig, table: pd.DataFrame,
     the training rows with the same grouping; written to ``run_dir/split.csv`` (if given)."""
     by = split_by(cfg.data.split)
     try:
-        is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+        is_test = (holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed, by=by)
                    if cfg.data.test_fraction > 0 else np.zeros(len(table), bool))
         train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
-                                              seed=cfg.seed, by=by)
+                                              seed=cfg.data.split_seed, by=by)
     except ValueError as e:
         raise DataError(f"cannot split {cfg.data.path} with --split {cfg.data.split}: {e}") from None
     test_idx = np.flatnonzero(is_test)

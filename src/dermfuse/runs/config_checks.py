@@ -5,22 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import RunConfig
-from ..data.splits import SPLIT_LABELS
+from ..config import RunConfig, check_values
+from ..data.splits import SPLIT_GROUPING, SPLIT_LABELS
 from ..errors import ConfigError
-from ..evaluation.calibrate import CALIBRATION_MODES
 from ..models import model_spec
 
 __all__ = ["check_config", "model_kwargs", "image_size_for", "split_by", "split_label"]
 
 
 def split_label(split: str) -> str:
-    """Human label of a split protocol, e.g. 'image-level (leaky)'."""
-    return SPLIT_LABELS.get(split, f"{split}-grouped")
+    """Human label of a split protocol (data.split), e.g. 'image-level (leaky)'."""
+    return SPLIT_LABELS[split]
 
 
 def split_by(split: str) -> str:
-    return {"lesion": "auto", "grouped": "auto"}.get(split, split)
+    """The grouping (`group_ids`'s ``by``) of a split protocol (data.split)."""
+    return SPLIT_GROUPING[split]
 
 
 def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, Any]:
@@ -46,24 +46,15 @@ def image_size_for(cfg: RunConfig) -> int:
 
 def check_config(cfg: RunConfig) -> None:
     """Fail fast, before any image is decoded, on names and values a run cannot use."""
-    from ..explain.heatmap_input import CAM_METHODS, INPUT_MODES
-
+    check_values(cfg)  # every closed-set field (split, input, cam.method, calibration, ...)
     model_spec(cfg.model.name)
     if cfg.model.image_backbone and cfg.model.image_backbone != "cnn":
         model_spec(cfg.model.image_backbone)
-    if cfg.model.input not in INPUT_MODES:
-        raise ConfigError(f"model.input {cfg.model.input!r}: expected one of {list(INPUT_MODES)}")
     if cfg.model.input != "image":
-        model_spec(cfg.model.cam_backbone)
-        if cfg.model.cam_method not in CAM_METHODS:
-            raise ConfigError(f"model.cam_method {cfg.model.cam_method!r}: expected one of {sorted(CAM_METHODS)}")
-    if cfg.data.split not in ("lesion", "patient", "auto", "grouped", "image"):
-        raise ConfigError(f"data.split {cfg.data.split!r}: expected lesion, patient or image")
+        model_spec(cfg.cam.backbone)
     if not 0 <= cfg.data.test_fraction < 1 or not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError("data.test_fraction (0 = no test part: train on all rows) and data.val_fraction "
                           "must be in [0, 1)")
-    if cfg.train.calibration not in CALIBRATION_MODES:
-        raise ConfigError(f"train.calibration {cfg.train.calibration!r}: expected one of {list(CALIBRATION_MODES)}")
     if cfg.train.calibration != "none" and cfg.data.val_fraction == 0:
         raise ConfigError("train.calibration is fitted on the validation part: set data.val_fraction > 0")
     if cfg.train.members < 1:

@@ -6,15 +6,17 @@ Run directory::
     RUN_DIR/config.yaml        the base config (a fold job with another config is refused)
     RUN_DIR/plan.json          kind (cv | ablate), folds, variants, data summary
     RUN_DIR/folds.csv          image_id, group (lesion), fold [, fold_image]: computed once
-                               from the seed
-    RUN_DIR/_cam/<split>-fold<K>-<size>px/   the fold's CAM backbone and maps.npy (uint8)
+                               from data.split_seed (fold_<grouping>: another split's folds)
+    RUN_DIR/_cam/<split>-fold<K>-<size>px/   the fold's CAM backbone and maps.npy (uint8);
+                               <split> is the version-1 name (lesion, image) in a run
+                               directory whose config.yaml has no config_version
     RUN_DIR/<variant>/fold<K>/ metrics.json, predictions.csv (out-of-fold), history.json,
                                checkpoint.pt while it runs (removed once DONE unless
                                keep_checkpoints), DONE (written last, atomically)
     RUN_DIR/summary.json, summary.csv, per_fold.csv, report.html   (`collect`)
 
 A variant is a model name for ``cv`` (``cnn``; ``ft_multicnn+heatmap`` for another input;
-``cnn@image`` for the image-level split of the protocol gap) or an input/metadata
+``cnn@image`` for the image-leaky split of the protocol gap) or an input/metadata
 combination for ``ablate`` (``heatmap+meta``). Folds whose DONE exists are skipped, so a
 rerun continues; ``fold=K`` runs one fold as an independent job.
 
@@ -40,7 +42,7 @@ import yaml
 from rich.console import Console
 
 from .. import __version__
-from ..config import RunConfig, config_to_dict, save_config
+from ..config import CONFIG_VERSION, RunConfig, config_from_dict, config_to_dict, save_config
 from ..data.cache import CachedImages, build_cache
 from ..data.splits import group_ids, kfold, validation_split
 from ..errors import ConfigError, DataError
@@ -52,7 +54,8 @@ from ..training.loop import training_device
 from .cohort import Cohort, cohort_for
 from .holdout import select_part
 from .config_checks import image_size_for, split_by, split_label
-from .cv_report import collect, render_summary
+from .cv_report import collect, read_plan, render_summary
+from .cv_stats import LEAKY
 from .predictions_csv import write_predictions
 from .variant import train_variant
 
@@ -61,7 +64,8 @@ __all__ = ["Variant", "RowSelection", "restrict_cohort", "parse_models", "run_cv
 
 DEFAULT_MODELS = ("cnn", "resnet50", "inception_v3", "ft_multicnn:heatmap")
 """The paper's comparison (Fig. 8): three baselines and the heatmap-guided FT-MultiCNN."""
-LEAKY_SPLIT = "image"
+LEAKY_SPLIT = "image-leaky"
+_V1_FOLDER_NAMES = {"grouped": "lesion", "image-leaky": "image"}  # _cam/ folders of a version-1 run directory
 _IGNORED_CONFIG = {("out",), ("data", "path"), ("data", "check_images"), ("train", "device"),
                    ("train", "num_workers"), ("train", "amp"), ("train", "augment_on"),
                    ("train", "channels_last")}  # may differ between fold jobs
@@ -121,7 +125,7 @@ class Variant:
     model: str
     input: str = "image"
     use_meta: bool = True
-    split: str = "lesion"
+    split: str = "grouped"  # data.split
 
     def config(self, cfg: RunConfig) -> RunConfig:
         """A copy of ``cfg`` set up for this variant."""
@@ -172,8 +176,8 @@ def run_cv(cfg: RunConfig, models: Sequence[str] | str = DEFAULT_MODELS, folds: 
     if protocol_gap:
         if cfg.data.split == LEAKY_SPLIT:
             raise ConfigError("protocol gap compares a grouped split with the image-level one; "
-                              "use --split lesion (or patient), not image")
-        variants += [Variant(f"{v.name}@{LEAKY_SPLIT}", v.model, v.input, v.use_meta, LEAKY_SPLIT) for v in variants]
+                              "use --split grouped, lesion or patient, not image-leaky")
+        variants += [Variant(f"{v.name}{LEAKY}", v.model, v.input, v.use_meta, LEAKY_SPLIT) for v in variants]
     return run_plan(cfg, "cv", variants, folds, fold, progress, resume, keep_checkpoints, rows=rows)
 
 
@@ -266,6 +270,7 @@ class _Runner:
         self.progress, self.resume, self.keep = progress, resume, keep_checkpoints
         self.main = is_main_process()
         self.folds: dict[str, np.ndarray] = {}
+        self.v1_dir = False  # a run directory begun before config_version 2 (see prepare)
         self._caches: dict[int, CachedImages] = {}
         self._maps: dict[tuple[str, int, int], np.ndarray] = {}
 
@@ -275,7 +280,13 @@ class _Runner:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = run_dir / "config.yaml"
         if cfg_path.exists():
-            saved = _with_defaults(yaml.safe_load(cfg_path.read_text()) or {}, config_to_dict(RunConfig()))
+            raw = yaml.safe_load(cfg_path.read_text()) or {}
+            self.v1_dir = "config_version" not in raw  # started before config_version 2: old folder names
+            try:  # in today's names (a version-1 config is upgraded), then keys it lacks at their defaults
+                raw = config_to_dict(config_from_dict(raw))
+            except ConfigError:  # not loadable now: compared as it stands, so the diff names the keys
+                pass
+            saved = _with_defaults(raw, config_to_dict(RunConfig()))
             diff = _config_diff(saved, config_to_dict(cfg))
             if diff:
                 raise ConfigError(f"{run_dir} was started with another config ({'; '.join(diff)}); "
@@ -303,10 +314,11 @@ class _Runner:
                               "give the same --split-file and --part, or another --out")
 
     def _fold_column(self, split: str) -> str:
-        return "fold" if split == self.cfg.data.split else f"fold_{split}"
+        """folds.csv column: 'fold' for the run's split, fold_<grouping> (e.g. fold_image) for another."""
+        return "fold" if split == self.cfg.data.split else f"fold_{split_by(split)}"
 
     def _prepare_folds(self, splits: set[str]) -> None:
-        table, k, seed = self.cohort.table, self.cfg.data.folds, self.cfg.seed
+        table, k, seed = self.cohort.table, self.cfg.data.folds, self.cfg.data.split_seed
         ids = table["image_id"].astype(str).to_numpy()
         # group: lesion (or patient) of each row, what a bootstrap of the results resamples
         fresh = pd.DataFrame({"image_id": ids, "group": group_ids(table, "auto")})
@@ -332,7 +344,7 @@ class _Runner:
 
     def _write_plan(self, kind: str, variants: list[Variant], reference: str | None) -> None:
         path = self.run_dir / "plan.json"
-        old = json.loads(path.read_text()) if path.exists() else None
+        old = read_plan(path) if path.exists() else None
         known = {v["name"]: v for v in (old or {}).get("variants", [])}
         if old and (old["kind"] != kind or old["folds"] != self.cfg.data.folds):
             raise ConfigError(f"{self.run_dir} holds a {old['kind']} run with {old['folds']} folds; this is a "
@@ -343,7 +355,8 @@ class _Runner:
             known[v.name] = asdict(v)
         c = self.cohort
         plan = {
-            "kind": kind, "folds": self.cfg.data.folds, "seed": self.cfg.seed, "split": self.cfg.data.split,
+            "config_version": CONFIG_VERSION, "kind": kind, "folds": self.cfg.data.folds,
+            "seed": self.cfg.data.split_seed, "split": self.cfg.data.split,
             "split_label": split_label(self.cfg.data.split), "reference": reference,
             "variants": list(known.values()), "rows": self.selection,
             "data": {"path": str(self.cfg.data.path), "format": c.read.format, "n_images": int(len(c.table)),
@@ -365,7 +378,7 @@ class _Runner:
         folds = self.folds[split]
         train = np.flatnonzero(folds != k)
         train, val = validation_split(self.cohort.table, train, fraction=self.cfg.data.val_fraction,
-                                      seed=self.cfg.seed, by=split_by(split))
+                                      seed=self.cfg.data.split_seed, by=split_by(split))
         return train, val, np.flatnonzero(folds == k)
 
     def maps(self, split: str, k: int, size: int) -> np.ndarray:
@@ -376,7 +389,8 @@ class _Runner:
             return self._maps[key]
         from ..training.heatmap_stage import heatmap_stage
 
-        folder = self.run_dir / "_cam" / f"{split}-fold{k}-{size}px"
+        name = _V1_FOLDER_NAMES.get(split, split) if self.v1_dir else split
+        folder = self.run_dir / "_cam" / f"{name}-fold{k}-{size}px"
         path = folder / "maps.npy"
         if path.exists():
             maps = np.load(path).astype(np.float32) / 255.0
@@ -387,7 +401,7 @@ class _Runner:
             stage_cfg.model.input = "image"  # render nothing here: each variant renders its own mode
             stage_cfg.data.image_size = size
             if self.progress:
-                console.print(f"[bold]fold {k}[/bold]: fine-tuning CAM backbone {self.cfg.model.cam_backbone} "
+                console.print(f"[bold]fold {k}[/bold]: fine-tuning CAM backbone {self.cfg.cam.backbone} "
                               f"on {len(train)} training images")
             stage = heatmap_stage(stage_cfg, self.cohort.table, self.cohort.labels, self.cohort.classes,
                                   cache.images, train, val, folder, cache_key=cache.key, progress=self.progress,

@@ -49,7 +49,7 @@ def write_cv_report(run_dir: Path, plan: dict, result: dict, histories: dict, pr
                    "other rows never read")] if plan.get("rows") else []),
                 ("finished folds", f"{len(result['per_fold'])} of {plan['folds'] * len(by_name)}")]
     variant_rows = [(v["name"], v["model"], v["input"], "yes" if v["use_meta"] else "no",
-                     "image-level (leaky)" if v["split"] == "image" else plan["split_label"],
+                     "image-level (leaky)" if v["split"] == "image-leaky" else plan["split_label"],
                      stats[v["name"]]["accuracy"]["n"]) for v in plan["variants"]]
     sections = [Section("Protocol", table_html(protocol, ("", "")) +
                         table_html(variant_rows, ("variant", "model", "image input", "metadata", "split", "folds")))]
@@ -110,9 +110,9 @@ def write_cv_report(run_dir: Path, plan: dict, result: dict, histories: dict, pr
     banners = []
     if plan["data"]["synthetic"]:
         banners.append(SYNTHETIC_BANNER)
-    if plan["split"] == "image":
+    if plan["split"] == "image-leaky":
         banners.append(LEAKY_SPLIT_BANNER)
-    elif any(v["split"] == "image" for v in plan["variants"]):
+    elif any(v["split"] == "image-leaky" for v in plan["variants"]):
         banners.append("Variants marked @image use the image-level (leaky) split; they are shown only to measure "
                        "how much that protocol inflates the metrics.")
     warnings = [f"Missing folds — {v}: {', '.join(map(str, f))}. Tables cover finished folds only; "

@@ -17,6 +17,7 @@ import pandas as pd
 from rich.console import Console, Group
 from rich.table import Table
 
+from ..config import V1_SPLIT_NAMES
 from ..errors import DataError
 from .cv_html import write_cv_report
 from .cv_stats import (
@@ -70,6 +71,16 @@ def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict
     return rows, histories, preds, missing, warnings
 
 
+def read_plan(path: Path) -> dict[str, Any]:
+    """A run directory's plan.json; one written before config_version 2 gets its split
+    names in today's (lesion -> grouped, image -> image-leaky: what they meant then)."""
+    plan = json.loads(Path(path).read_text())
+    if plan.get("config_version", 1) == 1:
+        plan["split"] = V1_SPLIT_NAMES.get(plan["split"], plan["split"])
+        plan["variants"] = [{**v, "split": V1_SPLIT_NAMES.get(v["split"], v["split"])} for v in plan["variants"]]
+    return plan
+
+
 def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Merge whatever folds have finished. Returns (and writes as summary.json) a dict with
     kind, folds, variants, per_fold (rows), stats (variant -> metric -> mean/std/n),
@@ -81,7 +92,7 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     plan_path = run_dir / "plan.json"
     if not plan_path.is_file():
         raise DataError(f"{run_dir}: no plan.json; expected a run directory of `dermfuse cv` or `dermfuse ablate`")
-    plan = json.loads(plan_path.read_text())
+    plan = read_plan(plan_path)
     classes = plan["data"]["classes"]
     per_fold, histories, preds, missing, warnings = _read_folds(run_dir, plan)
     names = [v["name"] for v in plan["variants"]]

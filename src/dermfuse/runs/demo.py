@@ -57,11 +57,11 @@ def demo_config(data: Path, out: Path, model: DemoModel | str, epochs: int, seed
     cfg.data.path = str(data)
     cfg.data.image_size = 128  # the paper's input size
     cfg.model.pretrained = False  # the paper's models train from scratch here
-    cfg.model.cam_epochs = 4
+    cfg.cam.epochs = 4
     cfg.train.epochs = epochs
     cfg.train.patience = 4
     cfg.train.lr = 1e-3
-    cfg.seed = cfg.train.seed = seed
+    cfg.data.split_seed = cfg.train.init_seed = seed
     apply_overrides(cfg, dict(spec.overrides))
     cfg.out = str(out / spec.key)
     return cfg

@@ -177,7 +177,7 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
         raise DataError(f"explain-eval --methods: unknown {unknown or 'none given'}; expected some of {list(CAM_METHODS)}")
     bundle = load_bundle(bundle_path)
     net, takes_meta, what = explained_network(bundle)
-    size = bundle.cam_image_size if bundle.input_mode != "image" and bundle.cam_image_size else bundle.image_size
+    size = bundle.image_size  # the classifier's input, which the CAM backbone sees too
     cohort = load_cohort(data_path, format, True, progress)
     table = cohort.table
     if split_file is not None:

@@ -185,7 +185,7 @@ class _Site:
                     handles.append(p.register_hook(lambda g, p=p, a=anchor: g + mu * (p.detach() - a.to(p.device))))
         local = replace(self.cfg.train, epochs=epochs, lr=lr, schedule="none", warmup_epochs=0,
                         early_stopping="none", amp=self.cfg.train.amp and mu == 0,
-                        seed=self.cfg.train.seed + 1000 * round_ + self.site)
+                        init_seed=self.cfg.train.init_seed + 1000 * round_ + self.site)
         d = self.data
         try:
             fit(net, ArrayDataset(d.images, d.meta, d.labels), None, local, self.classes, progress=False)
@@ -255,11 +255,11 @@ def _prepare(cfg: RunConfig, k: int, rule: str, progress: bool):
     cohort = cohort_for(cfg, progress)
     table, y = cohort.table, cohort.labels
     by = split_by(cfg.data.split)
-    is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.seed, by=by)
+    is_test = holdout(table, test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed, by=by)
     train_idx, val_idx = validation_split(table, np.flatnonzero(~is_test), fraction=cfg.data.val_fraction,
-                                          seed=cfg.seed, by=by)
+                                          seed=cfg.data.split_seed, by=by)
     test_idx = np.flatnonzero(is_test)
-    site_of = assign_sites(table, k, rule, seed=cfg.seed)
+    site_of = assign_sites(table, k, rule, seed=cfg.data.split_seed)
     cache = build_cache(table, size=image_size_for(cfg), method=cfg.data.resize_method, progress=progress)
     summaries = [site_summary(table.iloc[train_idx[site_of[train_idx] == s]]) for s in range(k)]
     encoder = encoder_from_summaries(summaries)
@@ -322,7 +322,7 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     spec = {"config": config_to_dict(cfg), "classes": classes, "kwargs": kwargs, "encoder": encoder.to_dict(),
             "rows": [r.tolist() for r in site_rows]}
 
-    torch.manual_seed(cfg.train.seed)  # the global model's initial weights, as a central run's
+    torch.manual_seed(cfg.train.init_seed)  # the global model's initial weights, as a central run's
     global_net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
                               **kwargs)
     init = _weights(global_net)

@@ -116,7 +116,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
                          resume=resume, progress=progress)
     if member is not None:  # one member alone; the run that builds the ensemble reuses its checkpoint
         f = done.fit
-        return RunResult(run_dir, {"member": member, "seed": cfg.train.seed + member, "best_epoch": f.best_epoch,
+        return RunResult(run_dir, {"member": member, "seed": cfg.train.init_seed + member, "best_epoch": f.best_epoch,
                                    "stopped_early": f.stopped_early, "epochs_run": len(f.history)}, None, f.history)
     metrics = _run_metrics(cfg, done, init_info)
     if not main:
@@ -175,7 +175,7 @@ def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Traine
         run_dir / "bundle", model=done.model, model_name=model_name, model_kwargs=kwargs,
         classes=cohort.classes, encoder=done.encoder, image_size=size, resize_method=cfg.data.resize_method,
         input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
-        cam_kwargs=cam_info.get("kwargs"), cam_image_size=size, cam_method=cfg.model.cam_method,
+        cam_kwargs=cam_info.get("kwargs"), cam_method=cfg.cam.method,
         tta=cfg.train.tta, calibration=done.calibration,
         metrics={**headline(metrics), "split": metrics["split"]},
         training_data={"path": str(cfg.data.path), "format": cohort.read.format,
@@ -247,7 +247,7 @@ def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list
     banners = []
     if cohort.synthetic:
         banners.append(SYNTHETIC_BANNER)
-    if cfg.data.split == "image":
+    if cfg.data.split == "image-leaky":
         banners.append(LEAKY_SPLIT_BANNER)
     return write_report(
         run_dir / "report.html", f"dermfuse — {cfg.model.name} ({cfg.model.input} input)",

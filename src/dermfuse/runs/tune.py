@@ -38,7 +38,7 @@ import yaml
 from rich.console import Console
 
 from ..io import atomic_write_text
-from ..config import RunConfig, apply_overrides, config_to_dict
+from ..config import RunConfig, apply_overrides, config_from_dict, config_to_dict
 from ..data.cache import build_cache
 from ..data.encode import MetadataEncoder
 from ..errors import ConfigError
@@ -319,7 +319,7 @@ def _build(cfg: RunConfig, num_classes: int, meta_dim: int) -> torch.nn.Module:
     kwargs, weights = model_kwargs(cfg, num_classes, meta_dim), cfg.model.weights
     if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
         kwargs["backbone_weights"], weights = weights, None  # the file is the backbone's (as train_run)
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.init_seed)
     return create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=weights, **kwargs)
 
 
@@ -343,7 +343,13 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
     study = open_study(url, name, space)
     mine = {"config": _study_config(cfg), "space": space.to_dict(), "objective": OBJECTIVE}
     for key, value in mine.items():
-        if key in study.user_attrs and json.loads(json.dumps(study.user_attrs[key])) != json.loads(json.dumps(value)):
+        theirs = study.user_attrs.get(key)
+        if key == "config" and theirs is not None and "config_version" not in theirs:
+            try:  # a study begun before config_version 2: its config in today's names
+                theirs = _study_config(config_from_dict(theirs))
+            except ConfigError:
+                pass
+        if key in study.user_attrs and json.loads(json.dumps(theirs)) != json.loads(json.dumps(value)):
             raise ConfigError(f"study {name!r} in {mask_url(url)} was started with another {key}; join it with "
                               f"the same --config/--set/--space, or pick a new --study name")
         if key not in study.user_attrs:

@@ -135,16 +135,16 @@ def _builder(cfg: RunConfig, kwargs: dict[str, Any], warnings: list[str], init: 
 def _fit_one(cfg: RunConfig, build: Callable[[], nn.Module], k: int | None, train: ArrayDataset,
              val: ArrayDataset, classes: list[str], run_dir: Path, resume: bool,
              progress: bool) -> tuple[nn.Module, FitResult]:
-    """One network: the single model (k None, seed train.seed, checkpoint in run_dir) or
-    member k of a seed ensemble (seed train.seed + k, checkpoint in run_dir/members/k; a
+    """One network: the single model (k None, seed train.init_seed, checkpoint in run_dir) or
+    member k of a seed ensemble (seed train.init_seed + k, checkpoint in run_dir/members/k; a
     finished checkpoint there is loaded, not trained again)."""
-    seed = cfg.train.seed + (k or 0)
+    seed = cfg.train.init_seed + (k or 0)
     if k is not None and progress and is_main_process():
         console.print(f"member {k + 1}/{cfg.train.members} (seed {seed})")
     torch.manual_seed(seed)  # the initial weights of what pretrained weights leave out
     net = build()
     folder = run_dir if k is None else run_dir / "members" / str(k)
-    return net, fit(net, train, val, replace(cfg.train, seed=seed), classes, run_dir=folder, resume=resume,
+    return net, fit(net, train, val, replace(cfg.train, init_seed=seed), classes, run_dir=folder, resume=resume,
                     progress=progress)
 
 
@@ -192,7 +192,7 @@ def train_variant(cfg: RunConfig, table: pd.DataFrame, y: np.ndarray, classes: l
                 else Calibration()
             p, m = calibrated_metrics(y[test_idx], test_p[-1], own, classes)
             member_proba.append(p)
-            member_metrics.append({"member": k, "seed": cfg.train.seed + k, "best_epoch": res.best_epoch,
+            member_metrics.append({"member": k, "seed": cfg.train.init_seed + k, "best_epoch": res.best_epoch,
                                    **headline(m)})
     model = nets[0] if len(nets) == 1 else Ensemble(nets)
     mean = (lambda ps: ps[0] if len(ps) == 1 else np.mean(ps, axis=0, dtype=np.float64).astype(np.float32))

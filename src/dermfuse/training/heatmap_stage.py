@@ -5,7 +5,7 @@ the classifier's input from it."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..config import TrainConfig
 from ..explain.heatmap_input import cached_maps, render_input
 from ..io import atomic_write, atomic_write_text
 from ..models import create_model
@@ -41,14 +40,13 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
 
     run_dir = Path(run_dir)
     cam_dir = run_dir / "cam_backbone"
-    name = cfg.model.cam_backbone
+    name = cfg.cam.backbone
     kwargs: dict[str, Any] = {"num_classes": len(classes), "meta_dim": 0}
     if name == "cnn":
         kwargs["input_size"] = int(images.shape[1])
-    torch.manual_seed(cfg.train.seed)  # initial weights independent of what ran before in this process
+    torch.manual_seed(cfg.train.init_seed)  # initial weights independent of what ran before in this process
     cam_model = create_model(name, pretrained=cfg.model.pretrained, **kwargs)
-    tcfg = TrainConfig(**{**cfg.train.__dict__, "epochs": cfg.model.cam_epochs, "lr": cfg.model.cam_lr,
-                          "patience": max(2, cfg.model.cam_epochs // 2)})
+    tcfg = replace(cfg.train, epochs=cfg.cam.epochs, lr=cfg.cam.lr, patience=max(2, cfg.cam.epochs // 2))
     no_meta = np.zeros((len(table), 0), np.float32)
 
     def ds(idx: np.ndarray) -> ArrayDataset:
@@ -64,10 +62,10 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
               progress=progress)
     val_ba = res.history[res.best_epoch]["val_balanced_accuracy"]  # of the weights it ends with
     cam_model.eval()
-    maps, key, reused = cached_maps(cam_model, images, cache_key, cfg.model.cam_method, progress)
+    maps, key, reused = cached_maps(cam_model, images, cache_key, cfg.cam.method, progress)
     inputs = render_input(cfg.model.input, np.asarray(images), maps)
     info = {"name": name, "kwargs": kwargs, "heatmap_cache_key": key, "reused": reused,
-            "method": cfg.model.cam_method, "val_balanced_accuracy": val_ba,
+            "method": cfg.cam.method, "val_balanced_accuracy": val_ba,
             "weights_source": getattr(cam_model, "weights_source", "random")}
     if main:
         atomic_write_text(cam_dir / "cam_stage.json", json.dumps(info, indent=2))

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..io import atomic_write, atomic_write_text
 from .distributed import all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed, is_main_process
-from ..config import TrainConfig
+from ..config import AugmentOn, Balance, EarlyStopping, Schedule, TrainConfig
 from ..errors import ConfigError
 from ..evaluation.metrics import balanced_accuracy
 from ..preprocess import BatchAugmentation, to_input, train_augmentation
@@ -48,10 +48,10 @@ __all__ = [
     "train_one_epoch",
 ]
 
-BALANCE_MODES = ("weighted-loss", "oversample", "undersample", "none")
-SCHEDULES = ("none", "cosine", "plateau")
-EARLY_STOPPING = ("balanced_accuracy", "loss", "none")
-AUGMENT_ON = ("auto", "workers", "device")
+BALANCE_MODES = get_args(Balance)  # the config's choices (dermfuse.config)
+SCHEDULES = get_args(Schedule)
+EARLY_STOPPING = get_args(EarlyStopping)
+AUGMENT_ON = get_args(AugmentOn)
 console = Console(stderr=True)  # progress bars and epoch summaries
 
 
@@ -326,7 +326,7 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume and run_dir is None:
         raise ValueError("fit: resume=True needs a run_dir")
-    _seed_everything(rank_seed(cfg.seed, rank))
+    _seed_everything(rank_seed(cfg.init_seed, rank))
     amp = cfg.amp and device.type == "cuda"
     monitor = cfg.early_stopping if val is not None and len(val) and cfg.early_stopping != "none" else None
 
@@ -359,7 +359,7 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
             train = copy.copy(train)  # shares the arrays
             train.transform = train_augmentation(tuple(train.images.shape[1:3]), strength=cfg.augment_strength)
     augment_rng = torch.Generator()  # reseeded per epoch from (seed, epoch, rank), as the loader's
-    sampler = EpochSampler(train.labels, cfg.balance, seed=cfg.seed, num_replicas=world, rank=rank)
+    sampler = EpochSampler(train.labels, cfg.balance, seed=cfg.init_seed, num_replicas=world, rank=rank)
     # Own generators, reseeded per epoch: loader and worker seeds come from (seed, epoch, rank)
     # alone and the global RNG (augmentation, dropout) is drawn from by nothing else.
     loader_rng = torch.Generator()
@@ -381,9 +381,11 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
     ckpt_path = run_dir / "checkpoint.pt" if run_dir is not None else None
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain types only
-        if ckpt.get("config", {}).get("seed", cfg.seed) != cfg.seed:
-            raise ConfigError(f"{ckpt_path} was trained with seed {ckpt['config']['seed']}, this run asks for "
-                              f"seed {cfg.seed}: resume with the same seed or use a new run directory")
+        saved = ckpt.get("config", {})
+        seed = saved.get("init_seed", saved.get("seed", cfg.init_seed))  # "seed" in checkpoints before config_version 2
+        if seed != cfg.init_seed:
+            raise ConfigError(f"{ckpt_path} was trained with init seed {seed}, this run asks for "
+                              f"init seed {cfg.init_seed}: resume with the same seed or use a new run directory")
         for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
             obj.load_state_dict(ckpt[name])
         state, best_weights = {k: ckpt[k] for k in state}, ckpt["best_weights"]
@@ -398,8 +400,8 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
             break
         start = time.perf_counter()
         sampler.set_epoch(epoch)
-        loader_rng.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank]).generate_state(1)[0]))
-        augment_rng.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank, 1]).generate_state(1)[0]))
+        loader_rng.manual_seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank]).generate_state(1)[0]))
+        augment_rng.manual_seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank, 1]).generate_state(1)[0]))
         if cfg.schedule == "plateau" and epoch <= cfg.warmup_epochs:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)

@@ -37,12 +37,15 @@ from ..preprocess import BatchAugmentation, to_input, train_augmentation
 
 __all__ = [
     "ArrayDataset",
+    "EPOCH_BASE",
     "EpochSampler",
     "FitResult",
     "class_weights",
     "dist_info",
     "epoch_indices",
     "evaluate",
+    "best_epoch_of",
+    "one_based_history",
     "fit",
     "is_main_process",
     "train_one_epoch",
@@ -52,6 +55,7 @@ BALANCE_MODES = ("weighted-loss", "oversample", "undersample", "none")
 SCHEDULES = ("none", "cosine", "plateau")
 EARLY_STOPPING = ("balanced_accuracy", "loss", "none")
 AUGMENT_ON = ("auto", "workers", "device")
+EPOCH_BASE = 1  # epochs are numbered from 1, as the progress bar shows them ("epoch 1/12")
 console = Console(stderr=True)  # progress bars and epoch summaries
 
 
@@ -87,8 +91,8 @@ class ArrayDataset(Dataset):
 
 @dataclass
 class FitResult:
-    history: list[dict[str, Any]]  # one row per epoch, see fit()
-    best_epoch: int  # epoch whose weights the model holds at the end
+    history: list[dict[str, Any]]  # one row per epoch, see fit(); row["epoch"] counts from 1
+    best_epoch: int  # epoch (from 1) whose weights the model holds at the end: history[best_epoch - 1]
     best_score: float | None  # its early-stopping score (None without early stopping)
     stopped_early: bool
 
@@ -141,6 +145,21 @@ class EpochSampler(DistributedSampler):
     def __iter__(self):
         rows = np.resize(epoch_indices(self.labels, self.balance, self.seed, self.epoch), self.total_size)
         return iter(rows[self.rank :: self.num_replicas].tolist())
+
+
+def one_based_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History rows with epochs counted from 1: rows of a history.json (or checkpoint)
+    written when epochs counted from 0 are renumbered; others are returned as they are
+    (rows without an "epoch", e.g. federated rounds, too)."""
+    if not rows or rows[0].get("epoch") != 0:
+        return list(rows)
+    return [{**r, "epoch": r["epoch"] + EPOCH_BASE} for r in rows]
+
+
+def best_epoch_of(record: dict[str, Any]) -> int:
+    """The best epoch, counted from 1, of a metrics record with a "best_epoch" (records
+    without "epoch_base" were written when epochs counted from 0)."""
+    return int(record["best_epoch"]) + (0 if record.get("epoch_base") == EPOCH_BASE else EPOCH_BASE)
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, mode: str) -> Any:
@@ -309,7 +328,7 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``model`` (forward(image (B,3,H,W) float [0,1], meta (B,D)) -> logits (B,C)) in place.
 
-    Each epoch appends {epoch, train_loss, train_acc, val_loss, val_acc,
+    Each epoch appends {epoch (1, 2, ...), train_loss, train_acc, val_loss, val_acc,
     val_balanced_accuracy, lr, seconds} to the history (val_* None without ``val``). With
     ``val`` and ``cfg.early_stopping`` != "none", training stops after ``cfg.patience``
     epochs without improvement and the best epoch's weights are loaded back; otherwise the
@@ -406,6 +425,9 @@ def _resume(ckpt_path: Path, cfg: TrainConfig, rank: int, model: nn.Module,
                       ("scaler", opt.scaler)):
         obj.load_state_dict(ckpt[name])
     state = {k: ckpt[k] for k in state}
+    if ckpt.get("epoch_base", 0) != EPOCH_BASE:  # a checkpoint from before epochs counted from 1
+        state["history"] = one_based_history(state["history"])
+        state["best_epoch"] = state["best_epoch"] + EPOCH_BASE if state["best_epoch"] >= 0 else -1
     if rank < len(ckpt["rng"]):
         _set_rng_state(ckpt["rng"][rank])  # last, so nothing above shifts the random streams
     return state, ckpt["best_weights"]
@@ -432,7 +454,7 @@ def _run_epoch(net: nn.Module, model: nn.Module, epoch: int, cfg: TrainConfig, d
                              cfg.max_steps_per_epoch, bar if show else None, augment, memory_format)
     broadcast_buffers(model)
     va = evaluate(model, data.val, device, amp, memory_format) if data.val is not None else {}
-    row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va.get("loss"),
+    row = {"epoch": epoch + EPOCH_BASE, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va.get("loss"),
            "val_acc": va.get("acc"), "val_balanced_accuracy": va.get("balanced_accuracy"),
            "lr": lr, "seconds": time.perf_counter() - start}
     return row, tr, va
@@ -452,7 +474,7 @@ def _schedule_and_stop(epoch: int, cfg: TrainConfig, opt: _Optimisation, tr: dic
     score = va["balanced_accuracy"] if higher_is_better else va["loss"]
     best = state["best_score"]
     if best is None or (score > best if higher_is_better else score < best):
-        state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+        state.update(best_score=score, best_epoch=epoch + EPOCH_BASE, bad_epochs=0)
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     state["bad_epochs"] += 1
     state["stopped_early"] = state["bad_epochs"] >= cfg.patience and epoch + 1 < cfg.epochs
@@ -465,7 +487,7 @@ def _save(run_dir: Path, model: nn.Module, opt: _Optimisation, best_weights: dic
     ckpt = {"model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
             "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
             "best_weights": best_weights, "rng": rng, "config": dataclasses.asdict(cfg),
-            "classes": list(classes), **state}
+            "classes": list(classes), "epoch_base": EPOCH_BASE, **state}
     atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(ckpt, tmp))
     atomic_write_text(run_dir / "history.json", json.dumps(state["history"], indent=2))
 
@@ -508,12 +530,12 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
     if monitor is not None and best_weights is not None:
         model.load_state_dict(best_weights)
     else:
-        state["best_epoch"] = len(state["history"]) - 1
+        state["best_epoch"] = len(state["history"])  # the last, counted from 1
     return FitResult(state["history"], state["best_epoch"], state["best_score"], state["stopped_early"])
 
 
 def _summary(row: dict[str, Any], epochs: int) -> str:
-    text = f"epoch {row['epoch'] + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+    text = f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
     if row["val_loss"] is not None:
         text += (f"  | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
                  f" bal acc {row['val_balanced_accuracy']:.3f}")

@@ -15,8 +15,7 @@ from dermfuse.errors import ConfigError
 from dermfuse.runs.holdout import evaluate_bundle, train_run
 from dermfuse.models import create_model
 from dermfuse.models.ensemble import Ensemble
-from dermfuse.inference.predict import _gradcam, explain_arrays, predict_one
-from dermfuse.preprocess import to_input
+from dermfuse.inference.predict import explain_arrays, predict_one
 
 
 def test_ensemble_output_is_log_of_mean_member_probabilities():
@@ -166,15 +165,44 @@ def test_calibrate_keeps_the_members(ensemble_run, tmp_path):
     assert "Ensemble members" in (run / "report.html").read_text()
 
 
+class _FixedMeta(torch.nn.Module):
+    """pytorch-grad-cam calls model(x): hold the metadata fixed for the batch."""
+
+    def __init__(self, model: torch.nn.Module, meta: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.meta = model, meta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.meta)
+
+
+def _reference_gradcam(net: torch.nn.Module, x: torch.Tensor, meta: torch.Tensor, targets: list[int]) -> np.ndarray:
+    """pytorch-grad-cam's Grad-CAM (B, H, W) of one member, independent of dermfuse's."""
+    from pytorch_grad_cam import GradCAM as RefGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with RefGradCAM(model=_FixedMeta(net, meta), target_layers=[net.cam_layer]) as ref:
+        out = ref(x, [ClassifierOutputTarget(t) for t in targets])
+    net.zero_grad(set_to_none=True)
+    return out
+
+
 def test_ensemble_explanation_is_the_mean_member_map(ensemble_run):
+    """An ensemble's map is the unweighted mean of its members' Grad-CAM maps (as
+    `Ensemble` documents), each member's map computed here by pytorch-grad-cam."""
     bundle = load_bundle(ensemble_run.bundle)
     g = np.random.default_rng(0)
     images = g.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     meta = bundle.encoder.encode_one(50, "male", "back")[None].repeat(3, 0)[:, : bundle.model_meta_dim]
     maps = explain_arrays(bundle, images, meta, targets=[0, 1, 2])
-    x, m = to_input(images), torch.as_tensor(meta)
-    expected = np.mean([_gradcam(net, x, m, [0, 1, 2]) for net in bundle.model.members], axis=0)
-    assert maps.shape == (3, 32, 32) and np.allclose(maps, expected, atol=1e-6)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (B, 3, S, S) in [0, 1]
+    per_member = [_reference_gradcam(net, x, torch.as_tensor(meta), [0, 1, 2]) for net in bundle.model.members]
+    # not vacuous: the maps carry signal, and the members disagree (so member 0 alone, or a
+    # weighted mean, would not pass)
+    assert all((m.max(axis=(1, 2)) > 0.5).sum() >= 2 for m in per_member)
+    assert np.abs(per_member[0] - per_member[1]).max() > 0.1
+    expected = np.mean(per_member, axis=0)
+    assert maps.shape == (3, 32, 32) and np.abs(maps - expected).max() <= 1e-5
     assert 0 <= maps.min() and maps.max() <= 1
     # without targets: the class the ensemble answers (test-time views and calibration included)
     from dermfuse.inference.predict import predict_arrays

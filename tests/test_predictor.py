@@ -12,9 +12,10 @@ from _bundles import make_bundle
 from dermfuse.inference.bundle import load_bundle
 from dermfuse.explain.gradcam import GradCAM
 from dermfuse.explain.heatmap_input import compute_maps, render_input
+from dermfuse.evaluation.calibrate import Calibration
 from dermfuse.inference.predictor import Predictor, feature_taps
 from dermfuse.inference.predict import explain_arrays, predict_arrays
-from dermfuse.preprocess import to_input, tta_views
+from dermfuse.preprocess import to_input
 
 CASES = {
     "image": dict(),
@@ -25,6 +26,11 @@ CASES = {
 }
 
 
+def _views_by_hand(x: torch.Tensor) -> list[torch.Tensor]:
+    """The test-time views of a square batch (B, 3, S, S): identity, h-, v-, hv-flip, transpose."""
+    return [x, torch.flip(x, [3]), torch.flip(x, [2]), torch.flip(x, [2, 3]), x.transpose(2, 3)]
+
+
 def _reference_proba(bundle, images, meta):
     """The computation before the engine existed (predict.predict_arrays of the old code)."""
     x = images
@@ -32,7 +38,7 @@ def _reference_proba(bundle, images, meta):
         x = render_input(bundle.input_mode, images, compute_maps(bundle.cam_model, images, method=bundle.cam_method))
     xs = to_input(np.ascontiguousarray(x))
     m = torch.as_tensor(meta)
-    views = tta_views(xs) if bundle.tta else [xs]
+    views = _views_by_hand(xs) if bundle.tta else [xs]
     with torch.inference_mode():
         p = torch.stack([torch.softmax(bundle.model(v, m).float(), dim=1) for v in views]).mean(0).numpy()
     return bundle.calibration.apply(p)
@@ -108,3 +114,48 @@ def test_feature_taps_exist_for_every_image_model(tmp_path):
     for kw in ({}, {"model": "cnn"}, {"members": 2}):
         bundle = load_bundle(make_bundle(tmp_path / str(len(list(tmp_path.iterdir()))), image_size=32, **kw))
         assert feature_taps(bundle.model)
+
+
+class OrientedNet(torch.nn.Module):
+    """A 3x3 conv (the Grad-CAM layer) and a linear layer over every position of its output:
+    flipping or transposing the image changes the logits, so the test-time average differs
+    from the single view (a flip-invariant net would make it equal, and the test vacuous)."""
+
+    def __init__(self, size: int, classes: int = 4) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+        self.head = torch.nn.Linear(2 * size * size, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.cam_layer = self.conv
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(image)).flatten(1))  # (B, C)
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_tta_is_the_mean_softmax_over_hand_made_views_then_calibration(explain):
+    size, classes = 8, ["a", "b", "c", "d"]
+    model = OrientedNet(size, len(classes)).eval()
+    log_prior = np.log([0.1, 0.2, 0.3, 0.4])
+    calibration = Calibration(temperature=0.5, prior_shift=0.7, log_prior=log_prior.tolist())
+    images = np.random.default_rng(1).integers(0, 256, (6, size, size, 3), dtype=np.uint8)
+    meta = np.zeros((6, 0), np.float32)
+    engine = Predictor(model, classes, None, size, meta_dim=0, calibration=calibration, tta=True)
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255  # (B, 3, S, S)
+    with torch.no_grad():
+        per_view = np.stack([model.double()(v, None).softmax(1).numpy() for v in _views_by_hand(x)])
+    model.float()
+    raw = per_view.mean(0)  # (B, C)
+    assert np.abs(per_view - per_view[0]).max() > 0.05  # the views disagree: averaging them shows
+    z = (np.log(raw) + 0.7 * log_prior) / 0.5  # softmax((log p + shift * log prior) / T), by hand
+    want = np.exp(z - z.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    assert np.abs(want - raw).max() > 0.05  # and calibration moves them
+
+    got = engine.run(images, meta, explain=explain, batch_size=4)
+    np.testing.assert_allclose(got.proba, want, atol=1e-5)
+    np.testing.assert_allclose(engine.run(images, meta, explain=explain, calibrated=False).proba, raw, atol=1e-5)

@@ -103,16 +103,39 @@ def test_fit_learns_colour_task_and_writes_history(tmp_path, capsys):
                       early_stopping="none", device="cpu")
     res = fit(model, train, val, cfg, CLASSES, run_dir=tmp_path, progress=True)
 
-    assert [r["epoch"] for r in res.history] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in res.history] == [1, 2, 3, 4]  # as the bar shows them: "epoch 1/4"
     assert set(res.history[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                                    "val_balanced_accuracy", "lr", "seconds"}
     assert res.history[-1]["val_acc"] >= 0.8  # chance is 1/3
     assert res.history[-1]["val_balanced_accuracy"] >= 0.8
-    assert res.best_epoch == 3 and not res.stopped_early
+    assert res.best_epoch == 4 and not res.stopped_early
     assert json.loads((tmp_path / "history.json").read_text()) == res.history
     assert (tmp_path / "checkpoint.pt").exists() and not list(tmp_path.glob("*.tmp"))
     out = capsys.readouterr().err
     assert sum("train loss" in line for line in out.splitlines()) == 4 and "epoch 4/4" in out
+
+
+def test_epochs_count_from_one_in_history_best_epoch_bar_and_cv_curves(tmp_path, capsys):
+    from dermfuse.runs.cv_html import _mean_history
+    from dermfuse.training.loop import best_epoch_of, one_based_history
+
+    train, val = ArrayDataset(*make_task(24, seed=0)), ArrayDataset(*make_task(12, seed=1))
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, augment=False, early_stopping="balanced_accuracy",
+                      patience=5, device="cpu")
+    res = fit(TinyNet(), train, val, cfg, CLASSES, run_dir=tmp_path, progress=True)
+    epochs = [r["epoch"] for r in res.history]
+    assert epochs == [1, 2]
+    assert [r["epoch"] for r in json.loads((tmp_path / "history.json").read_text())] == [1, 2]
+    assert res.best_epoch in (1, 2) and res.history[res.best_epoch - 1]["val_balanced_accuracy"] == res.best_score
+    err = capsys.readouterr().err
+    assert "epoch 1/2  train loss" in err and "epoch 2/2  train loss" in err and "epoch 0/" not in err
+    # the cross-validation curves number the same epochs the same way
+    assert [r["epoch"] for r in _mean_history([res.history, res.history[:1]])] == epochs
+    # files from when epochs counted from 0 read with the same numbers
+    old = [{**r, "epoch": r["epoch"] - 1} for r in res.history]
+    assert one_based_history(old) == res.history and one_based_history(res.history) == res.history
+    assert best_epoch_of({"best_epoch": 0}) == 1 and best_epoch_of({"best_epoch": 1, "epoch_base": 1}) == 1
 
 
 class CountingBatchAugmentation:
@@ -254,11 +277,11 @@ def test_early_stopping_stops_and_restores_best_weights():
     res = fit(model, train, val, cfg, CLASSES, progress=False)
 
     losses = [r["val_loss"] for r in res.history]
-    assert res.stopped_early and len(losses) == res.best_epoch + 1 + cfg.patience < cfg.epochs
-    assert res.best_epoch == int(np.argmin(losses)) and res.best_score == losses[res.best_epoch]
+    assert res.stopped_early and len(losses) == res.best_epoch + cfg.patience < cfg.epochs
+    assert res.best_epoch == int(np.argmin(losses)) + 1 and res.best_score == losses[res.best_epoch - 1]
     proba = score(model, CLASSES, None, val.images, val.meta, tta=False)
     restored_loss = float(-np.log(proba[np.arange(len(proba)), val.labels]).mean())
-    assert restored_loss == pytest.approx(losses[res.best_epoch], rel=1e-5)
+    assert restored_loss == pytest.approx(losses[res.best_epoch - 1], rel=1e-5)
     assert restored_loss != pytest.approx(losses[-1], rel=1e-3)
 
 
@@ -313,7 +336,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
 
     resumed_log = tmp_path / "resumed.txt"
     model, res = run_resumable(run_dir, log=resumed_log, resume=True)
-    assert [r["epoch"] for r in res.history] == list(range(RESUME_CFG["epochs"]))
+    assert [r["epoch"] for r in res.history] == list(range(1, RESUME_CFG["epochs"] + 1))
     assert res.history[:done] == killed_history
     assert len(_lines(resumed_log)) == (RESUME_CFG["epochs"] - done) * N_RESUME  # no saved epoch redone
 

@@ -90,17 +90,138 @@ def test_augmentation_is_deterministic_under_manual_seed():
     assert any(not torch.equal(a, img) for a in first)
 
 
-def test_recipe_has_the_papers_parameters():
-    names = [step.paper for step in PAPER_AUGMENTATION]
-    assert names == ["Transpose", "VerticalFlip", "HorizontalFlip", "Rotate", "RandomBrightness",
-                     "RandomContrast", "GaussianBlur", "ShiftScaleRotate", "Normalize"]
-    steps = train_augmentation().transforms
-    assert [getattr(t, "p", None) for t in steps] == [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25, 0.85]
-    affine = steps[-1].transforms[0]
-    assert isinstance(affine, v2.RandomAffine)
-    assert list(affine.degrees) == [-15.0, 15.0] and tuple(affine.translate) == (0.1, 0.1)
-    assert tuple(affine.scale) == (0.9, 1.1) and affine.fill == 0
-    assert steps[3].angle_range == (-90.0, 90.0)
+# --- the recipe against its table --------------------------------------------------------
+
+# Section 3.2.3 of the paper, in its own (albumentations) terms: probability and limits.
+PAPER_SETTINGS = {
+    "Transpose": dict(p=0.5), "VerticalFlip": dict(p=0.5), "HorizontalFlip": dict(p=0.5),
+    "Rotate": dict(p=0.5),  # no limit given: albumentations' default, 90
+    "RandomBrightness": dict(p=0.5, limit=0.2), "RandomContrast": dict(p=0.5, limit=0.2),
+    "GaussianBlur": dict(p=0.25, blur_limit=5),
+    "ShiftScaleRotate": dict(p=0.85, shift_limit=0.1, scale_limit=0.1, rotate_limit=15, border_mode=0),
+    "Normalize": dict(p=1.0),
+}
+
+
+def test_table_holds_the_papers_settings():
+    table = {step.paper: step for step in PAPER_AUGMENTATION}
+    assert list(table) == list(PAPER_SETTINGS)  # the paper's order
+    for name, paper in PAPER_SETTINGS.items():
+        assert table[name].p == paper["p"], name
+    params = {name: step.params for name, step in table.items()}
+    assert params["Rotate"]["angle_range"] == (-90.0, 90.0)
+    b, c = PAPER_SETTINGS["RandomBrightness"]["limit"], PAPER_SETTINGS["RandomContrast"]["limit"]
+    assert params["RandomBrightness"]["brightness_range"] == (-b, b)
+    assert params["RandomContrast"]["contrast_range"] == pytest.approx((1 - c, 1 + c))
+    assert params["GaussianBlur"]["kernel_range"] == (3, PAPER_SETTINGS["GaussianBlur"]["blur_limit"])
+    ssr, affine = PAPER_SETTINGS["ShiftScaleRotate"], params["ShiftScaleRotate"]
+    assert affine["translate"] == (ssr["shift_limit"],) * 2 and affine["fill"] == ssr["border_mode"]
+    assert affine["scale"] == pytest.approx((1 - ssr["scale_limit"], 1 + ssr["scale_limit"]))
+    assert affine["degrees"] == (-ssr["rotate_limit"], ssr["rotate_limit"])
+
+
+# Each measurement applies one step of `train_augmentation` to a probe image and reads back
+# (applied?, the parameters the output shows), without looking inside the transform.
+S = 64
+_YY, _XX = torch.meshgrid(torch.arange(S, dtype=torch.float64), torch.arange(S, dtype=torch.float64), indexing="ij")
+
+
+def _centroids(img: torch.Tensor) -> np.ndarray:
+    """(3, 2) intensity centroid (x, y) of each channel, relative to the image centre."""
+    w = img.to(torch.float64)
+    total = w.sum(dim=(1, 2))
+    return torch.stack([(w * _XX).sum(dim=(1, 2)) / total, (w * _YY).sum(dim=(1, 2)) / total], 1).numpy() - (S - 1) / 2
+
+
+def _blobs() -> torch.Tensor:
+    """One bright 3x3 blob per channel, at three non-collinear places around the centre."""
+    img = torch.zeros(3, S, S, dtype=torch.uint8)
+    for ch, (dx, dy) in enumerate(((12, 0), (0, 12), (-12, -12))):
+        x, y = S // 2 + dx, S // 2 + dy
+        img[ch, y - 1:y + 2, x - 1:x + 2] = 255
+    return img
+
+
+def _affine_of(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
+    """Angle (degrees, counter-clockwise on screen), scale and shift (fractions of the size)
+    of the similarity that maps the blobs' centroids in ``before`` to those in ``after``."""
+    src, dst = _centroids(before), _centroids(after)
+    design = np.hstack([src, np.ones((3, 1))])  # dst = design @ M, M (3, 2)
+    m = np.linalg.solve(design, dst)
+    a = m[:2].T  # (2, 2) in image coordinates (y down)
+    return {"angle": float(np.degrees(np.arctan2(-a[1, 0], a[0, 0]))), "scale": float(np.sqrt(abs(np.linalg.det(a)))),
+            "tx": float(m[2, 0] / S), "ty": float(m[2, 1] / S)}
+
+
+def _measure(name: str, step, rng: torch.Generator) -> tuple[bool, dict[str, float]]:
+    if name in ("Transpose", "VerticalFlip", "HorizontalFlip"):
+        img = torch.randint(0, 256, (3, S, S), dtype=torch.uint8, generator=rng)
+        out = step(img)
+        want = {"Transpose": img.transpose(-2, -1), "VerticalFlip": img.flip(-2), "HorizontalFlip": img.flip(-1)}[name]
+        assert torch.equal(out, img) or torch.equal(out, want), name  # nothing else happens
+        return torch.equal(out, want), {}
+    if name == "RandomBrightness":
+        img = torch.full((3, S, S), 128, dtype=torch.uint8)
+        out = step(img).to(torch.float64)
+        assert out.unique().numel() == 1
+        return not torch.equal(out, img.double()), {"beta": (out[0, 0, 0].item() - 128) / 255}
+    if name == "RandomContrast":
+        img = torch.full((3, S, S), 28, dtype=torch.uint8)
+        img[:, :, S // 2:] = 228  # mean 128
+        out = step(img).to(torch.float64)
+        return not torch.equal(out, img.double()), {"alpha": (out[0, 0, -1] - out[0, 0, 0]).item() / 200}
+    if name == "GaussianBlur":
+        img = torch.zeros(3, S, S, dtype=torch.uint8)
+        img[:, S // 2, S // 2] = 255
+        out = step(img)
+        return not torch.equal(out, img), {"kernel": int((out[0, S // 2] > 0).sum())}
+    img = _blobs()  # Rotate, ShiftScaleRotate
+    out = step(img)
+    return not torch.equal(out, img), _affine_of(img, out)
+
+
+def _spans(values: list[float], lo: float, hi: float, tol: float) -> bool:
+    """All values in [lo, hi] (up to the measurement's tolerance), and both ends reached."""
+    v = np.asarray(values)
+    margin = 0.1 * (hi - lo)
+    return lo - tol <= v.min() < lo + margin and hi - margin < v.max() <= hi + tol
+
+
+@pytest.mark.parametrize("row", range(len(PAPER_AUGMENTATION) - 1), ids=[s.paper for s in PAPER_AUGMENTATION[:-1]])
+def test_each_step_does_what_its_table_row_says(row):
+    """Step ``row`` of `train_augmentation`, seen from outside: it happens with the row's
+    probability, and the parameters its outputs show stay inside the row's ranges and use them."""
+    step_row = PAPER_AUGMENTATION[row]
+    name, params = step_row.paper, step_row.params
+    step = train_augmentation().transforms[row]
+    torch.manual_seed(row)
+    rng = torch.Generator().manual_seed(100 + row)
+    measured = [_measure(name, step, rng) for _ in range(1000)]
+    applied = [m for on, m in measured if on]
+    assert abs(len(applied) / len(measured) - step_row.p) < 0.06, (name, len(applied))
+    seen = {k: [m[k] for m in applied] for k in (applied[0] if applied else {})}
+    if name == "Rotate":
+        assert _spans(seen["angle"], *params["angle_range"], tol=1.0)
+        assert np.allclose(seen["scale"], 1, atol=0.01) and np.allclose(seen["tx"] + seen["ty"], 0, atol=0.01)
+    elif name == "RandomBrightness":
+        assert _spans(seen["beta"], *params["brightness_range"], tol=0.5 / 255)
+    elif name == "RandomContrast":
+        assert _spans(seen["alpha"], *params["contrast_range"], tol=1 / 200)
+    elif name == "GaussianBlur":
+        lo, hi = params["kernel_range"]
+        assert set(seen["kernel"]) == {k for k in range(lo, hi + 1) if k % 2}
+    elif name == "ShiftScaleRotate":
+        assert _spans(seen["angle"], *params["degrees"], tol=1.0)
+        assert _spans(seen["scale"], *params["scale"], tol=0.01)
+        # torchvision draws whole-pixel shifts, round(U(-0.1 S, 0.1 S)): ends within half a pixel
+        for key, limit in (("tx", params["translate"][0]), ("ty", params["translate"][1])):
+            assert _spans(seen[key], -limit, limit, tol=0.6 / S), key
+    else:
+        assert name in ("Transpose", "VerticalFlip", "HorizontalFlip") and not params
+
+
+def test_the_batch_recipe_runs_the_tables_steps_in_its_order():
+    assert BatchAugmentation.STEPS == tuple(s.paper for s in PAPER_AUGMENTATION if s.paper != "Normalize")
 
 
 def test_to_input_from_numpy_and_torch():
@@ -183,11 +304,17 @@ def test_batch_augmentation_draws_the_papers_probabilities_and_ranges():
                        ("rotate", "Rotate"), ("brightness", "RandomBrightness"), ("contrast", "RandomContrast"),
                        ("blur", "GaussianBlur"), ("affine", "ShiftScaleRotate")):
         assert abs(p[key].float().mean().item() - by_name[paper]) < 0.015, key
-    for key, lo, hi in (("rotate_angle", -90, 90), ("beta", -0.2, 0.2), ("alpha", 0.8, 1.2),
-                        ("affine_angle", -15, 15), ("tx", -13, 13), ("ty", -13, 13), ("scale", 0.9, 1.1)):
-        # tx, ty: whole pixels, round(U(-12.8, 12.8)) as torchvision's RandomAffine draws them
+    table = {step.paper: step.params for step in PAPER_AUGMENTATION}
+    affine = table["ShiftScaleRotate"]
+    shift = round(affine["translate"][0] * 128)  # whole pixels, round(U(-12.8, 12.8)) as RandomAffine
+    for key, (lo, hi) in (("rotate_angle", table["Rotate"]["angle_range"]),
+                          ("beta", table["RandomBrightness"]["brightness_range"]),
+                          ("alpha", table["RandomContrast"]["contrast_range"]), ("affine_angle", affine["degrees"]),
+                          ("tx", (-shift, shift)), ("ty", (-shift, shift)), ("scale", affine["scale"])):
         assert lo <= p[key].min().item() < lo + 0.1 * (hi - lo) and hi - 0.1 * (hi - lo) < p[key].max().item() <= hi, key
-    assert torch.equal(p["tx"], p["tx"].round()) and set(p["blur_kernel"].tolist()) == {3, 5}
+    lo, hi = table["GaussianBlur"]["kernel_range"]
+    assert set(p["blur_kernel"].tolist()) == {k for k in range(lo, hi + 1) if k % 2}
+    assert torch.equal(p["tx"], p["tx"].round())
     assert abs((p["blur_kernel"] == 3).float().mean().item() - 0.5) < 0.015
 
 

@@ -173,7 +173,7 @@ def test_threshold_pruner_stops_every_trial_after_its_first_epoch(data, tmp_path
                  *FAST, "--epochs", "3"]) == 0
     trials = _trials(default_storage(out))
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
-    assert all(t.user_attrs["epochs_run"] == 1 and list(t.intermediate_values) == [0] for t in trials)
+    assert all(t.user_attrs["epochs_run"] == 1 and list(t.intermediate_values) == [1] for t in trials)
     assert not (out / "best_config.yaml").exists()  # no completed trial, no best
 
 
@@ -191,13 +191,13 @@ def test_fit_calls_on_epoch_once_per_epoch_and_stops_on_its_exception():
     rows = []
     cfg = TrainConfig(epochs=3, batch_size=8, augment=False, device="cpu", early_stopping="none")
     fit(model, ds, ds, cfg, ["a", "b"], progress=False, on_epoch=rows.append)
-    assert [r["epoch"] for r in rows] == [0, 1, 2] and all("val_balanced_accuracy" in r for r in rows)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all("val_balanced_accuracy" in r for r in rows)
 
     class Stop(Exception):
         pass
 
     def stop_at_second(row):
-        if row["epoch"] == 1:
+        if row["epoch"] == 2:
             raise Stop
 
     with pytest.raises(Stop):

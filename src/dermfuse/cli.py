@@ -532,7 +532,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.member is not None:
             m = res.metrics
             err.print(f"member {m['member']} (seed {m['seed']}) of {cfg.train.members}: {m['epochs_run']} epochs, "
-                      f"best epoch {m['best_epoch'] + 1}; checkpoint in {res.run_dir / 'members' / str(m['member'])}. "
+                      f"best epoch {m['best_epoch']}; checkpoint in {res.run_dir / 'members' / str(m['member'])}. "
                       f"When every member is done, `--members {cfg.train.members} --resume` builds the ensemble.")
             return 0
         if res.metrics.get("n_images"):

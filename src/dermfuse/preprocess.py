@@ -21,7 +21,7 @@ its per-image transform up to the float rounding of the resampling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "adjust_contrast",
     "gaussian_blur",
     "plot_augmentations",
+    "recipe",
     "to_input",
     "train_augmentation",
     "transpose",
@@ -209,13 +210,32 @@ class Rotate(_PixelTransform):
 
 @dataclass(frozen=True)
 class AugmentationStep:
-    """One row of the paper's recipe: its name and parameters, and what implements it."""
+    """One row of the paper's recipe: its name and parameters, and what implements it.
+
+    ``params`` are the keyword arguments of the transform that implements the row (interval
+    parameters as ``(lo, hi)`` tuples). ``identity`` names the params that are magnitudes
+    and, for each, the value that means "no change" (angle 0, scale 1): `scaled` moves them
+    towards it for an augmentation strength below 1 and away from it above."""
 
     paper: str  # the paper's (albumentations) name
     ours: str  # what dermfuse uses
     params: dict[str, Any] = field(default_factory=dict)
     p: float = 1.0
     note: str = ""
+    identity: dict[str, float] = field(default_factory=dict)  # magnitude param -> its "no change" value
+
+    def scaled(self, strength: float = 1.0) -> dict[str, Any]:
+        """``params`` with every magnitude scaled by ``strength`` around its identity value
+        (strength 1: ``params`` unchanged; 0: no change to the image)."""
+        s = float(strength)
+        out = dict(self.params)
+        for key, centre in self.identity.items():
+            value = self.params[key]
+            if isinstance(value, tuple):
+                out[key] = tuple(centre + s * (v - centre) if centre else s * v for v in value)
+            else:
+                out[key] = centre + s * (value - centre) if centre else s * value
+        return out
 
 
 PAPER_AUGMENTATION: tuple[AugmentationStep, ...] = (
@@ -224,21 +244,33 @@ PAPER_AUGMENTATION: tuple[AugmentationStep, ...] = (
     AugmentationStep("VerticalFlip", "v2.RandomVerticalFlip", {}, 0.5),
     AugmentationStep("HorizontalFlip", "v2.RandomHorizontalFlip", {}, 0.5),
     AugmentationStep("Rotate", "dermfuse.preprocess.Rotate", {"angle_range": (-90.0, 90.0), "fill": 0}, 0.5,
-                     "albumentations' default limit ±90°; border constant 0 (albumentations defaults to reflect)"),
+                     "albumentations' default limit ±90°; border constant 0 (albumentations defaults to reflect)",
+                     identity={"angle_range": 0.0}),
     AugmentationStep("RandomBrightness", "dermfuse.preprocess.RandomBrightness",
-                     {"brightness_range": (-0.2, 0.2)}, 0.5, "I' = I + beta, I in [0, 1] (uint8: + 255*beta)"),
+                     {"brightness_range": (-0.2, 0.2)}, 0.5, "I' = I + beta, I in [0, 1] (uint8: + 255*beta)",
+                     identity={"brightness_range": 0.0}),
     AugmentationStep("RandomContrast", "dermfuse.preprocess.RandomContrast",
                      {"contrast_range": (0.8, 1.2)}, 0.5,
-                     "I' = alpha (I - mu) + mu as the paper writes (albumentations scales around 0)"),
+                     "I' = alpha (I - mu) + mu as the paper writes (albumentations scales around 0)",
+                     identity={"contrast_range": 1.0}),
     AugmentationStep("GaussianBlur", "dermfuse.preprocess.GaussianBlur", {"kernel_range": (3, 5)}, 0.25,
                      "blur_limit=5: kernel 3 or 5, sigma from the kernel size"),
     AugmentationStep("ShiftScaleRotate", "v2.RandomApply([v2.RandomAffine])",
-                     {"translate": (0.1, 0.1), "scale": (0.9, 1.1), "degrees": 15, "fill": 0}, 0.85,
-                     "shift ±10% of the size, scale 0.9..1.1, rotate ±15°, border constant 0"),
+                     {"degrees": (-15.0, 15.0), "translate": (0.1, 0.1), "scale": (0.9, 1.1), "fill": 0}, 0.85,
+                     "shift ±10% of the size, scale 0.9..1.1, rotate ±15°, border constant 0",
+                     identity={"degrees": 0.0, "translate": 0.0, "scale": 1.0}),
     AugmentationStep("Normalize", "dermfuse.preprocess.to_input", {"max_pixel_value": 255.0}, 1.0,
                      "/255 to [0, 1], applied to every image at train and eval time, not at random"),
 )
-"""The paper's augmentation, transform by transform (Section 3.2.3), as dermfuse implements it."""
+"""The paper's augmentation, transform by transform (Section 3.2.3), as dermfuse implements
+it: the one table `train_augmentation` and `BatchAugmentation` are built from."""
+
+
+def recipe(strength: float = 1.0) -> dict[str, AugmentationStep]:
+    """`PAPER_AUGMENTATION` by paper name, magnitudes scaled by ``strength`` (see
+    `AugmentationStep.scaled`), in the paper's order."""
+    s = _check_strength(strength)
+    return {step.paper: replace(step, params=step.scaled(s)) for step in PAPER_AUGMENTATION}
 
 
 def _check_strength(strength: float) -> float:
@@ -248,38 +280,41 @@ def _check_strength(strength: float) -> float:
     return s
 
 
+_BILINEAR = v2.InterpolationMode.BILINEAR
+_BUILDERS: dict[str, Any] = {  # paper name -> (params, p) -> the per-image transform of that row
+    "Transpose": lambda params, p: Transpose(p=p, **params),
+    "VerticalFlip": lambda params, p: v2.RandomVerticalFlip(p=p, **params),
+    "HorizontalFlip": lambda params, p: v2.RandomHorizontalFlip(p=p, **params),
+    "Rotate": lambda params, p: Rotate(p=p, **params),
+    "RandomBrightness": lambda params, p: RandomBrightness(p=p, **params),
+    "RandomContrast": lambda params, p: RandomContrast(p=p, **params),
+    "GaussianBlur": lambda params, p: GaussianBlur(p=p, **params),
+    "ShiftScaleRotate": lambda params, p: v2.RandomApply([v2.RandomAffine(interpolation=_BILINEAR, **params)], p=p),
+    "Normalize": None,  # not random: `to_input` does it for training and evaluation alike
+}
+
+
 def train_augmentation(size: int | tuple[int, int] | None = None, strength: float = 1.0) -> v2.Compose:
     """The paper's training augmentation: uint8 tensor (3, H, W) -> uint8 tensor (3, h, w).
 
-    ``strength`` s >= 0 scales every magnitude around "no change" (rotate ±90s°, brightness
-    ±0.2s, contrast 1 ± 0.2s, ShiftScaleRotate shift ±0.1s, scale 1 ± 0.1s, rotate ±15s°);
-    probabilities, flips, the transpose and the blur stay as they are. s = 1 is the paper's
-    recipe exactly (same parameters, same random draws); ``dermfuse tune`` searches s.
+    One transform per row of `PAPER_AUGMENTATION`, in its order (Transpose, VerticalFlip,
+    HorizontalFlip, Rotate, RandomBrightness, RandomContrast, GaussianBlur,
+    ShiftScaleRotate), with the row's parameters and probability. ``strength`` s >= 0 scales
+    every magnitude around "no change" (rotate ±90s°, brightness ±0.2s, contrast 1 ± 0.2s,
+    ShiftScaleRotate shift ±0.1s, scale 1 ± 0.1s, rotate ±15s°); probabilities, flips, the
+    transpose and the blur stay as they are. s = 1 is the paper's recipe exactly (same
+    parameters, same random draws); ``dermfuse tune`` searches s.
 
-    Order as the paper lists it: Transpose, VerticalFlip, HorizontalFlip, Rotate,
-    RandomBrightness, RandomContrast, GaussianBlur, ShiftScaleRotate. Without `size` the
-    output has the input's shape, except that Transpose swaps H and W of a non-square
-    image; with `size` (int or (h, w)) a final bilinear resize makes every output that size.
-    Normalize (/255) is not here: `to_input` does it for training and evaluation alike.
+    Without `size` the output has the input's shape, except that Transpose swaps H and W of
+    a non-square image; with `size` (int or (h, w)) a final bilinear resize makes every
+    output that size. Normalize (/255) is not here: `to_input` does it for training and
+    evaluation alike.
     """
-    s = _check_strength(strength)
-    steps: list[v2.Transform] = [
-        Transpose(p=0.5),
-        v2.RandomVerticalFlip(p=0.5),
-        v2.RandomHorizontalFlip(p=0.5),
-        Rotate(angle_range=(-90.0 * s, 90.0 * s), p=0.5, fill=0),
-        RandomBrightness(brightness_range=(-0.2 * s, 0.2 * s), p=0.5),
-        RandomContrast(contrast_range=(1.0 - 0.2 * s, 1.0 + 0.2 * s), p=0.5),
-        GaussianBlur(kernel_range=(3, 5), p=0.25),
-        v2.RandomApply(
-            [v2.RandomAffine(degrees=15 * s, translate=(0.1 * s, 0.1 * s), scale=(1.0 - 0.1 * s, 1.0 + 0.1 * s),
-                             interpolation=v2.InterpolationMode.BILINEAR, fill=0)],
-            p=0.85,
-        ),
-    ]
+    steps: list[v2.Transform] = [_BUILDERS[step.paper](step.params, step.p)
+                                 for step in recipe(strength).values() if _BUILDERS[step.paper] is not None]
     if size is not None:
         hw = [int(size), int(size)] if isinstance(size, (int, np.integer)) else [int(s) for s in size]
-        steps.append(v2.Resize(hw, interpolation=v2.InterpolationMode.BILINEAR, antialias=True))
+        steps.append(v2.Resize(hw, interpolation=_BILINEAR, antialias=True))
     return v2.Compose(steps)
 
 
@@ -323,7 +358,13 @@ class BatchAugmentation:
     Images must be square, since Transpose would change a non-square batch's shape.
     """
 
+    STEPS = ("Transpose", "VerticalFlip", "HorizontalFlip", "Rotate", "RandomBrightness", "RandomContrast",
+             "GaussianBlur", "ShiftScaleRotate")  # the order `apply` runs them in
+
     def __init__(self, size: int | None = None, strength: float = 1.0) -> None:
+        table = tuple(name for name, build in ((s.paper, _BUILDERS[s.paper]) for s in PAPER_AUGMENTATION) if build)
+        if table != self.STEPS:
+            raise ValueError(f"BatchAugmentation runs {self.STEPS}, but PAPER_AUGMENTATION lists {table}")
         self.size = None if size is None else int(size)
         self.strength = _check_strength(strength)  # as in `train_augmentation`
 
@@ -335,17 +376,22 @@ class BatchAugmentation:
         def coin(p: float) -> torch.Tensor:
             return torch.rand(n, generator=generator) < p
 
-        s = self.strength
-        max_shift = 0.1 * s * width
+        r = recipe(self.strength)  # the table, magnitudes scaled
+        rotate, bright, contrast = (r[k].params for k in ("Rotate", "RandomBrightness", "RandomContrast"))
+        blur, affine = r["GaussianBlur"].params, r["ShiftScaleRotate"].params
+        kernels = torch.tensor([k for k in range(blur["kernel_range"][0], blur["kernel_range"][1] + 1) if k % 2])
+        max_dx, max_dy = (t * width for t in affine["translate"])  # RandomAffine's: a fraction of the size
         return {
-            "transpose": coin(0.5), "vflip": coin(0.5), "hflip": coin(0.5),
-            "rotate": coin(0.5), "rotate_angle": u(-90.0 * s, 90.0 * s),
-            "brightness": coin(0.5), "beta": u(-0.2 * s, 0.2 * s),
-            "contrast": coin(0.5), "alpha": u(1.0 - 0.2 * s, 1.0 + 0.2 * s),
-            "blur": coin(0.25), "blur_kernel": 3 + 2 * torch.randint(2, (n,), generator=generator),
-            "affine": coin(0.85), "affine_angle": u(-15.0 * s, 15.0 * s),
-            "tx": u(-max_shift, max_shift).round(), "ty": u(-max_shift, max_shift).round(),
-            "scale": u(1.0 - 0.1 * s, 1.0 + 0.1 * s),
+            "transpose": coin(r["Transpose"].p), "vflip": coin(r["VerticalFlip"].p),
+            "hflip": coin(r["HorizontalFlip"].p),
+            "rotate": coin(r["Rotate"].p), "rotate_angle": u(*rotate["angle_range"]),
+            "brightness": coin(r["RandomBrightness"].p), "beta": u(*bright["brightness_range"]),
+            "contrast": coin(r["RandomContrast"].p), "alpha": u(*contrast["contrast_range"]),
+            "blur": coin(r["GaussianBlur"].p),
+            "blur_kernel": kernels[torch.randint(len(kernels), (n,), generator=generator)],
+            "affine": coin(r["ShiftScaleRotate"].p), "affine_angle": u(*affine["degrees"]),
+            "tx": u(-max_dx, max_dx).round(), "ty": u(-max_dy, max_dy).round(),
+            "scale": u(*affine["scale"]),
         }
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -370,7 +416,7 @@ class BatchAugmentation:
         mu = y.mean(dim=(1, 2, 3), keepdim=True)
         y = torch.where(on("contrast"), (on("alpha") * (y - mu) + mu).round().clamp(0, 255), y)
         x = y.to(torch.uint8)
-        for k in (3, 5):
+        for k in p["blur_kernel"][p["blur"]].unique().tolist():
             if (sel := (p["blur"] & (p["blur_kernel"] == k)).nonzero().flatten()).numel():
                 x[sel] = gaussian_blur(x[sel], k)
         if (sel := p["affine"].nonzero().flatten()).numel():

@@ -50,7 +50,7 @@ from ..explain.heatmap_input import INPUT_MODES, render_input
 from ..io import atomic_write, atomic_write_text
 from ..models import list_models, model_spec
 from ..training.distributed import is_main_process
-from ..training.loop import training_device
+from ..training.loop import EPOCH_BASE, training_device
 from .cohort import Cohort, cohort_for
 from .holdout import select_part
 from .config_checks import image_size_for, split_by, split_label
@@ -446,7 +446,7 @@ class _Runner:
         res, proba, metrics = done.fit, done.proba, dict(done.metrics)
         metrics.update(variant=v.name, fold=k, model=v.model, input=v.input, use_meta=v.use_meta,
                        split=split_label(v.split), n_train=int(len(train)), n_val=int(len(val)),
-                       n_test=int(len(test)), best_epoch=res.best_epoch, weights_source=done.weights_source,
+                       n_test=int(len(test)), best_epoch=res.best_epoch, epoch_base=EPOCH_BASE, weights_source=done.weights_source,
                        hardware=_hardware(cfg), warnings=done.warnings, seconds=time.time() - t0)
         if self.main:
             atomic_write_text(folder / "history.json", json.dumps(res.history, indent=2))

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from ..config import V1_SPLIT_NAMES
 from ..errors import DataError
+from ..training.loop import one_based_history
 from .cv_html import write_cv_report
 from .cv_stats import (
     LEAKY,
@@ -58,7 +59,7 @@ def _read_folds(run_dir: Path, plan: dict) -> tuple[list[dict], dict, dict, dict
             rows.append({"variant": v, "fold": k, **{key: m.get(key) for key in METRICS},
                          "n_images": m["n_images"], "seconds": m.get("seconds")})
             hist = folder / "history.json"
-            histories[v].append(json.loads(hist.read_text()) if hist.exists() else [])
+            histories[v].append(one_based_history(json.loads(hist.read_text())) if hist.exists() else [])
             preds[v].append(read_predictions(folder / "predictions.csv"))
             warnings += [w for w in m.get("warnings", []) if w not in warnings]
             hardware.setdefault(m.get("hardware", "not recorded"), {}).setdefault(v, []).append(k)

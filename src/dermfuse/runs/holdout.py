@@ -30,6 +30,7 @@ from ..io import atomic_write_text
 from ..models import model_spec
 from ..models.ensemble import ENSEMBLE
 from ..training.distributed import is_main_process
+from ..training.loop import EPOCH_BASE, best_epoch_of, one_based_history
 from .cohort import Cohort, cohort_for, holdout_split, load_cohort
 from .config_checks import check_config, image_size_for, model_kwargs, split_label
 from .evaluate import evaluate_bundle, select_part  # re-exported: where 0.1 callers import them
@@ -117,6 +118,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     if member is not None:  # one member alone; the run that builds the ensemble reuses its checkpoint
         f = done.fit
         return RunResult(run_dir, {"member": member, "seed": cfg.train.init_seed + member, "best_epoch": f.best_epoch,
+                                   "epoch_base": EPOCH_BASE,
                                    "stopped_early": f.stopped_early, "epochs_run": len(f.history)}, None, f.history)
     metrics = _run_metrics(cfg, done, init_info)
     if not main:
@@ -257,7 +259,7 @@ def _holdout_report(run_dir: Path, cfg: RunConfig, cohort: Cohort, history: list
 
 def _members_section(metrics: dict[str, Any]) -> Section:
     cols = TABLE_METRICS
-    rows = [(f"member {m['member']} (seed {m['seed']}, best epoch {m['best_epoch'] + 1})", *(m.get(c) for c in cols))
+    rows = [(f"member {m['member']} (seed {m['seed']}, best epoch {best_epoch_of(m)})", *(m.get(c) for c in cols))
             for m in metrics["members"]]
     rows.append(("ensemble (mean of the members' probabilities)", *(metrics.get(c) for c in cols)))
     return Section("Ensemble members",
@@ -330,7 +332,7 @@ def calibrate_run(run_dir: str | Path, mode: str = "prior-temperature", progress
     write_predictions(run_dir / "predictions.csv", pred["image_id"].to_numpy(), classes, y_test, proba)
     update_bundle_info(run_dir / "bundle", calibration=calibration.to_dict(),
                        metrics={**headline(metrics), "split": metrics["split"]})
-    history = json.loads((run_dir / "history.json").read_text())
+    history = one_based_history(json.loads((run_dir / "history.json").read_text()))
     cfg.train.calibration = mode
     save_config(cfg, run_dir / "config.yaml")
     _holdout_report(run_dir, cfg, cohort, history, metrics, y_test, proba,

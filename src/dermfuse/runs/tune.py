@@ -194,14 +194,15 @@ def open_study(storage: str, study_name: str, space: SearchSpace) -> Any:
     s, p = space.sampler, space.pruner
     sampler = optuna.samplers.TPESampler(n_startup_trials=int(s.get("n_startup_trials", 5)),
                                          seed=s.get("seed"), constant_liar=True)
+    # n_warmup_steps: epochs every trial runs before it may be pruned. Steps are epochs counted
+    # from 1 and optuna prunes at a step >= its n_warmup_steps, so it gets one more.
+    warmup = int(p.get("n_warmup_steps", 1)) + 1
     if p.get("name") == "none":
         pruner = optuna.pruners.NopPruner()
     elif p.get("name") == "threshold":  # stop any trial whose score is below `lower` after the warm-up
-        pruner = optuna.pruners.ThresholdPruner(lower=float(p.get("lower", 0.0)),
-                                                n_warmup_steps=int(p.get("n_warmup_steps", 1)))
+        pruner = optuna.pruners.ThresholdPruner(lower=float(p.get("lower", 0.0)), n_warmup_steps=warmup)
     else:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=int(p.get("n_startup_trials", 3)),
-                                             n_warmup_steps=int(p.get("n_warmup_steps", 1)))
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=int(p.get("n_startup_trials", 3)), n_warmup_steps=warmup)
     store = _storage(storage)
     for attempt in range(5):
         try:
@@ -373,14 +374,15 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
 
         def report(row: dict[str, Any]) -> None:  # fit()'s per-epoch callback: the pruner's input
             score = float(row["val_balanced_accuracy"])
-            trial.report(score, row["epoch"])
-            trial.set_user_attr("epochs_run", row["epoch"] + 1)
+            trial.report(score, row["epoch"])  # step = the epoch, counted from 1
+            trial.set_user_attr("epochs_run", row["epoch"])
             if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {row['epoch'] + 1}: validation balanced accuracy {score:.4f}")
+                raise optuna.TrialPruned(f"epoch {row['epoch']}: validation balanced accuracy {score:.4f}")
 
         res = fit(model, data.train, data.val, tcfg.train, data.classes, progress=False, on_epoch=report)
         value = max(float(r["val_balanced_accuracy"]) for r in res.history)
-        trial.set_user_attr("best_epoch", int(np.argmax([r["val_balanced_accuracy"] for r in res.history])))
+        best = int(np.argmax([r["val_balanced_accuracy"] for r in res.history]))
+        trial.set_user_attr("best_epoch", int(res.history[best]["epoch"]))  # counted from 1
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         return value
 

@@ -29,7 +29,7 @@ from ..inference.predictor import Predictor
 from ..models import create_model, model_spec
 from ..models.ensemble import Ensemble
 from ..training.distributed import is_main_process
-from ..training.loop import ArrayDataset, FitResult, fit
+from ..training.loop import EPOCH_BASE, ArrayDataset, FitResult, fit
 from .config_checks import model_kwargs
 
 __all__ = ["Trained", "train_variant", "takes_meta", "pretrainable", "score", "headline", "calibrated_metrics"]
@@ -192,7 +192,7 @@ def train_variant(cfg: RunConfig, table: pd.DataFrame, y: np.ndarray, classes: l
                 else Calibration()
             p, m = calibrated_metrics(y[test_idx], test_p[-1], own, classes)
             member_proba.append(p)
-            member_metrics.append({"member": k, "seed": cfg.train.init_seed + k, "best_epoch": res.best_epoch,
+            member_metrics.append({"member": k, "seed": cfg.train.init_seed + k, "best_epoch": res.best_epoch, "epoch_base": EPOCH_BASE,
                                    **headline(m)})
     model = nets[0] if len(nets) == 1 else Ensemble(nets)
     mean = (lambda ps: ps[0] if len(ps) == 1 else np.mean(ps, axis=0, dtype=np.float64).astype(np.float32))

@@ -60,7 +60,7 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
         atomic_write(run_dir / "cam_training_ids.csv", lambda tmp: ids.to_csv(tmp, index=False))
     res = fit(cam_model, ds(train_idx), ds(val_idx), tcfg, classes, run_dir=cam_dir, resume=resume,
               progress=progress)
-    val_ba = res.history[res.best_epoch]["val_balanced_accuracy"]  # of the weights it ends with
+    val_ba = res.history[res.best_epoch - 1]["val_balanced_accuracy"]  # of the weights it ends with
     cam_model.eval()
     maps, key, reused = cached_maps(cam_model, images, cache_key, cfg.cam.method, progress)
     inputs = render_input(cfg.model.input, np.asarray(images), maps)

@@ -37,12 +37,15 @@ from ..preprocess import BatchAugmentation, to_input, train_augmentation
 
 __all__ = [
     "ArrayDataset",
+    "EPOCH_BASE",
     "EpochSampler",
     "FitResult",
     "class_weights",
     "dist_info",
     "epoch_indices",
     "evaluate",
+    "best_epoch_of",
+    "one_based_history",
     "fit",
     "is_main_process",
     "train_one_epoch",
@@ -52,6 +55,7 @@ BALANCE_MODES = get_args(Balance)  # the config's choices (dermfuse.config)
 SCHEDULES = get_args(Schedule)
 EARLY_STOPPING = get_args(EarlyStopping)
 AUGMENT_ON = get_args(AugmentOn)
+EPOCH_BASE = 1  # epochs are numbered from 1, as the progress bar shows them ("epoch 1/12")
 console = Console(stderr=True)  # progress bars and epoch summaries
 
 
@@ -87,8 +91,8 @@ class ArrayDataset(Dataset):
 
 @dataclass
 class FitResult:
-    history: list[dict[str, Any]]  # one row per epoch, see fit()
-    best_epoch: int  # epoch whose weights the model holds at the end
+    history: list[dict[str, Any]]  # one row per epoch, see fit(); row["epoch"] counts from 1
+    best_epoch: int  # epoch (from 1) whose weights the model holds at the end: history[best_epoch - 1]
     best_score: float | None  # its early-stopping score (None without early stopping)
     stopped_early: bool
 
@@ -141,6 +145,21 @@ class EpochSampler(DistributedSampler):
     def __iter__(self):
         rows = np.resize(epoch_indices(self.labels, self.balance, self.seed, self.epoch), self.total_size)
         return iter(rows[self.rank :: self.num_replicas].tolist())
+
+
+def one_based_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History rows with epochs counted from 1: rows of a history.json (or checkpoint)
+    written when epochs counted from 0 are renumbered; others are returned as they are
+    (rows without an "epoch", e.g. federated rounds, too)."""
+    if not rows or rows[0].get("epoch") != 0:
+        return list(rows)
+    return [{**r, "epoch": r["epoch"] + EPOCH_BASE} for r in rows]
+
+
+def best_epoch_of(record: dict[str, Any]) -> int:
+    """The best epoch, counted from 1, of a metrics record with a "best_epoch" (records
+    without "epoch_base" were written when epochs counted from 0)."""
+    return int(record["best_epoch"]) + (0 if record.get("epoch_base") == EPOCH_BASE else EPOCH_BASE)
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, mode: str) -> Any:
@@ -309,7 +328,7 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``model`` (forward(image (B,3,H,W) float [0,1], meta (B,D)) -> logits (B,C)) in place.
 
-    Each epoch appends {epoch, train_loss, train_acc, val_loss, val_acc,
+    Each epoch appends {epoch (1, 2, ...), train_loss, train_acc, val_loss, val_acc,
     val_balanced_accuracy, lr, seconds} to the history (val_* None without ``val``). With
     ``val`` and ``cfg.early_stopping`` != "none", training stops after ``cfg.patience``
     epochs without improvement and the best epoch's weights are loaded back; otherwise the
@@ -342,23 +361,29 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
             model.to(memory_format=torch.contiguous_format)
 
 
-def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: TrainConfig, classes: list[str],
-         run_dir: Path | None, resume: bool, progress: bool, on_epoch: Callable[[dict[str, Any]], None] | None,
-         device: torch.device, rank: int, world: int, amp: bool, monitor: str | None,
-         memory_format: torch.memory_format) -> FitResult:
-    main = rank == 0
-    higher_is_better = monitor == "balanced_accuracy"
-    net = model
-    if world > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    batch_augment = None  # the recipe per batch on the device, or per image in the loader
+@dataclass
+class _Loaders:
+    """What one fit reads its batches from; the generators are reseeded every epoch."""
+
+    train: DataLoader
+    val: DataLoader | None
+    sampler: EpochSampler
+    loader_rng: torch.Generator  # the loader's shuffling and worker seeds
+    augment_rng: torch.Generator  # the per-batch augmentation's draws
+    batch_augment: BatchAugmentation | None  # the recipe per batch on the device, or None
+
+
+def _make_loaders(train: ArrayDataset, val: ArrayDataset | None, cfg: TrainConfig, device: torch.device,
+                  rank: int, world: int) -> _Loaders:
+    """Training and validation loaders of this rank, with the augmentation in the loader's
+    workers (per image) or on the device (per batch)."""
+    batch_augment = None
     if cfg.augment and train.transform is None:
         if _augment_on_device(cfg, device, train):
             batch_augment = BatchAugmentation(strength=cfg.augment_strength)
         else:
             train = copy.copy(train)  # shares the arrays
             train.transform = train_augmentation(tuple(train.images.shape[1:3]), strength=cfg.augment_strength)
-    augment_rng = torch.Generator()  # reseeded per epoch from (seed, epoch, rank), as the loader's
     sampler = EpochSampler(train.labels, cfg.balance, seed=cfg.init_seed, num_replicas=world, rank=rank)
     # Own generators, reseeded per epoch: loader and worker seeds come from (seed, epoch, rank)
     # alone and the global RNG (augmentation, dropout) is drawn from by nothing else.
@@ -368,29 +393,123 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
     val_loader = None
     if val is not None and len(val):  # rank r evaluates rows r, r + world, ...
         val_loader = DataLoader(val, sampler=range(rank, len(val), world), generator=torch.Generator(), **loader_kw)
+    return _Loaders(train_loader, val_loader, sampler, loader_rng, torch.Generator(), batch_augment)
 
-    weight = class_weights(train.labels, len(classes)).to(device) if cfg.balance == "weighted-loss" else None
+
+@dataclass
+class _Optimisation:
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+
+
+def _make_optimisation(model: nn.Module, labels: np.ndarray, cfg: TrainConfig, n_classes: int,
+                       device: torch.device, amp: bool, higher_is_better: bool) -> _Optimisation:
+    """Loss (class-weighted for balance=weighted-loss), Adam, the lr schedule and the AMP scaler."""
+    weight = class_weights(labels, n_classes).to(device) if cfg.balance == "weighted-loss" else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _make_scheduler(optimizer, cfg, "max" if higher_is_better else "min")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    return _Optimisation(criterion, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp))
+
+
+def _resume(ckpt_path: Path, cfg: TrainConfig, rank: int, model: nn.Module,
+            opt: _Optimisation, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Model, optimisation, fit state, best weights and this rank's RNG streams from checkpoint.pt."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain types only
+    saved = ckpt.get("config", {})
+    seed = saved.get("init_seed", saved.get("seed", cfg.init_seed))  # "seed" in checkpoints before config_version 2
+    if seed != cfg.init_seed:
+        raise ConfigError(f"{ckpt_path} was trained with init seed {seed}, this run asks for "
+                          f"init seed {cfg.init_seed}: resume with the same seed or use a new run directory")
+    for name, obj in (("model", model), ("optimizer", opt.optimizer), ("scheduler", opt.scheduler),
+                      ("scaler", opt.scaler)):
+        obj.load_state_dict(ckpt[name])
+    state = {k: ckpt[k] for k in state}
+    if ckpt.get("epoch_base", 0) != EPOCH_BASE:  # a checkpoint from before epochs counted from 1
+        state["history"] = one_based_history(state["history"])
+        state["best_epoch"] = state["best_epoch"] + EPOCH_BASE if state["best_epoch"] >= 0 else -1
+    if rank < len(ckpt["rng"]):
+        _set_rng_state(ckpt["rng"][rank])  # last, so nothing above shifts the random streams
+    return state, ckpt["best_weights"]
+
+
+def _run_epoch(net: nn.Module, model: nn.Module, epoch: int, cfg: TrainConfig, data: _Loaders,
+               opt: _Optimisation, device: torch.device, rank: int, amp: bool, show: bool,
+               memory_format: torch.memory_format) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+    """Train one epoch and validate: (history row, train stats, validation stats)."""
+    start = time.perf_counter()
+    data.sampler.set_epoch(epoch)
+    data.loader_rng.manual_seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank]).generate_state(1)[0]))
+    data.augment_rng.manual_seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank, 1]).generate_state(1)[0]))
+    if cfg.schedule == "plateau" and epoch <= cfg.warmup_epochs:
+        for group in opt.optimizer.param_groups:
+            group["lr"] = cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+    lr = opt.optimizer.param_groups[0]["lr"]
+
+    columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
+    augment = None if data.batch_augment is None else (lambda x: data.batch_augment(x, data.augment_rng))
+    with Progress(*columns, console=console, transient=True, disable=not show) as bar:
+        tr = train_one_epoch(net, data.train, opt.criterion, opt.optimizer, opt.scaler, device, amp,
+                             cfg.max_steps_per_epoch, bar if show else None, augment, memory_format)
+    broadcast_buffers(model)
+    va = evaluate(model, data.val, device, amp, memory_format) if data.val is not None else {}
+    row = {"epoch": epoch + EPOCH_BASE, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va.get("loss"),
+           "val_acc": va.get("acc"), "val_balanced_accuracy": va.get("balanced_accuracy"),
+           "lr": lr, "seconds": time.perf_counter() - start}
+    return row, tr, va
+
+
+def _schedule_and_stop(epoch: int, cfg: TrainConfig, opt: _Optimisation, tr: dict[str, float],
+                       va: dict[str, float], monitor: str | None, model: nn.Module, state: dict[str, Any],
+                       best_weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """Step the lr schedule and track the best epoch (updates ``state``); returns the best weights."""
+    higher_is_better = monitor == "balanced_accuracy"
+    if cfg.schedule != "plateau":
+        opt.scheduler.step()
+    elif epoch >= cfg.warmup_epochs:
+        opt.scheduler.step(va.get("balanced_accuracy" if higher_is_better else "loss", tr["loss"]))
+    if monitor is None:
+        return best_weights
+    score = va["balanced_accuracy"] if higher_is_better else va["loss"]
+    best = state["best_score"]
+    if best is None or (score > best if higher_is_better else score < best):
+        state.update(best_score=score, best_epoch=epoch + EPOCH_BASE, bad_epochs=0)
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    state["bad_epochs"] += 1
+    state["stopped_early"] = state["bad_epochs"] >= cfg.patience and epoch + 1 < cfg.epochs
+    return best_weights
+
+
+def _save(run_dir: Path, model: nn.Module, opt: _Optimisation, best_weights: dict[str, torch.Tensor] | None,
+          rng: list[dict[str, Any]], cfg: TrainConfig, classes: list[str], state: dict[str, Any]) -> None:
+    """checkpoint.pt (everything `_resume` reads) and history.json, each written atomically."""
+    ckpt = {"model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
+            "best_weights": best_weights, "rng": rng, "config": dataclasses.asdict(cfg),
+            "classes": list(classes), "epoch_base": EPOCH_BASE, **state}
+    atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(ckpt, tmp))
+    atomic_write_text(run_dir / "history.json", json.dumps(state["history"], indent=2))
+
+
+def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: TrainConfig, classes: list[str],
+         run_dir: Path | None, resume: bool, progress: bool, on_epoch: Callable[[dict[str, Any]], None] | None,
+         device: torch.device, rank: int, world: int, amp: bool, monitor: str | None,
+         memory_format: torch.memory_format) -> FitResult:
+    main = rank == 0
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    data = _make_loaders(train, val, cfg, device, rank, world)
+    opt = _make_optimisation(model, train.labels, cfg, len(classes), device, amp, monitor == "balanced_accuracy")
 
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": None,
                              "bad_epochs": 0, "stopped_early": False}
     best_weights: dict[str, torch.Tensor] | None = None
-    ckpt_path = run_dir / "checkpoint.pt" if run_dir is not None else None
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain types only
-        saved = ckpt.get("config", {})
-        seed = saved.get("init_seed", saved.get("seed", cfg.init_seed))  # "seed" in checkpoints before config_version 2
-        if seed != cfg.init_seed:
-            raise ConfigError(f"{ckpt_path} was trained with init seed {seed}, this run asks for "
-                              f"init seed {cfg.init_seed}: resume with the same seed or use a new run directory")
-        for name, obj in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
-            obj.load_state_dict(ckpt[name])
-        state, best_weights = {k: ckpt[k] for k in state}, ckpt["best_weights"]
-        if rank < len(ckpt["rng"]):
-            _set_rng_state(ckpt["rng"][rank])  # last, so nothing above shifts the random streams
+    if resume and (run_dir / "checkpoint.pt").exists():
+        state, best_weights = _resume(run_dir / "checkpoint.pt", cfg, rank, model, opt, state)
     if main and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -398,53 +517,13 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
     for epoch in range(state["epoch"], cfg.epochs):
         if state["stopped_early"]:
             break
-        start = time.perf_counter()
-        sampler.set_epoch(epoch)
-        loader_rng.manual_seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank]).generate_state(1)[0]))
-        augment_rng.manual_seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank, 1]).generate_state(1)[0]))
-        if cfg.schedule == "plateau" and epoch <= cfg.warmup_epochs:
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
-        lr = optimizer.param_groups[0]["lr"]
-
-        columns = (TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True, disable=not show) as bar:
-            tr = train_one_epoch(net, train_loader, criterion, optimizer, scaler, device, amp,
-                                 cfg.max_steps_per_epoch, bar if show else None,
-                                 None if batch_augment is None else lambda x: batch_augment(x, augment_rng),
-                                 memory_format)
-        broadcast_buffers(model)
-        va = evaluate(model, val_loader, device, amp, memory_format) if val_loader is not None else {}
-        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va.get("loss"),
-               "val_acc": va.get("acc"), "val_balanced_accuracy": va.get("balanced_accuracy"),
-               "lr": lr, "seconds": time.perf_counter() - start}
+        row, tr, va = _run_epoch(net, model, epoch, cfg, data, opt, device, rank, amp, show, memory_format)
         state["history"].append(row)
         state["epoch"] = epoch + 1
-
-        if cfg.schedule != "plateau":
-            scheduler.step()
-        elif epoch >= cfg.warmup_epochs:
-            scheduler.step(va.get("balanced_accuracy" if higher_is_better else "loss", tr["loss"]))
-        if monitor is not None:
-            score = va["balanced_accuracy"] if higher_is_better else va["loss"]
-            best = state["best_score"]
-            if best is None or (score > best if higher_is_better else score < best):
-                state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                state["bad_epochs"] += 1
-                state["stopped_early"] = state["bad_epochs"] >= cfg.patience and epoch + 1 < cfg.epochs
-
+        best_weights = _schedule_and_stop(epoch, cfg, opt, tr, va, monitor, model, state, best_weights)
         rng = all_gather_objects(_rng_state())  # every rank's, so each resumes its own streams
         if main and run_dir is not None:
-            ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "best_weights": best_weights, "rng": rng, "config": dataclasses.asdict(cfg),
-                    "classes": list(classes), **state}
-            atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
-            history_json = json.dumps(state["history"], indent=2)
-            atomic_write_text(run_dir / "history.json", history_json)
+            _save(run_dir, model, opt, best_weights, rng, cfg, classes, state)
         if show:
             console.print(_summary(row, cfg.epochs), soft_wrap=True, highlight=False)
         if on_epoch is not None:
@@ -453,12 +532,12 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
     if monitor is not None and best_weights is not None:
         model.load_state_dict(best_weights)
     else:
-        state["best_epoch"] = len(state["history"]) - 1
+        state["best_epoch"] = len(state["history"])  # the last, counted from 1
     return FitResult(state["history"], state["best_epoch"], state["best_score"], state["stopped_early"])
 
 
 def _summary(row: dict[str, Any], epochs: int) -> str:
-    text = f"epoch {row['epoch'] + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+    text = f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
     if row["val_loss"] is not None:
         text += (f"  | val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
                  f" bal acc {row['val_balanced_accuracy']:.3f}")

@@ -149,6 +149,35 @@ def load_image(path_or_bytes: ImageSource) -> Image.Image:
     `missing_image_file`, `empty_image`, `unreadable_image`, `truncated_image`,
     `image_too_large`, `image_too_small`, `unsupported_image`.
     """
+    name, data = _read_source(path_or_bytes)
+    img = _decode(data, name)
+    if img.width == 0 or img.height == 0:
+        raise _input_error(f"image file {name!r} has no pixels ({img.width}x{img.height})", "empty_image")
+    if min(img.width, img.height) < MIN_IMAGE_SIDE:
+        raise _input_error(
+            f"image file {name!r} is {img.width}x{img.height} px; the shorter side must be at "
+            f"least {MIN_IMAGE_SIDE} px",
+            "image_too_small",
+        )
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block: keep the pixels as stored
+        pass
+    try:
+        img = _to_rgb(img, name)
+    except InputError:
+        raise
+    except Exception as exc:  # a conversion Pillow cannot do is still this file's problem
+        raise _input_error(
+            f"image file {name!r} (mode {img.mode}) cannot be converted to RGB: {type(exc).__name__}: {exc}",
+            "unsupported_image",
+        ) from exc
+    _count_decode()
+    return img
+
+
+def _read_source(path_or_bytes: ImageSource) -> tuple[str, bytes]:
+    """(name for messages, the file's bytes); a missing, unreadable or empty file is refused."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         name = "<uploaded bytes>"
         data = bytes(path_or_bytes)
@@ -163,7 +192,12 @@ def load_image(path_or_bytes: ImageSource) -> Image.Image:
             raise _input_error(f"image file {name!r} cannot be read: {exc}", "unreadable_image") from exc
     if len(data) == 0:
         raise _input_error(f"image file {name!r} is empty (0 bytes)", "empty_image")
+    return name, data
 
+
+def _decode(data: bytes, name: str) -> Image.Image:
+    """Pillow's full decode of ``data``, every failure an `InputError` naming the file:
+    decompression bombs, truncation, unknown formats, decoder errors."""
     try:
         # Header only. PIL warns (and only warns) between its own limit and twice it: make that
         # an error. catch_warnings is process-wide, hence the lock; the decode below runs outside it.
@@ -197,28 +231,6 @@ def load_image(path_or_bytes: ImageSource) -> Image.Image:
         if "truncated" in text.lower() or isinstance(exc, EOFError):
             raise _input_error(f"image file {name!r} is truncated: {text}", "truncated_image") from exc
         raise _input_error(f"image file {name!r} cannot be decoded: {text}", "unreadable_image") from exc
-    if img.width == 0 or img.height == 0:
-        raise _input_error(f"image file {name!r} has no pixels ({img.width}x{img.height})", "empty_image")
-    if min(img.width, img.height) < MIN_IMAGE_SIDE:
-        raise _input_error(
-            f"image file {name!r} is {img.width}x{img.height} px; the shorter side must be at "
-            f"least {MIN_IMAGE_SIDE} px",
-            "image_too_small",
-        )
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a malformed EXIF block: keep the pixels as stored
-        pass
-    try:
-        img = _to_rgb(img, name)
-    except InputError:
-        raise
-    except Exception as exc:  # a conversion Pillow cannot do is still this file's problem
-        raise _input_error(
-            f"image file {name!r} (mode {img.mode}) cannot be converted to RGB: {type(exc).__name__}: {exc}",
-            "unsupported_image",
-        ) from exc
-    _count_decode()
     return img
 
 
@@ -370,33 +382,8 @@ def build_cache(
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(npy, ".npy")
-    paths = [str(p) for p in table["path"]]
-
-    def work(i: int) -> np.ndarray:
-        try:
-            return resize_image(load_image(paths[i]), (h, w), method)
-        except InputError as exc:
-            reason = getattr(exc, "reason", "unreadable_image")
-            raise _input_error(f"{exc} (row {i}, image_id {image_ids[i]!r})", reason) from exc
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    workers = max(1, min(8, os.cpu_count() or 1))
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        pool = ThreadPoolExecutor(workers)  # PIL decodes and resizes without holding the GIL
-        try:
-            with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
-                task = bar.add_task(f"caching {len(table)} images at {h}x{w} ({method})", total=len(table))
-                for i, arr in enumerate(pool.map(work, range(len(table)))):
-                    out[i] = arr
-                    bar.advance(task)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # on error: stop, don't decode the rest
-        out.flush()
-        del out
+        _decode_into(tmp, [str(p) for p in table["path"]], image_ids, (h, w), method, progress)
         os.replace(tmp, npy)
         info = {
             "format_version": CACHE_FORMAT_VERSION,
@@ -411,6 +398,38 @@ def build_cache(
         if tmp.exists():
             tmp.unlink()
     return CachedImages(np.load(npy, mmap_mode="r"), key, len(table), npy, tuple(image_ids))
+
+
+def _decode_into(tmp: Path, paths: list[str], image_ids: list[str], hw: tuple[int, int], method: str,
+                 progress: bool) -> None:
+    """Decode and resize every image, in a thread pool, into a new .npy file ``tmp``
+    (N, h, w, 3) uint8; the first unreadable image stops the rest and is raised, naming its row."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    h, w = hw
+
+    def work(i: int) -> np.ndarray:
+        try:
+            return resize_image(load_image(paths[i]), (h, w), method)
+        except InputError as exc:
+            reason = getattr(exc, "reason", "unreadable_image")
+            raise _input_error(f"{exc} (row {i}, image_id {image_ids[i]!r})", reason) from exc
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    workers = max(1, min(8, os.cpu_count() or 1))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, 3))
+    pool = ThreadPoolExecutor(workers)  # PIL decodes and resizes without holding the GIL
+    try:
+        with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"caching {len(paths)} images at {h}x{w} ({method})", total=len(paths))
+            for i, arr in enumerate(pool.map(work, range(len(paths)))):
+                out[i] = arr
+                bar.advance(task)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on error: stop, don't decode the rest
+    out.flush()
+    del out
 
 
 CACHE_PARTS = ("images", "heatmaps", "image_checks")

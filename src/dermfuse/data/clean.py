@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -222,59 +222,27 @@ def clean(result: ReadResult, check_images: bool = True,
     and byte-identical files go undetected.
     """
     table = result.table.reset_index(drop=True)
-    classes = set(result.classes)
     reason: list[str | None] = [None] * len(table)
     detail: list[str] = [""] * len(table)
 
-    def drop(i: int, why: str, text: str) -> None:
+    def drop(i: int, why: str, text: str) -> None:  # the first reason found for a row is kept
         if reason[i] is None:
             reason[i], detail[i] = why, text
 
     for i, text in _duplicate_rows(table).items():
         drop(i, "duplicate_row", text)
-    for i, (image_id, label, path) in enumerate(zip(table["image_id"], table["label"], table["path"])):
-        if _is_missing(label):
-            drop(i, "missing_label", "no label")
-        elif label not in classes:
-            drop(i, "unknown_label", f"label '{label}' is not one of {', '.join(result.classes)}")
-        elif image_id is None:
-            drop(i, "missing_image_file", "row has no image id")
-        elif path is None or not isinstance(path, str):
-            drop(i, "missing_image_file", f"no image file named {image_id} under {result.root}")
-        elif not check_images and not os.path.isfile(path):
-            drop(i, "missing_image_file", f"file {path} is gone")
-
+    for i, why, text in _row_problems(table, result, check_images):
+        drop(i, why, text)
     sha1: list[str | None] = [None] * len(table)
     decoded = 0
     if check_images:
         alive = [i for i in range(len(table)) if reason[i] is None]
-        outcomes, decoded = _check_images([table.at[i, "path"] for i in alive], result.root, progress)
-        kept_by_hash: dict[str, str] = {}
-        for i, (digest, status, text) in zip(alive, outcomes):
-            sha1[i] = digest or None
-            if status != "ok":
-                drop(i, status, text)
-            elif digest in kept_by_hash:
-                drop(i, "duplicate_image", f"same bytes as kept image {kept_by_hash[digest]}")
-            else:
-                kept_by_hash[digest] = table.at[i, "image_id"]
+        decoded = _check_files(table, alive, result.root, sha1, drop, progress)
 
     keep = np.array([r is None for r in reason], dtype=bool)
     out = table.assign(sha1=pd.Series(sha1, dtype=object))[keep].reset_index(drop=True)
-    age = pd.to_numeric(out["age"], errors="coerce").astype(float)
-    raw = out["age_raw"] if "age_raw" in out.columns else pd.Series([None] * len(out), dtype=object)
-    invalid = (age < AGE_RANGE[0]) | (age > AGE_RANGE[1]) | raw.notna().to_numpy()
-    out["age"] = age.mask(invalid)
-    unrecognised: dict[str, dict[str, int]] = {}
-    for column, normalise in (("sex", normalise_sex), ("site", normalise_site)):
-        levels, counts = [], unrecognised.setdefault(column, {})
-        for v in out[column]:
-            level = normalise(v)
-            if isinstance(level, Unrecognised):
-                counts[level.text] = counts.get(level.text, 0) + 1
-            levels.append(level if isinstance(level, str) else "unknown")
-        out[column] = pd.Series(levels, dtype=object)
-
+    invalid = _blank_invalid_ages(out)
+    unrecognised = _normalise_categories(out)
     report = CleaningReport(orphan_files=list(result.orphan_files), decoded=decoded,
                             unrecognised=unrecognised)
     for entry in result.excluded:
@@ -290,6 +258,64 @@ def clean(result: ReadResult, check_images: bool = True,
     report.n_in = len(table) + len(result.excluded)
     report.n_out = len(out)
     return out, report
+
+
+def _row_problems(table: pd.DataFrame, result: ReadResult, check_images: bool) -> Iterator[tuple[int, str, str]]:
+    """(row, reason, detail) for a row without a usable label, image id or image file."""
+    classes = set(result.classes)
+    for i, (image_id, label, path) in enumerate(zip(table["image_id"], table["label"], table["path"])):
+        if _is_missing(label):
+            yield i, "missing_label", "no label"
+        elif label not in classes:
+            yield i, "unknown_label", f"label '{label}' is not one of {', '.join(result.classes)}"
+        elif image_id is None:
+            yield i, "missing_image_file", "row has no image id"
+        elif path is None or not isinstance(path, str):
+            yield i, "missing_image_file", f"no image file named {image_id} under {result.root}"
+        elif not check_images and not os.path.isfile(path):
+            yield i, "missing_image_file", f"file {path} is gone"
+
+
+def _check_files(table: pd.DataFrame, alive: list[int], root: Any, sha1: list[str | None],
+                 drop: Callable[[int, str, str], None], progress: bool) -> int:
+    """Read the image files of rows ``alive``: fill ``sha1`` in, drop the unusable files and
+    the byte-identical repeats of a kept image. Returns the number of files decoded."""
+    outcomes, decoded = _check_images([table.at[i, "path"] for i in alive], root, progress)
+    kept_by_hash: dict[str, str] = {}
+    for i, (digest, status, text) in zip(alive, outcomes):
+        sha1[i] = digest or None
+        if status != "ok":
+            drop(i, status, text)
+        elif digest in kept_by_hash:
+            drop(i, "duplicate_image", f"same bytes as kept image {kept_by_hash[digest]}")
+        else:
+            kept_by_hash[digest] = table.at[i, "image_id"]
+    return decoded
+
+
+def _blank_invalid_ages(out: pd.DataFrame) -> pd.Series:
+    """In place: ages outside AGE_RANGE or that were not numbers (``age_raw``) become missing.
+    Returns the mask of the ages blanked."""
+    age = pd.to_numeric(out["age"], errors="coerce").astype(float)
+    raw = out["age_raw"] if "age_raw" in out.columns else pd.Series([None] * len(out), dtype=object)
+    invalid = (age < AGE_RANGE[0]) | (age > AGE_RANGE[1]) | raw.notna().to_numpy()
+    out["age"] = age.mask(invalid)
+    return invalid
+
+
+def _normalise_categories(out: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """In place: sex and site as their canonical levels ('unknown' where missing or not
+    recognised). Returns column -> unrecognised text -> rows."""
+    unrecognised: dict[str, dict[str, int]] = {}
+    for column, normalise in (("sex", normalise_sex), ("site", normalise_site)):
+        levels, counts = [], unrecognised.setdefault(column, {})
+        for v in out[column]:
+            level = normalise(v)
+            if isinstance(level, Unrecognised):
+                counts[level.text] = counts.get(level.text, 0) + 1
+            levels.append(level if isinstance(level, str) else "unknown")
+        out[column] = pd.Series(levels, dtype=object)
+    return unrecognised
 
 
 def summarize(table: pd.DataFrame, report: CleaningReport, format: str,

@@ -147,6 +147,10 @@ class Lesion:
     skin: np.ndarray  # (3,) skin colour of this patient
 
 
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(*bounds))
+
+
 def draw_lesion(rng: np.random.Generator, cls: str) -> Lesion:
     """Draw one lesion's looks: its class's style, or ~4% of the time a neighbour's."""
     look = cls
@@ -157,58 +161,14 @@ def draw_lesion(rng: np.random.Generator, cls: str) -> Lesion:
     k = len(st.palette)
 
     def u(bounds: tuple[float, float]) -> float:
-        return float(rng.uniform(*bounds))
+        return _uniform(rng, bounds)
 
-    amps = np.zeros(9, dtype=np.float32)
-    amps[:3] = rng.uniform(0.3, 1.0, 3) * u(st.asym) / np.array([1.0, 1.5, 2.0])
-    amps[3:] = rng.uniform(0.2, 1.0, 6) * u(st.irregular) / np.sqrt(np.arange(4, 10))
-    harmonics = np.stack([amps, rng.uniform(0, 2 * np.pi, 9)], axis=1).astype(np.float32)
+    harmonics = _draw_harmonics(rng, st)
     palette = np.array(st.palette, dtype=np.float32)
     palette *= rng.normal(1.0, 0.035, (k, 3)).astype(np.float32) * float(rng.normal(1.0, 0.08))
-
-    n_dots = int(rng.integers(st.dots[0], st.dots[1] + 1))
-    if look == "mel":  # irregular globules, mostly near the border
-        r = rng.uniform(0.5, 1.05, n_dots)
-    else:  # regular: a ring or scattered
-        r = rng.uniform(0.2, 0.9, n_dots)
-    t = rng.uniform(0, 2 * np.pi, n_dots)
-    dot_col = rng.integers(1, 3, n_dots) if look in ("mel", "nv") else np.zeros(n_dots)
-    dots = np.stack([r * np.cos(t), r * np.sin(t), rng.uniform(0.02, 0.06, n_dots), dot_col], axis=1)
-
-    strokes: list[np.ndarray] = []
-    if st.kind == "vessels":  # arborizing vessels: branching random walks from the middle outwards
-        for _ in range(int(rng.integers(3, 7))):
-            p = rng.uniform(-0.3, 0.3, 2)
-            heading = rng.uniform(0, 2 * np.pi)
-            pts = [p.copy()]
-            for _ in range(int(rng.integers(5, 10))):
-                heading += rng.normal(0, 0.45)
-                p = p + 0.12 * np.array([np.cos(heading), np.sin(heading)])
-                pts.append(p.copy())
-            strokes.append(np.array(pts))
-            if len(pts) > 3:  # a side branch
-                q, h2 = pts[2].copy(), heading + rng.choice([-1.0, 1.0]) * 0.9
-                side = [q.copy()]
-                for _ in range(4):
-                    q = q + 0.08 * np.array([np.cos(h2), np.sin(h2)])
-                    side.append(q.copy())
-                strokes.append(np.array(side))
-    elif st.kind == "cysts":  # fissures of a seborrhoeic keratosis
-        for _ in range(int(rng.integers(1, 5))):
-            p, heading = rng.uniform(-0.5, 0.5, 2), rng.uniform(0, 2 * np.pi)
-            pts = [p]
-            for _ in range(4):
-                heading += rng.normal(0, 0.6)
-                p = p + 0.1 * np.array([np.cos(heading), np.sin(heading)])
-                pts.append(p)
-            strokes.append(np.array(pts))
-
-    lobules = np.zeros((0, 3))
-    if st.kind == "lobules":
-        n_lob = int(rng.integers(3, 9))
-        lr, lt = np.sqrt(rng.uniform(0, 0.55, n_lob)), rng.uniform(0, 2 * np.pi, n_lob)
-        lobules = np.stack([lr * np.cos(lt), lr * np.sin(lt), rng.integers(0, k, n_lob)], axis=1)
-
+    dots = _draw_dots(rng, st, look)
+    strokes = _draw_strokes(rng, st)
+    lobules = _draw_lobules(rng, st, k)
     return Lesion(
         style=st, radius=u(st.radius), aspect=float(rng.uniform(0.7, 1.0)), angle=float(rng.uniform(0, 2 * np.pi)),
         harmonics=harmonics, edge=u(st.edge), opacity=u(st.opacity), palette=palette,
@@ -221,23 +181,142 @@ def draw_lesion(rng: np.random.Generator, cls: str) -> Lesion:
     )
 
 
+def _draw_harmonics(rng: np.random.Generator, st: _Style) -> np.ndarray:
+    """Border harmonics (9, 2): amplitude, phase; 1-3 make the shape asymmetric, 4-9 ragged."""
+    amps = np.zeros(9, dtype=np.float32)
+    amps[:3] = rng.uniform(0.3, 1.0, 3) * _uniform(rng, st.asym) / np.array([1.0, 1.5, 2.0])
+    amps[3:] = rng.uniform(0.2, 1.0, 6) * _uniform(rng, st.irregular) / np.sqrt(np.arange(4, 10))
+    return np.stack([amps, rng.uniform(0, 2 * np.pi, 9)], axis=1).astype(np.float32)
+
+
+def _draw_dots(rng: np.random.Generator, st: _Style, look: str) -> np.ndarray:
+    """Dots / globules (D, 4): u, v, size, colour index, in lesion coordinates."""
+    n_dots = int(rng.integers(st.dots[0], st.dots[1] + 1))
+    if look == "mel":  # irregular globules, mostly near the border
+        r = rng.uniform(0.5, 1.05, n_dots)
+    else:  # regular: a ring or scattered
+        r = rng.uniform(0.2, 0.9, n_dots)
+    t = rng.uniform(0, 2 * np.pi, n_dots)
+    dot_col = rng.integers(1, 3, n_dots) if look in ("mel", "nv") else np.zeros(n_dots)
+    return np.stack([r * np.cos(t), r * np.sin(t), rng.uniform(0.02, 0.06, n_dots), dot_col], axis=1)
+
+
+def _draw_strokes(rng: np.random.Generator, st: _Style) -> list[np.ndarray]:
+    """Polylines in lesion coordinates: vessels of a BCC, fissures of a keratosis, else none."""
+    if st.kind == "vessels":
+        return _vessel_strokes(rng)
+    if st.kind == "cysts":
+        return _fissure_strokes(rng)
+    return []
+
+
+def _vessel_strokes(rng: np.random.Generator) -> list[np.ndarray]:
+    """Arborizing vessels: branching random walks from the middle outwards."""
+    strokes: list[np.ndarray] = []
+    for _ in range(int(rng.integers(3, 7))):
+        p = rng.uniform(-0.3, 0.3, 2)
+        heading = rng.uniform(0, 2 * np.pi)
+        pts = [p.copy()]
+        for _ in range(int(rng.integers(5, 10))):
+            heading += rng.normal(0, 0.45)
+            p = p + 0.12 * np.array([np.cos(heading), np.sin(heading)])
+            pts.append(p.copy())
+        strokes.append(np.array(pts))
+        if len(pts) > 3:  # a side branch
+            q, h2 = pts[2].copy(), heading + rng.choice([-1.0, 1.0]) * 0.9
+            side = [q.copy()]
+            for _ in range(4):
+                q = q + 0.08 * np.array([np.cos(h2), np.sin(h2)])
+                side.append(q.copy())
+            strokes.append(np.array(side))
+    return strokes
+
+
+def _fissure_strokes(rng: np.random.Generator) -> list[np.ndarray]:
+    """Fissures of a seborrhoeic keratosis: short random walks."""
+    strokes: list[np.ndarray] = []
+    for _ in range(int(rng.integers(1, 5))):
+        p, heading = rng.uniform(-0.5, 0.5, 2), rng.uniform(0, 2 * np.pi)
+        pts = [p]
+        for _ in range(4):
+            heading += rng.normal(0, 0.6)
+            p = p + 0.1 * np.array([np.cos(heading), np.sin(heading)])
+            pts.append(p)
+        strokes.append(np.array(pts))
+    return strokes
+
+
+def _draw_lobules(rng: np.random.Generator, st: _Style, k: int) -> np.ndarray:
+    """Vascular lagoons (L, 3): u, v, palette index; none (0, 3) for other kinds."""
+    if st.kind != "lobules":
+        return np.zeros((0, 3))
+    n_lob = int(rng.integers(3, 9))
+    lr, lt = np.sqrt(rng.uniform(0, 0.55, n_lob)), rng.uniform(0, 2 * np.pi, n_lob)
+    return np.stack([lr * np.cos(lt), lr * np.sin(lt), rng.integers(0, k, n_lob)], axis=1)
+
+
+# --- rendering one image of a lesion -----------------------------------------------------------
+
+
+@dataclass
+class _Frame:
+    """Where the lesion lands in one image: centre, radius, rotation, and per pixel (H, W) its
+    lesion coordinates u, v and normalised radius rn (< 1 inside the drawn border)."""
+
+    cx: float
+    cy: float
+    radius: float
+    ca: float  # cos, sin of the rotation
+    sa: float
+    aspect: float
+    u: np.ndarray
+    v: np.ndarray
+    rn: np.ndarray
+    to_lesion: tuple[float, ...]  # pixel -> lesion affine map, see `_sample_grid`
+
+    def to_image(self, pu, pv):
+        """Lesion coordinates (scalars or arrays) -> image pixel x, y."""
+        return (self.cx + self.radius * (pu * self.ca - pv * self.aspect * self.sa),
+                self.cy + self.radius * (pu * self.sa + pv * self.aspect * self.ca))
+
+
 def render_lesion(les: Lesion, rng: np.random.Generator, size: tuple[int, int], variant: int,
             masks: list[np.ndarray] | None = None) -> Image.Image:
     """Draw one image of a lesion; variant > 0 shifts, rotates, rescales and re-lights it.
     With ``masks``, the lesion's mask (H, W) bool (inside its drawn border) is appended to it."""
     w, h = size
     px = min(w, h) / 150.0  # pixel scale relative to the 200x150 reference
-    st = les.style
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = _skin_background(les, rng, w, h)
+    jitter = variant > 0
+    fr = _place_lesion(les, rng, xx, yy, jitter)
+    alpha = _sigmoid((1.0 - fr.rn) * fr.radius / (les.edge * px)) * les.opacity
+    if masks is not None:  # the border: alpha at half the lesion's opacity
+        masks.append(fr.rn < 1.0)
+    col = _lesion_colour(les, rng, fr, px)
+    a = alpha[..., None]
+    img = img * (1 - a) + col * a
+    _draw_dots_on(img, les, fr, xx, yy)
+    _draw_strokes_on(img, les, fr, px)
+    _draw_hair(img, rng, px)
+    _dermoscope(img, rng, xx, yy, jitter)
+    out = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+    return out.filter(ImageFilter.GaussianBlur(0.5 * px))
 
-    # skin background: tone, blotches, grain, sometimes freckles
+
+def _skin_background(les: Lesion, rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """Skin (H, W, 3) float32: the patient's tone, blotches and grain."""
     skin = les.skin * float(rng.normal(1.0, 0.025)) * rng.normal(1.0, 0.008, 3).astype(np.float32)
     img = np.broadcast_to(skin, (h, w, 3)).copy()
     img *= (1.0 + 0.05 * _smooth_noise(rng, h, w, (4, 5)))[..., None]
     img += 3.5 * rng.standard_normal((h, w, 1)).astype(np.float32)
+    return img
 
-    # lesion geometry in lesion coordinates (1 = nominal border)
-    jitter = variant > 0
+
+def _place_lesion(les: Lesion, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
+                  jitter: bool) -> _Frame:
+    """The lesion's frame in this image (1 = nominal border); ``jitter`` moves it more."""
+    h, w = xx.shape
     cx = w / 2 + rng.normal(0, 0.06 if jitter else 0.035) * w
     cy = h / 2 + rng.normal(0, 0.06 if jitter else 0.035) * h
     angle = les.angle + (rng.uniform(-0.6, 0.6) if jitter else 0.0)
@@ -256,25 +335,40 @@ def render_lesion(les: Lesion, rng: np.random.Generator, size: tuple[int, int], 
         border += amp * (zk * np.complex64(np.exp(1j * phase))).real
         zk = zk * z
     rn = d / np.maximum(border, 0.3)  # < 1 inside the lesion
-    alpha = _sigmoid((1.0 - rn) * radius / (les.edge * px)) * les.opacity
-    if masks is not None:  # the border: alpha at half the lesion's opacity
-        masks.append(rn < 1.0)
+    return _Frame(cx=cx, cy=cy, radius=radius, ca=ca, sa=sa, aspect=les.aspect, u=u, v=v, rn=rn,
+                  to_lesion=to_lesion)
 
-    # lesion colour: main colour, patches of the other palette colours, shading, mottle
+
+def _lesion_colour(les: Lesion, rng: np.random.Generator, fr: _Frame, px: float) -> np.ndarray:
+    """The lesion's colour (H, W, 3): main colour, patches of the other palette colours,
+    shading, mottle, its class's structure and maybe a pigment network."""
+    h, w = fr.rn.shape
     pal = les.palette
     col = np.broadcast_to(pal[0], (h, w, 3)).copy()
     for i in range(1, len(pal)):
-        n = _sample_grid(les.colour_grids[i], to_lesion, (w, h))
+        n = _sample_grid(les.colour_grids[i], fr.to_lesion, (w, h))
         _blend(col, pal[i], _sigmoid(5.0 * (n - les.thresholds[i])) * les.variegation)
-    col *= (1.0 - les.shade * np.clip(1.0 - rn, 0, 1) ** 2)[..., None]
-    col *= (1.0 + 0.07 * _sample_grid(les.texture_grid, to_lesion, (w, h), extent=1.2))[..., None]
+    col *= (1.0 - les.shade * np.clip(1.0 - fr.rn, 0, 1) ** 2)[..., None]
+    col *= (1.0 + 0.07 * _sample_grid(les.texture_grid, fr.to_lesion, (w, h), extent=1.2))[..., None]
+    col = _add_structure(col, les, rng, fr, px)
+    if les.network:  # reticular pigment network, warped
+        warp = 0.15 * _sample_grid(les.texture_grid.T, fr.to_lesion, (w, h), extent=1.2)
+        f = les.network_freq
+        line = np.exp(-np.sin(f * (fr.u + warp)) ** 2 / 0.08) + np.exp(-np.sin(f * (fr.v - warp)) ** 2 / 0.08)
+        col *= (1.0 - 0.22 * np.clip(line, 0, 1) * np.clip(1.2 - fr.rn, 0, 1))[..., None]
+    return col
 
-    if st.kind == "ring":  # dermatofibroma: pale scar-like centre, brown ring fading out
+
+def _add_structure(col: np.ndarray, les: Lesion, rng: np.random.Generator, fr: _Frame, px: float) -> np.ndarray:
+    """``col`` with the structure of the lesion's kind: ring, lobules or scale (others: as is)."""
+    kind, pal, rn = les.style.kind, les.palette, fr.rn
+    h, w = rn.shape
+    if kind == "ring":  # dermatofibroma: pale scar-like centre, brown ring fading out
         centre = _sigmoid((0.55 - rn) * 9.0)
         _blend(col, pal[1], centre * 0.85)
-    elif st.kind == "lobules":  # vascular: red/purple lagoons split by pale septa
-        du = u[None] - les.lobules[:, 0, None, None]
-        dv = v[None] - les.lobules[:, 1, None, None]
+    elif kind == "lobules":  # vascular: red/purple lagoons split by pale septa
+        du = fr.u[None] - les.lobules[:, 0, None, None]
+        dv = fr.v[None] - les.lobules[:, 1, None, None]
         dist = np.sqrt(du * du + dv * dv)
         nearest = np.argmin(dist, axis=0)
         d1 = np.min(dist, axis=0)
@@ -282,66 +376,69 @@ def render_lesion(les: Lesion, rng: np.random.Generator, size: tuple[int, int], 
         lob_col = pal[les.lobules[nearest, 2].astype(np.int64)]
         col = col * 0.35 + lob_col * 0.65 * (1.0 - 0.25 * np.clip(1 - d1 / 0.5, 0, 1))[..., None]
         _blend(col, (225, 175, 185), np.exp(-(((d2 - d1) / 0.045) ** 2)) * 0.5)
-    elif st.kind == "scale":  # actinic keratosis: white-yellow scale on red
+    elif kind == "scale":  # actinic keratosis: white-yellow scale on red
         scale = _smooth_noise(rng, h, w, (int(30 * px) + 1, int(40 * px) + 1))
         _blend(col, (236, 222, 200), _sigmoid(5.0 * (scale - 1.2)) * 0.6)
+    return col
 
-    if les.network:  # reticular pigment network, warped
-        warp = 0.15 * _sample_grid(les.texture_grid.T, to_lesion, (w, h), extent=1.2)
-        f = les.network_freq
-        line = np.exp(-np.sin(f * (u + warp)) ** 2 / 0.08) + np.exp(-np.sin(f * (v - warp)) ** 2 / 0.08)
-        col *= (1.0 - 0.22 * np.clip(line, 0, 1) * np.clip(1.2 - rn, 0, 1))[..., None]
 
-    a = alpha[..., None]
-    img = img * (1 - a) + col * a
-
-    # dots and globules (in lesion coordinates, drawn where they land in this image)
+def _draw_dots_on(img: np.ndarray, les: Lesion, fr: _Frame, xx: np.ndarray, yy: np.ndarray) -> None:
+    """Dots and globules (in lesion coordinates), drawn in place where they land in this image."""
+    h, w = xx.shape
+    pal, kind = les.palette, les.style.kind
     for du_, dv_, s, ci in les.dots:
-        x0 = cx + radius * (du_ * ca - dv_ * les.aspect * sa)
-        y0 = cy + radius * (du_ * sa + dv_ * les.aspect * ca)
-        sig = max(0.8, s * radius * 0.6)
+        x0, y0 = fr.to_image(du_, dv_)
+        sig = max(0.8, s * fr.radius * 0.6)
         r = int(3 * sig) + 1
         xa, xb, ya, yb = max(0, int(x0) - r), min(w, int(x0) + r + 1), max(0, int(y0) - r), min(h, int(y0) + r + 1)
         if xa >= xb or ya >= yb:
             continue
         g = np.exp(-((xx[ya:yb, xa:xb] - x0) ** 2 + (yy[ya:yb, xa:xb] - y0) ** 2) / (2 * sig * sig))
-        dot_colour = pal[int(ci)] * 0.6 if st.kind != "cysts" else (
+        dot_colour = pal[int(ci)] * 0.6 if kind != "cysts" else (
             np.array((245, 240, 225), np.float32) if ci == 0 and s < 0.04 else pal[3] * 0.7)
         _blend(img[ya:yb, xa:xb], dot_colour, g * 0.9)
 
-    # strokes: vessels (red) or fissures (dark), drawn in image pixels
-    if les.strokes:
-        lines = []
-        for pts in les.strokes:
-            xs = cx + radius * (pts[:, 0] * ca - pts[:, 1] * les.aspect * sa)
-            ys = cy + radius * (pts[:, 0] * sa + pts[:, 1] * les.aspect * ca)
-            lines.append(np.stack([xs, ys], axis=1))
-        widths = [max(1, int(round(px * (1.5 if i % 2 == 0 else 1.0)))) for i in range(len(lines))]
-        mask = _stroke_mask((w, h), lines, widths, blur=0.6 * px)
-        colour = (170, 30, 45) if st.kind == "vessels" else tuple(pal[-1] * 0.6)
-        _blend(img, colour, mask * 0.85)
 
-    # hair: a few dark curved lines across the field
-    if rng.random() < 0.3:
-        lines = []
-        for _ in range(int(rng.integers(2, 12))):
-            p0 = rng.uniform((0, 0), (w, h))
-            direction = rng.uniform(0, 2 * np.pi)
-            length, bend = rng.uniform(0.3, 1.0) * w, rng.normal(0, 0.4)
-            t = np.linspace(0, 1, 12)[:, None]
-            heading = direction + bend * t[:, 0]
-            steps = np.stack([np.cos(heading), np.sin(heading)], axis=1) * length / 12
-            lines.append(p0 + np.cumsum(steps, axis=0))
-        mask = _stroke_mask((w, h), lines, [max(1, int(px))] * len(lines), blur=0.4)
-        _blend(img, (45, 32, 28), mask * 0.8)
+def _draw_strokes_on(img: np.ndarray, les: Lesion, fr: _Frame, px: float) -> None:
+    """Strokes, in place: vessels (red) or fissures (dark), drawn in image pixels."""
+    if not les.strokes:
+        return
+    h, w = img.shape[:2]
+    lines = []
+    for pts in les.strokes:
+        xs, ys = fr.to_image(pts[:, 0], pts[:, 1])
+        lines.append(np.stack([xs, ys], axis=1))
+    widths = [max(1, int(round(px * (1.5 if i % 2 == 0 else 1.0)))) for i in range(len(lines))]
+    mask = _stroke_mask((w, h), lines, widths, blur=0.6 * px)
+    colour = (170, 30, 45) if les.style.kind == "vessels" else tuple(les.palette[-1] * 0.6)
+    _blend(img, colour, mask * 0.85)
 
-    # dermoscope: dark corners of the round field of view, and a slight light fall-off
+
+def _draw_hair(img: np.ndarray, rng: np.random.Generator, px: float) -> None:
+    """Hair, in place, 30% of the time: a few dark curved lines across the field."""
+    if rng.random() >= 0.3:
+        return
+    h, w = img.shape[:2]
+    lines = []
+    for _ in range(int(rng.integers(2, 12))):
+        p0 = rng.uniform((0, 0), (w, h))
+        direction = rng.uniform(0, 2 * np.pi)
+        length, bend = rng.uniform(0.3, 1.0) * w, rng.normal(0, 0.4)
+        t = np.linspace(0, 1, 12)[:, None]
+        heading = direction + bend * t[:, 0]
+        steps = np.stack([np.cos(heading), np.sin(heading)], axis=1) * length / 12
+        lines.append(p0 + np.cumsum(steps, axis=0))
+    mask = _stroke_mask((w, h), lines, [max(1, int(px))] * len(lines), blur=0.4)
+    _blend(img, (45, 32, 28), mask * 0.8)
+
+
+def _dermoscope(img: np.ndarray, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, jitter: bool) -> None:
+    """In place: dark corners of the round field of view, a slight light fall-off, exposure
+    and white balance."""
+    h, w = xx.shape
     rad = np.sqrt((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / (0.5 * math.hypot(w, h))
     if rng.random() < 0.45:
         _blend(img, (25, 18, 22), _sigmoid((rad - rng.uniform(0.82, 0.97)) / 0.03))
     img *= (1.0 - 0.12 * rad**2)[..., None]
     exposure = rng.normal(1.0, 0.04 if jitter else 0.025) * rng.normal(1.0, 0.012, 3)  # light, white balance
     img *= exposure.astype(np.float32)
-
-    out = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
-    return out.filter(ImageFilter.GaussianBlur(0.5 * px))

@@ -170,55 +170,24 @@ def subgroup_metrics(table: pd.DataFrame, proba: Any, classes: Sequence[str],
     keys = parse_by(by)
     p = np.asarray(proba, dtype=np.float64)
     classes = list(classes)
-    if p.ndim != 2 or p.shape != (len(table), len(classes)):
-        raise ValueError(f"proba of shape {p.shape}; expected ({len(table)}, {len(classes)}) for the table's rows")
-    if "label" not in table.columns:
-        raise ValueError("table has no 'label' column (class names of the scored rows)")
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(table["label"].astype(str)) - set(index))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not among the classes {classes}")
-    if len(table) == 0:
-        raise ValueError("no rows to score")
-    if n_boot < 1 or not 0 < level < 1:
-        raise ValueError(f"n_boot must be >= 1 and level in (0, 1); got {n_boot}, {level}")
+    index = _check_inputs(table, p, classes, n_boot, level)
     y = table["label"].astype(str).map(index).to_numpy(np.int64)
     cols = subgroup_columns(table, keys)
     groups, unit = _groups(table)
     _, gidx = np.unique(groups, return_inverse=True)
-    n_units = int(gidx.max()) + 1
-    mel = index.get("mel")
-    c = len(classes)
-
     members = [(key, g, (cols[key] == g).to_numpy()) for key in keys for g in sorted(cols[key].unique())]
-    boot: dict[str, list[list[np.ndarray]]] = {m: [[] for _ in range(len(members) + 1)] for m in SUBGROUP_METRICS}
-    rng = np.random.default_rng(seed)
-    for start in range(0, n_boot, 200):  # chunks keep the (resamples x rows) weights small
-        counts = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=min(200, n_boot - start))
-        w = counts[:, gidx].astype(np.float64)
-        for j, mask in enumerate([np.ones(len(y), bool)] + [m for _, _, m in members]):
-            r = _resampled(y[mask], p[mask], w[:, mask], c, mel)
-            for m in SUBGROUP_METRICS:
-                boot[m][j].append(r[m])
-    samples = {m: [np.concatenate(parts) for parts in boot[m]] for m in SUBGROUP_METRICS}
-
-    def describe(mask: np.ndarray) -> dict[str, Any]:
-        return {"n_images": int(mask.sum()), "n_lesions": int(len(np.unique(gidx[mask]))),
-                "n_classes": int(len(np.unique(y[mask])))}
+    masks = [np.ones(len(y), bool)] + [m for _, _, m in members]
+    samples = _bootstrap(y, p, gidx, masks, len(classes), index.get("mel"), n_boot, seed)
 
     overall_point = _point(y, p, classes)
-    overall = describe(np.ones(len(y), bool))
+    overall = _describe(masks[0], y, gidx)
     for m in SUBGROUP_METRICS:
         lo, hi = _interval(samples[m][0], level)
         overall[m] = {"value": overall_point[m], "low": lo, "high": hi}
     rows = []
     for j, (key, g, mask) in enumerate(members, start=1):
-        row: dict[str, Any] = {"by": key, "group": g, **describe(mask)}
-        why = []
-        if row["n_images"] < min_images:
-            why.append(f"{row['n_images']} images < {min_images}")
-        if row["n_classes"] < min_classes:
-            why.append(f"{row['n_classes']} class{'es' if row['n_classes'] != 1 else ''} present < {min_classes}")
+        row: dict[str, Any] = {"by": key, "group": g, **_describe(mask, y, gidx)}
+        why = _why_too_small(row["n_images"], row["n_classes"], min_images, min_classes)
         row["too_small"], row["why"] = bool(why), "; ".join(why) or None
         point = _point(y[mask], p[mask], classes)
         for m in SUBGROUP_METRICS:
@@ -233,6 +202,56 @@ def subgroup_metrics(table: pd.DataFrame, proba: Any, classes: Sequence[str],
                   "too_small": f"fewer than {min_images} images or fewer than {min_classes} classes present",
                   "age_bands": [label for _, _, label in AGE_BANDS] + [UNKNOWN]},
         "overall": overall, "subgroups": rows})
+
+
+def _check_inputs(table: pd.DataFrame, p: np.ndarray, classes: list[str], n_boot: int, level: float) -> dict[str, int]:
+    """Refuse probabilities of the wrong shape, missing or unknown labels, no rows, or a bad
+    n_boot / level; the index of every class."""
+    if p.ndim != 2 or p.shape != (len(table), len(classes)):
+        raise ValueError(f"proba of shape {p.shape}; expected ({len(table)}, {len(classes)}) for the table's rows")
+    if "label" not in table.columns:
+        raise ValueError("table has no 'label' column (class names of the scored rows)")
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(table["label"].astype(str)) - set(index))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {classes}")
+    if len(table) == 0:
+        raise ValueError("no rows to score")
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"n_boot must be >= 1 and level in (0, 1); got {n_boot}, {level}")
+    return index
+
+
+def _bootstrap(y: np.ndarray, p: np.ndarray, gidx: np.ndarray, masks: list[np.ndarray], c: int, mel: int | None,
+               n_boot: int, seed: int) -> dict[str, list[np.ndarray]]:
+    """metric -> per mask, its (n_boot,) values over the same lesion resamples: whole units
+    (gidx (N,) in 0..U-1) drawn with replacement, as multiplicity weights of the rows."""
+    n_units = int(gidx.max()) + 1
+    boot: dict[str, list[list[np.ndarray]]] = {m: [[] for _ in masks] for m in SUBGROUP_METRICS}
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, 200):  # chunks keep the (resamples x rows) weights small
+        counts = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=min(200, n_boot - start))
+        w = counts[:, gidx].astype(np.float64)
+        for j, mask in enumerate(masks):
+            r = _resampled(y[mask], p[mask], w[:, mask], c, mel)
+            for m in SUBGROUP_METRICS:
+                boot[m][j].append(r[m])
+    return {m: [np.concatenate(parts) for parts in boot[m]] for m in SUBGROUP_METRICS}
+
+
+def _describe(mask: np.ndarray, y: np.ndarray, gidx: np.ndarray) -> dict[str, Any]:
+    return {"n_images": int(mask.sum()), "n_lesions": int(len(np.unique(gidx[mask]))),
+            "n_classes": int(len(np.unique(y[mask])))}
+
+
+def _why_too_small(n_images: int, n_classes: int, min_images: int, min_classes: int) -> list[str]:
+    """Why a subgroup is too small to judge by (empty: it is not)."""
+    why = []
+    if n_images < min_images:
+        why.append(f"{n_images} images < {min_images}")
+    if n_classes < min_classes:
+        why.append(f"{n_classes} class{'es' if n_classes != 1 else ''} present < {min_classes}")
+    return why
 
 
 def subgroup_frame(result: dict[str, Any]) -> pd.DataFrame:

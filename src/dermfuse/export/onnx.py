@@ -225,44 +225,11 @@ def _views(bundle) -> list[dict[str, str]]:
 
 
 def _spec(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool, int8: bool) -> dict[str, Any]:
-    info, s, c = bundle.info, bundle.image_size, len(bundle.classes)
-    enc = bundle.encoder
+    info, s = bundle.info, bundle.image_size
     cal = bundle.calibration
-    inputs = [{"name": "image", "shape": ["batch", 3, s, s], "dtype": "float32",
-               "meaning": "RGB, NCHW, uint8 / 255 in [0, 1]"
-                          + ("" if bundle.input_mode == "image" else f"; the {bundle.input_mode} rendering, see render")}]
-    if uses_meta:
-        inputs.append({"name": "meta", "shape": ["batch", bundle.model_meta_dim], "dtype": "float32",
-                       "meaning": "metadata features, see metadata"})
-    outputs = [{"name": "probabilities", "shape": ["batch", c], "meaning": "softmax of this view, before calibration"}]
-    if heatmaps:
-        outputs.append({"name": "heatmaps", "shape": ["batch", c, s, s],
-                        "meaning": "Grad-CAM of each class (closed form), each map in [0, 1]; take the reported class"})
-    graphs: dict[str, Any] = {"classifier": {"file": files["classifier"], "int8": files.get("classifier_int8"),
-                                             "inputs": inputs, "outputs": outputs}}
-    render: dict[str, Any] = {"mode": "image", "how": "the resized image itself"}
+    graphs: dict[str, Any] = {"classifier": _classifier_graph(bundle, files, uses_meta, heatmaps)}
     if bundle.input_mode != "image":
-        graphs["cam"] = {"file": files["cam"], "int8": files.get("cam_int8"),
-                         "inputs": [{"name": "image", "shape": ["batch", 3, s, s], "dtype": "float32",
-                                     "meaning": "the resized picture, RGB, NCHW, uint8 / 255"}],
-                         "outputs": [{"name": "heatmap", "shape": ["batch", s, s],
-                                      "meaning": f"{bundle.cam_method} map of the CAM backbone's predicted class, in [0, 1]"},
-                                     {"name": "cam_probabilities", "shape": ["batch", c],
-                                      "meaning": "the CAM backbone's own softmax (not the answer)"}]}
-        render = {
-            "mode": bundle.input_mode,
-            "steps": [
-                "m = cam.onnx(image)['heatmap']  # on the un-flipped picture, once per picture",
-                "m = rint(m * 255) / 255  # the 256 levels the maps are cached at (round half to even)",
-                "scaled = (m - m.min()) / (m.max() - m.min())  (0 where the map is constant), per picture",
-                "colour = jet_lut[floor(255 * scaled) as uint8]  # (S, S, 3) uint8 RGB",
-                {"heatmap": "input = colour",
-                 "overlay": f"input = uint8(clip(rint((1 - {OVERLAY_ALPHA}) * picture + {OVERLAY_ALPHA} * colour)))",
-                 "masked": "input = uint8(rint(picture * m[..., None]))"}[bundle.input_mode],
-                "image = input / 255 as NCHW float32, then the views below; classifier.onnx per view",
-            ],
-            "jet_lut": jet_lut().tolist(),
-        }
+        graphs["cam"] = _cam_graph(bundle, files)
     spec = {
         "format": EXPORT_FORMAT,
         "model_id": bundle.model_id,
@@ -279,22 +246,12 @@ def _spec(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool, int8: 
             "scale": "float32(uint8) / 255, no mean/std: the graph normalises inside",
             "layout": "NCHW, RGB",
         },
-        "render": render,
+        "render": _render(bundle),
         "views": {"average": "mean of the per-view probabilities (softmax), then calibration",
                   "list": _views(bundle),
                   "heatmap": "image-input bundles explain the identity view; dermfuse reports the map of the "
                              "class it reports"},
-        "metadata": None if not uses_meta else {
-            "features": enc.feature_names[: bundle.model_meta_dim],
-            "age": {"mean": enc.age_mean, "std": enc.age_std, "median": enc.age_median, "range": [0.0, 120.0],
-                    "encode": "x[0] = (age - mean) / std, age := median where missing, x[1] = 1 where missing else 0; "
-                              "missing: empty, not a number or outside the range"},
-            "sex": {"levels": list(enc.sexes), "encode": "one-hot of lower-case stripped text; missing or an "
-                                                         "unseen level -> 'unknown'"},
-            "site": {"levels": list(enc.sites), "encode": "one-hot, as sex"},
-            "order": "age, age_missing, sex=<levels...>, site=<levels...>",
-            "encoder_state": enc.to_dict(),
-        },
+        "metadata": _metadata(bundle) if uses_meta else None,
         "calibration": {
             "formula": "p = softmax((log(clip(p_mean, 1e-12, 1)) + prior_shift * log_prior) / temperature); "
                        "the identity when temperature = 1 and prior_shift = 0",
@@ -310,6 +267,71 @@ def _spec(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool, int8: 
         if key in info:
             spec[key] = info[key]
     return spec
+
+
+def _classifier_graph(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool) -> dict[str, Any]:
+    """export.json's entry for classifier.onnx: its file, int8 copy, inputs and outputs."""
+    s, c = bundle.image_size, len(bundle.classes)
+    inputs = [{"name": "image", "shape": ["batch", 3, s, s], "dtype": "float32",
+               "meaning": "RGB, NCHW, uint8 / 255 in [0, 1]"
+                          + ("" if bundle.input_mode == "image" else f"; the {bundle.input_mode} rendering, see render")}]
+    if uses_meta:
+        inputs.append({"name": "meta", "shape": ["batch", bundle.model_meta_dim], "dtype": "float32",
+                       "meaning": "metadata features, see metadata"})
+    outputs = [{"name": "probabilities", "shape": ["batch", c], "meaning": "softmax of this view, before calibration"}]
+    if heatmaps:
+        outputs.append({"name": "heatmaps", "shape": ["batch", c, s, s],
+                        "meaning": "Grad-CAM of each class (closed form), each map in [0, 1]; take the reported class"})
+    return {"file": files["classifier"], "int8": files.get("classifier_int8"), "inputs": inputs, "outputs": outputs}
+
+
+def _cam_graph(bundle, files: dict[str, Any]) -> dict[str, Any]:
+    """export.json's entry for cam.onnx (heatmap-input bundles)."""
+    s, c = bundle.image_size, len(bundle.classes)
+    return {"file": files["cam"], "int8": files.get("cam_int8"),
+            "inputs": [{"name": "image", "shape": ["batch", 3, s, s], "dtype": "float32",
+                        "meaning": "the resized picture, RGB, NCHW, uint8 / 255"}],
+            "outputs": [{"name": "heatmap", "shape": ["batch", s, s],
+                         "meaning": f"{bundle.cam_method} map of the CAM backbone's predicted class, in [0, 1]"},
+                        {"name": "cam_probabilities", "shape": ["batch", c],
+                         "meaning": "the CAM backbone's own softmax (not the answer)"}]}
+
+
+def _render(bundle) -> dict[str, Any]:
+    """How the classifier's input is made from the picture: the picture itself, or the steps
+    of the heatmap / overlay / masked rendering with the jet colour table."""
+    if bundle.input_mode == "image":
+        return {"mode": "image", "how": "the resized image itself"}
+    return {
+        "mode": bundle.input_mode,
+        "steps": [
+            "m = cam.onnx(image)['heatmap']  # on the un-flipped picture, once per picture",
+            "m = rint(m * 255) / 255  # the 256 levels the maps are cached at (round half to even)",
+            "scaled = (m - m.min()) / (m.max() - m.min())  (0 where the map is constant), per picture",
+            "colour = jet_lut[floor(255 * scaled) as uint8]  # (S, S, 3) uint8 RGB",
+            {"heatmap": "input = colour",
+             "overlay": f"input = uint8(clip(rint((1 - {OVERLAY_ALPHA}) * picture + {OVERLAY_ALPHA} * colour)))",
+             "masked": "input = uint8(rint(picture * m[..., None]))"}[bundle.input_mode],
+            "image = input / 255 as NCHW float32, then the views below; classifier.onnx per view",
+        ],
+        "jet_lut": jet_lut().tolist(),
+    }
+
+
+def _metadata(bundle) -> dict[str, Any]:
+    """The metadata encoder as export.json states it: feature order, levels, statistics."""
+    enc = bundle.encoder
+    return {
+        "features": enc.feature_names[: bundle.model_meta_dim],
+        "age": {"mean": enc.age_mean, "std": enc.age_std, "median": enc.age_median, "range": [0.0, 120.0],
+                "encode": "x[0] = (age - mean) / std, age := median where missing, x[1] = 1 where missing else 0; "
+                          "missing: empty, not a number or outside the range"},
+        "sex": {"levels": list(enc.sexes), "encode": "one-hot of lower-case stripped text; missing or an "
+                                                     "unseen level -> 'unknown'"},
+        "site": {"levels": list(enc.sites), "encode": "one-hot, as sex"},
+        "order": "age, age_missing, sex=<levels...>, site=<levels...>",
+        "encoder_state": enc.to_dict(),
+    }
 
 
 def export_onnx(bundle_path: str | Path, out: str | Path, int8: bool = False, opset: int = 18,

@@ -122,13 +122,7 @@ def save_bundle(
         raise ValueError(f"input mode {input_mode!r} needs a CAM backbone in the bundle")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if cam_model is not None:
-        tensors.update(
-            {f"cam.{k}": v.detach().cpu().contiguous() for k, v in cam_model.state_dict().items()}
-        )
-    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": BUNDLE_FORMAT}))
-    digest = _sha256(out / WEIGHTS_FILE)
+    digest = _write_weights(out / WEIGHTS_FILE, model, cam_model)
     info = {
         "format": BUNDLE_FORMAT,
         "model_id": f"{model_name}-{digest[:12]}",
@@ -154,16 +148,24 @@ def save_bundle(
         "metrics": metrics or {},
         "training_data": training_data or {},
         "model_card": MODEL_CARD,
-        "versions": {
-            "dermfuse": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": {"dermfuse": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "weights_sha256": digest,
         **(extra or {}),
     }
     atomic_write_text(out / META_FILE, json.dumps(info, indent=2, default=_json_default))
     return out
+
+
+def _write_weights(file: Path, model: nn.Module, cam_model: nn.Module | None) -> str:
+    """Write the model's (``model.*``) and the CAM backbone's (``cam.*``) tensors as one
+    safetensors file; return its sha256."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if cam_model is not None:
+        tensors.update(
+            {f"cam.{k}": v.detach().cpu().contiguous() for k, v in cam_model.state_dict().items()}
+        )
+    atomic_write(file, lambda tmp: save_file(tensors, str(tmp), metadata={"format": BUNDLE_FORMAT}))
+    return _sha256(file)
 
 
 def _json_default(o: Any) -> Any:
@@ -249,35 +251,11 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     truncated, edited or foreign bundle."""
     path = Path(path)
     info = read_bundle_info(path)
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise BundleError(f"{path}: {WEIGHTS_FILE} is missing")
-    digest = _sha256(weights)
-    if digest != info["weights_sha256"]:
-        raise BundleError(
-            f"{weights}: checksum mismatch (file is truncated or was changed after the bundle was written)"
-        )
+    tensors = _read_weights(path, info)
     try:
-        tensors = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise BundleError(f"{weights}: not a readable safetensors file ({e})") from None
-
-    def build(prefix: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
-        try:
-            net = build_ensemble(**kwargs) if name == ENSEMBLE else create_model(name, pretrained=False, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise BundleError(f"{path}: cannot rebuild model {name!r} ({e})") from None
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise BundleError(f"{path}: weights do not fit model {name!r}: {str(e)[:500]}") from None
-        return net.to(device).eval()
-
-    try:
-        model = build("model.", info["model"]["name"], info["model"]["kwargs"])
+        model = _rebuild(path, tensors, "model.", info["model"]["name"], info["model"]["kwargs"], device)
         cam = info.get("cam")
-        cam_model = build("cam.", cam["name"], cam["kwargs"]) if cam else None
+        cam_model = _rebuild(path, tensors, "cam.", cam["name"], cam["kwargs"], device) if cam else None
         pre = info["preprocessing"]
         encoder = MetadataEncoder.from_dict(info["encoder"])
         _check_fits(path, info, model, encoder, cam)
@@ -304,3 +282,34 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{path / META_FILE}: malformed bundle description ({type(e).__name__}: {e})") from None
+
+
+def _read_weights(path: Path, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The bundle's tensors, after checking the file's sha256 against bundle.json's."""
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BundleError(f"{path}: {WEIGHTS_FILE} is missing")
+    digest = _sha256(weights)
+    if digest != info["weights_sha256"]:
+        raise BundleError(
+            f"{weights}: checksum mismatch (file is truncated or was changed after the bundle was written)"
+        )
+    try:
+        return load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{weights}: not a readable safetensors file ({e})") from None
+
+
+def _rebuild(path: Path, tensors: dict[str, torch.Tensor], prefix: str, name: str, kwargs: dict[str, Any],
+             device: str | torch.device) -> nn.Module:
+    """Network ``name`` built from ``kwargs`` with the tensors under ``prefix``, in eval mode."""
+    try:
+        net = build_ensemble(**kwargs) if name == ENSEMBLE else create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{path}: cannot rebuild model {name!r} ({e})") from None
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise BundleError(f"{path}: weights do not fit model {name!r}: {str(e)[:500]}") from None
+    return net.to(device).eval()

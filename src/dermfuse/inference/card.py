@@ -92,20 +92,34 @@ def render_card(card: dict[str, Any]) -> str:
     lines += ["Intended use", f"  {card.get('intended_use', INTENDED_USE)}", ""]
     if card.get("not_for"):
         lines += ["Must not be used for"] + [f"  - {x}" for x in card["not_for"]] + [""]
-    src = card.get("data_source") or {}
-    if src:
-        lines.append("Training data")
-        for k, v in src.items():
-            lines.append(f"  {k}: {v}")
-        lines.append("")
+    lines += _key_values("Training data", card.get("data_source") or {})
     if card.get("population_limits"):
         lines += ["Population limits"] + [f"  - {x}" for x in card["population_limits"]] + [""]
     tr = card.get("training") or {}
     if tr:
         lines += ["Training"] + [f"  {k}: {v}" for k, v in tr.items() if not isinstance(v, dict)] + [""]
-    perf = card.get("performance") or {}
+    lines += _performance_lines(card.get("performance") or {})
+    lines += _key_values("When not to trust it (thresholds chosen on validation rows)", card.get("trust") or {})
+    lic = card.get("license")
+    if lic:
+        lines += ["Licence"] + ([f"  {k}: {v}" for k, v in lic.items()] if isinstance(lic, dict) else [f"  {lic}"])
+        lines.append("")
+    if card.get("references"):
+        lines += ["References"] + [f"  - {r}" for r in card["references"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _key_values(title: str, mapping: dict[str, Any]) -> list[str]:
+    """A titled block of ``key: value`` lines and a blank line; nothing for an empty mapping."""
+    if not mapping:
+        return []
+    return [title, *(f"  {k}: {v}" for k, v in mapping.items()), ""]
+
+
+def _performance_lines(perf: dict[str, Any]) -> list[str]:
+    """The held-out metrics with their intervals, or the run's own metrics where there are none."""
     hold = perf.get("holdout")
-    lines.append("Performance on held-out lesions")
+    lines = ["Performance on held-out lesions"]
     if hold:
         lines.append(f"  from: {hold.get('source', '?')}  ({hold.get('n_images', '?')} images, "
                      f"{hold.get('n_lesions', '?')} lesions; 95 % lesion-bootstrap intervals)")
@@ -116,19 +130,7 @@ def render_card(card: dict[str, Any]) -> str:
             lines.append("  per class: sensitivity | specificity | n")
             for c, v in pcs.items():
                 lines.append(f"    {c:6s} {_ci(v.get('sensitivity')):26s} {_ci(v.get('specificity')):26s} {v.get('n', '-')}")
-        ops = hold.get("operating_points") or {}
-        if ops.get("note"):
-            lines.append(f"  operating points: {ops['note']}")
-        if ops.get("selective"):
-            sel = ops["selective"]
-            lines.append(f"  answered (top probability >= {sel['threshold']:.3f}, target coverage "
-                         f"{sel['target_coverage']:.0%}): coverage {_ci(sel.get('coverage'))}")
-            lines.append(f"    accuracy of the answered {_ci(sel.get('accuracy_answered'))}, balanced accuracy "
-                         f"{_ci(sel.get('balanced_accuracy_answered'))}")
-        if ops.get("melanoma"):
-            m = ops["melanoma"]
-            lines.append(f"  melanoma operating point (P(mel) >= {m['threshold']:.3f}, {m.get('n_mel', '?')} "
-                         f"melanomas): sensitivity {_ci(m.get('sensitivity'))}, specificity {_ci(m.get('specificity'))}")
+        lines += _operating_point_lines(hold.get("operating_points") or {})
         for name, groups in (hold.get("subgroups") or {}).items():
             lines.append(f"  by {name}: balanced accuracy (n)")
             for g, v in groups.items():
@@ -139,16 +141,22 @@ def render_card(card: dict[str, Any]) -> str:
             if not isinstance(v, (dict, list)):
                 lines.append(f"  {k}: {_fmt(v, 4)}")
     lines.append("")
-    trust = card.get("trust") or {}
-    if trust:
-        lines.append("When not to trust it (thresholds chosen on validation rows)")
-        for k, v in trust.items():
-            lines.append(f"  {k}: {v}")
-        lines.append("")
-    lic = card.get("license")
-    if lic:
-        lines += ["Licence"] + ([f"  {k}: {v}" for k, v in lic.items()] if isinstance(lic, dict) else [f"  {lic}"])
-        lines.append("")
-    if card.get("references"):
-        lines += ["References"] + [f"  - {r}" for r in card["references"]]
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
+
+
+def _operating_point_lines(ops: dict[str, Any]) -> list[str]:
+    """The selective threshold's coverage and accuracy and the melanoma operating point, held out."""
+    lines = []
+    if ops.get("note"):
+        lines.append(f"  operating points: {ops['note']}")
+    if ops.get("selective"):
+        sel = ops["selective"]
+        lines.append(f"  answered (top probability >= {sel['threshold']:.3f}, target coverage "
+                     f"{sel['target_coverage']:.0%}): coverage {_ci(sel.get('coverage'))}")
+        lines.append(f"    accuracy of the answered {_ci(sel.get('accuracy_answered'))}, balanced accuracy "
+                     f"{_ci(sel.get('balanced_accuracy_answered'))}")
+    if ops.get("melanoma"):
+        m = ops["melanoma"]
+        lines.append(f"  melanoma operating point (P(mel) >= {m['threshold']:.3f}, {m.get('n_mel', '?')} "
+                     f"melanomas): sensitivity {_ci(m.get('sensitivity'))}, specificity {_ci(m.get('specificity'))}")
+    return lines

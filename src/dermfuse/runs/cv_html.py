@@ -6,8 +6,9 @@ embedded and also written to plots/)."""
 from __future__ import annotations
 
 import html
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -27,37 +28,63 @@ COMPARISON_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")  # the paper'
 def write_cv_report(run_dir: Path, plan: dict, result: dict, histories: dict, preds: dict) -> Path:
     """Write run_dir/report.html (and run_dir/plots/*.png) from collect's result; return its path.
     histories, preds: variant -> per finished fold, its history.json rows / predictions."""
-    from ..evaluation.plots import fig_to_png_bytes, plot_confusion, plot_history, plot_model_comparison, plot_roc
-
-    classes = plan["data"]["classes"]
-    stats, pooled = result["stats"], result["pooled"]
-    done = [v["name"] for v in plan["variants"] if pooled[v["name"]] is not None]
+    done = [v["name"] for v in plan["variants"] if result["pooled"][v["name"]] is not None]
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
+    fig = partial(_figure, plots)
+    sections = [_protocol_section(plan, result), *_score_sections(plan, result, done, fig),
+                *_figure_sections(plan["data"]["classes"], result, histories, preds, done, fig)]
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        sections.append(Section("Config", f"<pre>{html.escape(cfg_path.read_text())}</pre>"))
+    sections.append(Section("Data summary", json_block(plan["data"]["summary"])))
+    warnings = [f"Missing folds — {v}: {', '.join(map(str, f))}. Tables cover finished folds only; "
+                f"run them with --fold K, then collect again." for v, f in result["missing"].items()]
+    title = {"cv": "cross-validation", "ablate": "ablation"}.get(plan["kind"], plan["kind"])
+    return write_report(run_dir / "report.html", f"dermfuse — {plan['folds']}-fold {title}", sections,
+                        subtitle=f"{plan['data']['path']} · {plan['split_label']} · dermfuse {__version__}",
+                        banners=_banners(plan), warnings=warnings + result["warnings"])
 
-    def fig(name: str, figure: Any, caption: str, width: int | None = None) -> str:
-        png = fig_to_png_bytes(figure)
-        (plots / f"{name.replace('@', '_at_').replace('+', '_')}.png").write_bytes(png)
-        return figure_html(png, caption, width)
 
-    by_name = {v["name"]: v for v in plan["variants"]}
+def _figure(plots: Path, name: str, figure: Any, caption: str, width: int | None = None) -> str:
+    """Write ``figure`` to plots/<name>.png and return it as embedded HTML."""
+    from ..evaluation.plots import fig_to_png_bytes
+
+    png = fig_to_png_bytes(figure)
+    (plots / f"{name.replace('@', '_at_').replace('+', '_')}.png").write_bytes(png)
+    return figure_html(png, caption, width)
+
+
+def _protocol_section(plan: dict, result: dict) -> Section:
+    """The data, folds, seed, split and rows, and one row per variant."""
+    stats = result["stats"]
+    n_variants = len({v["name"] for v in plan["variants"]})
     protocol = [("data", plan["data"]["path"]), ("format", plan["data"]["format"]),
                 ("clean images", plan["data"]["n_images"]), ("folds", plan["folds"]), ("seed", plan["seed"]),
                 ("split", plan["split_label"]),
                 *([("rows (inner folds)", f"part(s) {', '.join(plan['rows']['parts'])} of "
                    f"{plan['rows']['split_file']}: {plan['rows']['n_rows']} rows; {plan['rows']['n_left_out']} "
                    "other rows never read")] if plan.get("rows") else []),
-                ("finished folds", f"{len(result['per_fold'])} of {plan['folds'] * len(by_name)}")]
+                ("finished folds", f"{len(result['per_fold'])} of {plan['folds'] * n_variants}")]
     variant_rows = [(v["name"], v["model"], v["input"], "yes" if v["use_meta"] else "no",
                      "image-level (leaky)" if v["split"] == "image-leaky" else plan["split_label"],
                      stats[v["name"]]["accuracy"]["n"]) for v in plan["variants"]]
-    sections = [Section("Protocol", table_html(protocol, ("", "")) +
-                        table_html(variant_rows, ("variant", "model", "image input", "metadata", "split", "folds")))]
-    sections.append(Section(
+    return Section("Protocol", table_html(protocol, ("", "")) +
+                   table_html(variant_rows, ("variant", "model", "image input", "metadata", "split", "folds")))
+
+
+def _score_sections(plan: dict, result: dict, done: list[str], fig: Callable[..., str]) -> list[Section]:
+    """Mean ± std, pooled, model comparison, ablation, protocol gap and per-fold tables."""
+    from ..evaluation.plots import plot_model_comparison
+
+    stats, pooled = result["stats"], result["pooled"]
+    names = [v["name"] for v in plan["variants"]]
+    sections = [Section(
         "Mean ± std over folds",
-        table_html([(v, *(mean_std_text(stats[v][m]) for m in METRICS)) for v in by_name], ("variant", *METRICS)) +
+        table_html([(v, *(mean_std_text(stats[v][m]) for m in METRICS)) for v in dict.fromkeys(names)],
+                   ("variant", *METRICS)) +
         "<p class='muted'>Sample standard deviation (ddof = 1) over the finished folds; "
-        "ece and log_loss are lower-is-better.</p>"))
+        "ece and log_loss are lower-is-better.</p>")]
     sections.append(Section(
         "Pooled out-of-fold metrics",
         table_html([(v, *(pooled[v].get(m) for m in (*METRICS, "n_images"))) for v in done],
@@ -76,13 +103,22 @@ def write_cv_report(run_dir: Path, plan: dict, result: dict, histories: dict, pr
                                 _exposure_html(result.get("gap_exposure"))))
     fold_rows = [(r["variant"], r["fold"], *(r[m] for m in METRICS), r["n_images"]) for r in result["per_fold"]]
     sections.append(Section("Per-fold metrics", table_html(fold_rows, ("variant", "fold", *METRICS, "n_images"))))
+    return sections
+
+
+def _figure_sections(classes: list[str], result: dict, histories: dict, preds: dict, done: list[str],
+                     fig: Callable[..., str]) -> list[Section]:
+    """Training curves, the best variant's confusion matrix and the ROC curves."""
+    from ..evaluation.plots import plot_confusion, plot_history, plot_roc
+
+    pooled, b = result["pooled"], result["best"]
+    sections = []
     if done:
         curves = "".join(fig(f"curves_{v}", plot_history(_mean_history(histories[v]), title=v),
                              f"{v}: accuracy and loss per epoch, mean over the folds that reached it", 520)
                          for v in done)
         sections.append(Section("Training curves", f"<div class='figs'>{curves}</div>"))
-    if result["best"]:
-        b = result["best"]
+    if b:
         cm = np.asarray(pooled[b]["confusion_matrix"])
         sections.append(Section(f"Confusion matrix of the best variant: {b}", (
             "<p class='muted'>Best = highest mean balanced accuracy over folds; pooled out-of-fold "
@@ -97,16 +133,15 @@ def write_cv_report(run_dir: Path, plan: dict, result: dict, histories: dict, pr
             scored[v] = (label_indices(df, classes), probabilities(df, classes))
         rocs = fig("roc_variants", _plot_macro_roc(scored, {v: pooled[v]["auc_macro"] for v in done}),
                    "macro-average one-vs-rest ROC per variant, pooled out-of-fold", 480)
-        if result["best"]:
-            rocs += fig("roc_best", plot_roc(*scored[result["best"]], classes,
-                                             title=f"{result['best']}: ROC per class"),
-                        f"best variant ({result['best']}), one vs rest per class", 480)
+        if b:
+            rocs += fig("roc_best", plot_roc(*scored[b], classes, title=f"{b}: ROC per class"),
+                        f"best variant ({b}), one vs rest per class", 480)
         sections.append(Section("ROC curves", f"<div class='figs'>{rocs}</div>"))
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists():
-        sections.append(Section("Config", f"<pre>{html.escape(cfg_path.read_text())}</pre>"))
-    sections.append(Section("Data summary", json_block(plan["data"]["summary"])))
+    return sections
 
+
+def _banners(plan: dict) -> list[str]:
+    """Synthetic data; a leaky (image-level) split for the run or for some variants."""
     banners = []
     if plan["data"]["synthetic"]:
         banners.append(SYNTHETIC_BANNER)
@@ -115,12 +150,7 @@ def write_cv_report(run_dir: Path, plan: dict, result: dict, histories: dict, pr
     elif any(v["split"] == "image-leaky" for v in plan["variants"]):
         banners.append("Variants marked @image use the image-level (leaky) split; they are shown only to measure "
                        "how much that protocol inflates the metrics.")
-    warnings = [f"Missing folds — {v}: {', '.join(map(str, f))}. Tables cover finished folds only; "
-                f"run them with --fold K, then collect again." for v, f in result["missing"].items()]
-    title = {"cv": "cross-validation", "ablate": "ablation"}.get(plan["kind"], plan["kind"])
-    return write_report(run_dir / "report.html", f"dermfuse — {plan['folds']}-fold {title}", sections,
-                        subtitle=f"{plan['data']['path']} · {plan['split_label']} · dermfuse {__version__}",
-                        banners=banners, warnings=warnings + result["warnings"])
+    return banners
 
 
 def _mean_history(histories: list[list[dict]]) -> list[dict]:

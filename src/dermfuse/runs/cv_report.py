@@ -99,13 +99,7 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     names = [v["name"] for v in plan["variants"]]
     stats = {v: {m: mean_std([r[m] for r in per_fold if r["variant"] == v]) for m in METRICS} for v in names}
     oof = {v: pd.concat(preds[v], ignore_index=True) for v in names if preds[v]}  # pooled out-of-fold rows
-    pooled: dict[str, dict | None] = {}
-    for v in names:
-        if v not in oof:
-            pooled[v] = None
-            continue
-        pooled[v] = score_rows(oof[v], classes)
-        pooled[v]["n_folds"] = len(preds[v])
+    pooled = _pooled(names, oof, preds, classes)
     # the best is chosen among the grouped variants: a leaky image-level twin never wins
     ranked = [v for v in names if stats[v]["balanced_accuracy"]["mean"] is not None and not v.endswith(LEAKY)]
     best = max(ranked, key=lambda v: stats[v]["balanced_accuracy"]["mean"]) if ranked else None
@@ -117,27 +111,14 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         "best": best, "gap": protocol_gap(stats, paired_pooled(oof, classes)), "warnings": warnings,
     }
     if plan.get("reference"):
-        result["ablation"] = paired_differences(per_fold, plan["reference"], METRICS, names)
-        ref = plan["reference"]
-        result["ablation"]["bootstrap"] = {"reference": ref, **pooled_bootstrap(
-            run_dir, [(v, ref) for v in names if v != ref], oof, classes)}
-        # the paper's "metadata helps": each input with the metadata branch minus without it
-        without = {v: v.removesuffix("+meta") + "-only" for v in names if v.endswith("+meta")}
-        result["ablation"]["metadata_bootstrap"] = pooled_bootstrap(
-            run_dir, [(v, w) for v, w in without.items() if w in names], oof, classes)
+        result["ablation"] = _ablation(run_dir, per_fold, plan["reference"], names, oof, classes)
     elif best is not None:  # cv: every other grouped model against the best one, on the same rows
         others = [v for v in names if v != best and not v.endswith(LEAKY)]
         if others:
             result["comparison_bootstrap"] = {"reference": best, **pooled_bootstrap(
                 run_dir, [(v, best) for v in others], oof, classes)}
     if result["gap"]:
-        twins = list(dict.fromkeys(r["variant"] for r in result["gap"]))
-        result["gap_bootstrap"] = pooled_bootstrap(run_dir, [(v + LEAKY, v) for v in twins], oof, classes)
-        boot = {r["reference"]: r for r in result["gap_bootstrap"]["rows"]}
-        for r in result["gap"]:
-            b = boot.get(r["variant"], {}).get(r["metric"], {})
-            r["pooled_inflation_low"], r["pooled_inflation_high"] = b.get("low"), b.get("high")
-        result["gap_exposure"] = gap_exposure(run_dir, twins, oof, classes)
+        _add_gap_intervals(result, run_dir, oof, classes)
     write_tables(run_dir, result)
     write_cv_report(run_dir, plan, result, histories, preds)
     if progress:
@@ -145,6 +126,45 @@ def collect(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
             console.print(f"[yellow]missing[/yellow] {v}: fold(s) {', '.join(map(str, f))} not finished")
         console.print(f"report: {run_dir / 'report.html'}")
     return result
+
+
+def _pooled(names: list[str], oof: dict[str, pd.DataFrame], preds: dict, classes: list[str]) -> dict[str, dict | None]:
+    """Per variant, the metrics of its pooled out-of-fold rows and its fold count (None: no fold finished)."""
+    pooled: dict[str, dict | None] = {}
+    for v in names:
+        if v not in oof:
+            pooled[v] = None
+            continue
+        pooled[v] = score_rows(oof[v], classes)
+        pooled[v]["n_folds"] = len(preds[v])
+    return pooled
+
+
+def _ablation(run_dir: Path, per_fold: list[dict], ref: str, names: list[str], oof: dict[str, pd.DataFrame],
+              classes: list[str]) -> dict[str, Any]:
+    """Per-fold paired differences to the reference, with the pooled bootstraps of every
+    variant minus the reference and of each input with metadata minus without."""
+    ablation = paired_differences(per_fold, ref, METRICS, names)
+    ablation["bootstrap"] = {"reference": ref, **pooled_bootstrap(
+        run_dir, [(v, ref) for v in names if v != ref], oof, classes)}
+    # the paper's "metadata helps": each input with the metadata branch minus without it
+    without = {v: v.removesuffix("+meta") + "-only" for v in names if v.endswith("+meta")}
+    ablation["metadata_bootstrap"] = pooled_bootstrap(
+        run_dir, [(v, w) for v, w in without.items() if w in names], oof, classes)
+    return ablation
+
+
+def _add_gap_intervals(result: dict[str, Any], run_dir: Path, oof: dict[str, pd.DataFrame],
+                       classes: list[str]) -> None:
+    """The protocol gap's pooled bootstrap (leaky twin minus grouped), its intervals on each
+    gap row, and the gap split by exposure."""
+    twins = list(dict.fromkeys(r["variant"] for r in result["gap"]))
+    result["gap_bootstrap"] = pooled_bootstrap(run_dir, [(v + LEAKY, v) for v in twins], oof, classes)
+    boot = {r["reference"]: r for r in result["gap_bootstrap"]["rows"]}
+    for r in result["gap"]:
+        b = boot.get(r["variant"], {}).get(r["metric"], {})
+        r["pooled_inflation_low"], r["pooled_inflation_high"] = b.get("low"), b.get("high")
+    result["gap_exposure"] = gap_exposure(run_dir, twins, oof, classes)
 
 
 def render_summary(result: dict[str, Any]) -> Table | Group:

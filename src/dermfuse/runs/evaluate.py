@@ -77,7 +77,7 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
     ``metrics["subgroups"]`` (`dermfuse.evaluation.subgroups.subgroup_metrics`); report.html shows them."""
     from ..inference.device import resolve_device
     from ..inference.predictor import Predictor
-    from ..inference.trust import Trust, plot_risk_coverage, selective_report
+    from ..inference.trust import Trust, selective_report
     from ..released import resolve_bundle
 
     if by:  # a bad key fails before any image is decoded
@@ -91,24 +91,9 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
     engine = Predictor.from_bundle(bundle)
     if operating_point != "argmax":
         (bundle.trust or Trust()).decide(np.zeros((0, len(bundle.classes))), bundle.classes, operating_point)
-    trained_on = bundle.info.get("training_data", {}).get("path")
-    if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
-        log.warning("%s is the data set this bundle was trained on: every row is scored, training "
-                    "rows included, so these metrics are optimistic. Pass --split-file RUN/split.csv "
-                    "to score the held-out rows only.", data_path)
-    saved_map = bundle.info.get("training_data", {}).get("column_map")
-    if format is None and column_map is None and saved_map and detect_layout(data_path) is None:
-        log.info("%s matches no known format: reading it with the column map the bundle was "
-                 "trained with (%s)", data_path, saved_map)
-        column_map = saved_map
+    column_map = _reading_map(bundle, data_path, split_file, format, column_map)
     cohort = load_cohort(data_path, format, True, progress, column_map)
-    table = cohort.table
-    if split_file is not None:
-        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
-    unknown = sorted(set(cohort.classes) - set(bundle.classes))
-    if unknown and (table["label"].isin(unknown)).any():
-        raise DataError(f"data set has classes the bundle does not know: {unknown}; bundle classes: {bundle.classes}")
-    y = table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
+    table, y = _scored_rows(cohort, bundle, split_file, part)
     cache = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
     meta = bundle.encode_table(table)
     res = engine.run(cache.images, meta, progress=progress, features=engine.needs_features)
@@ -132,17 +117,53 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
         except ValueError as e:
             raise ConfigError(f"--by {by}: {e}") from None
     if out:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-        write_predictions(out / "predictions.csv", table["image_id"].to_numpy(), bundle.classes, y, proba)
-        from ..evaluation.plots import save_figure
-
-        shipped = bundle.trust.selective.threshold if bundle.trust and bundle.trust.selective else None
-        save_figure(plot_risk_coverage(y, proba, shipped, title=f"{bundle.model_id} on {Path(data_path).name}"),
-                    out / "risk_coverage.png")
-        _evaluate_report(out, bundle, metrics, data_path, synthetic_data=cohort.synthetic)
+        _write_outputs(Path(out), bundle, metrics, table, y, proba, data_path, cohort.synthetic)
     return metrics
+
+
+def _reading_map(bundle, data_path: str | Path, split_file: str | Path | None, format: str | None,
+                 column_map: dict[str, str] | None) -> dict[str, str] | None:
+    """The column map to read ``data_path`` with: the given one, or the bundle's own where the
+    data match no known format. Warns when every row of the training data would be scored."""
+    trained_on = bundle.info.get("training_data", {}).get("path")
+    if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
+        log.warning("%s is the data set this bundle was trained on: every row is scored, training "
+                    "rows included, so these metrics are optimistic. Pass --split-file RUN/split.csv "
+                    "to score the held-out rows only.", data_path)
+    saved_map = bundle.info.get("training_data", {}).get("column_map")
+    if format is None and column_map is None and saved_map and detect_layout(data_path) is None:
+        log.info("%s matches no known format: reading it with the column map the bundle was "
+                 "trained with (%s)", data_path, saved_map)
+        column_map = saved_map
+    return column_map
+
+
+def _scored_rows(cohort, bundle, split_file: str | Path | None, part: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows scored (all, or ``split_file``'s ``part``) and their labels (N,) as the
+    bundle's class indices; a class the bundle does not know is refused."""
+    table = cohort.table
+    if split_file is not None:
+        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
+    unknown = sorted(set(cohort.classes) - set(bundle.classes))
+    if unknown and (table["label"].isin(unknown)).any():
+        raise DataError(f"data set has classes the bundle does not know: {unknown}; bundle classes: {bundle.classes}")
+    y = table["label"].map({c: i for i, c in enumerate(bundle.classes)}).to_numpy(np.int64)
+    return table, y
+
+
+def _write_outputs(out: Path, bundle, metrics: dict[str, Any], table: pd.DataFrame, y: np.ndarray,
+                   proba: np.ndarray, data_path: str | Path, synthetic_data: bool) -> None:
+    """metrics.json, predictions.csv, risk_coverage.png and report.html in ``out``."""
+    from ..evaluation.plots import save_figure
+    from ..inference.trust import plot_risk_coverage
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_predictions(out / "predictions.csv", table["image_id"].to_numpy(), bundle.classes, y, proba)
+    shipped = bundle.trust.selective.threshold if bundle.trust and bundle.trust.selective else None
+    save_figure(plot_risk_coverage(y, proba, shipped, title=f"{bundle.model_id} on {Path(data_path).name}"),
+                out / "risk_coverage.png")
+    _evaluate_report(out, bundle, metrics, data_path, synthetic_data=synthetic_data)
 
 
 def _evaluate_report(out: Path, bundle, metrics: dict[str, Any], data_path: str | Path,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -170,7 +171,6 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
     insertion_auc, average_drop, increase_in_confidence, border_energy and, with masks,
     energy_in_lesion and pointing_game."""
     from .cohort import load_cohort
-    from .evaluate import select_part
 
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown or not methods:
@@ -179,77 +179,25 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
     net, takes_meta, what = explained_network(bundle)
     size = bundle.image_size  # the classifier's input, which the CAM backbone sees too
     cohort = load_cohort(data_path, format, True, progress)
-    table = cohort.table
-    if split_file is not None:
-        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
-    if n_images is not None and n_images < len(table):
-        pick = np.sort(np.random.default_rng(seed).choice(len(table), n_images, replace=False))
-        table = table.iloc[pick].reset_index(drop=True)
+    table = _select_rows(cohort.table, split_file, part, n_images, seed)
     groups = group_ids(table)
     images = build_cache(table, size=size, method=bundle.resize_method, progress=progress).images
     masks = load_masks(Path(cohort.read.root), table["image_id"].astype(str).tolist(), size)
     meta_all = (torch.as_tensor(bundle.encode_table(table)[:, : bundle.model_meta_dim]) if takes_meta else None)
     meta_dim = 0 if meta_all is None else meta_all.shape[1]
-    last_shape = _spatial_shapes(net, size, meta_dim)[{id(m): n for n, m in net.named_modules()}[id(net.cam_layer)]]
-    early = earlier_layer(net, size, meta_dim)
     pad = max(1, size // 8) if pad is None else int(pad)
-    names = list(methods) + [RANDOM]
-
-    per: dict[str, dict[str, list[np.ndarray]]] = {m: {} for m in names}
-    curves: dict[str, dict[str, list[np.ndarray]]] = {m: {"deletion": [], "insertion": []} for m in names}
-    border: dict[tuple[str, str, int], list[np.ndarray]] = {}
-    examples: dict[str, np.ndarray] = {}
-    skipped: dict[tuple[str, int], str] = {}
-
-    def add(method: str, key: str, values: np.ndarray) -> None:
-        per[method].setdefault(key, []).append(values)
-
+    run = _Run(net=net, names=list(methods) + [RANDOM], last_shape=_spatial_shapes(net, size, meta_dim)[_cam_layer_name(net)],
+               early=earlier_layer(net, size, meta_dim), steps=steps, fill=fill, band=band, pad=pad, seed=seed,
+               batch_size=batch_size)
     n = len(table)
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("explain-eval", total=n)
         for s in range(0, n, batch_size):
             x = to_input(np.ascontiguousarray(images[s:s + batch_size]))  # (B, 3, S, S)
-            meta = None if meta_all is None else meta_all[s:s + len(x)]
-            with torch.no_grad():
-                targets = net(x, meta).argmax(1)
-            score = _Scorer(net, meta, targets, batch_size)
-            fill_x = fm.fill_for(x, fill)
-            for method in names:
-                maps = _maps(method, net, net.cam_layer, x, meta, targets, last_shape, seed + s)
-                dele, ins = fm.perturbation_curves(score, x, maps, steps=steps, fill=fill_x)
-                curves[method]["deletion"].append(dele)
-                curves[method]["insertion"].append(ins)
-                add(method, "deletion_auc", fm.curve_auc(dele))
-                add(method, "insertion_auc", fm.curve_auc(ins))
-                y, o = fm.confidence_change(score, x, maps)
-                add(method, "average_drop", fm.average_drop(y, o))
-                add(method, "increase_in_confidence", fm.increase_in_confidence(y, o))
-                mp = maps.numpy()
-                add(method, "border_energy", fm.border_energy(mp, band))
-                if masks is not None:
-                    mk = masks[s:s + len(x)]
-                    add(method, "energy_in_lesion", fm.energy_in_mask(mp, mk))
-                    add(method, "pointing_game", fm.pointing_game(mp, mk))
-                if s == 0:
-                    examples[method] = mp[:4]
-                border.setdefault((method, "last", 0), []).append(fm.border_energy(mp, band))
-                if method == RANDOM:
-                    continue
-                for layer_name, layer, p in (("last", net.cam_layer, pad),
-                                             *((("earlier", early[1], 0), ("earlier", early[1], pad)) if early else ())):
-                    if (layer_name, p) in skipped:
-                        continue
-                    try:
-                        bm = _maps(method, net, layer, x, meta, targets, last_shape, seed, pad=p).numpy()
-                    except (ValueError, RuntimeError) as e:  # a fixed-size network refuses the padded image
-                        skipped[layer_name, p] = str(e).split("\n")[0]
-                        log.warning("explain-eval: border analysis %s layer, pad %d skipped: %s", layer_name, p,
-                                    skipped[layer_name, p])
-                        continue
-                    border.setdefault((method, layer_name, p), []).append(fm.border_energy(bm, band))
+            run.score_batch(s, x, None if meta_all is None else meta_all[s:s + len(x)],
+                            None if masks is None else masks[s:s + len(x)])
             bar.advance(task, len(x))
 
-    flat = {m: {k: np.concatenate(v) for k, v in per[m].items()} for m in names}
     result: dict[str, Any] = {
         "bundle": str(bundle_path), "model_id": bundle.model_id, "network": what, "data": str(data_path),
         "rows": "all clean rows" if split_file is None else f"part {part!r} of {split_file}",
@@ -257,22 +205,124 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
         "synthetic": bool(cohort.synthetic), "masks": masks is not None,
         "lesion_area": None if masks is None else fm.lesion_bootstrap(masks.mean((1, 2)), groups, n_boot, seed=seed),
         "border_area": float(fm.border_band((size, size), band).mean()),
-        "methods": {m: _summaries(flat[m], groups, n_boot, seed, None if m == RANDOM else flat[RANDOM]) for m in names},
-        "curves": {m: {k: np.concatenate(v).mean(0).tolist() for k, v in c.items()} for m, c in curves.items()},
-        "border": [{"method": m, "layer": layer, "pad": p,
-                    "border_energy": fm.lesion_bootstrap(np.concatenate(v), groups, n_boot, seed=seed)}
-                   for (m, layer, p), v in border.items()],
-        "border_skipped": [{"layer": layer, "pad": p, "why": why} for (layer, p), why in skipped.items()],
-        "layers": {"last": {"name": {id(mod): nm for nm, mod in net.named_modules()}[id(net.cam_layer)],
-                            "grid": list(last_shape)},
-                   **({"earlier": {"name": early[0], "grid": list(early[2])}} if early else {})},
+        **run.summary(groups, n_boot),
         "settings": {"methods": list(methods), "steps": steps, "band": band, "pad": pad, "n_boot": n_boot,
                      "seed": seed, "fill": fill,
                      "score": "softmax probability of the class the network predicts on the unperturbed image"},
     }
     if out is not None:
-        _write(Path(out), result, examples, images[:4], None if masks is None else masks[:4])
+        _write(Path(out), result, run.examples, images[:4], None if masks is None else masks[:4])
     return result
+
+
+def _select_rows(table, split_file: str | Path | None, part: str, n_images: int | None, seed: int):
+    """The rows scored: ``split_file``'s ``part`` (all without one), then a sorted sample of
+    ``n_images`` of them drawn with ``seed``."""
+    from .evaluate import select_part
+
+    if split_file is not None:
+        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
+    if n_images is not None and n_images < len(table):
+        pick = np.sort(np.random.default_rng(seed).choice(len(table), n_images, replace=False))
+        table = table.iloc[pick].reset_index(drop=True)
+    return table
+
+
+def _cam_layer_name(net: nn.Module) -> str:
+    return {id(m): n for n, m in net.named_modules()}[id(net.cam_layer)]
+
+
+@dataclass
+class _Run:
+    """The settings of one explain-eval and the per-image scores it gathers batch by batch."""
+
+    net: nn.Module
+    names: list[str]  # the methods scored, then the random baseline
+    last_shape: tuple[int, int]  # the target layer's grid
+    early: tuple[str, nn.Module, tuple[int, int]] | None  # see `earlier_layer`
+    steps: int
+    fill: str
+    band: float
+    pad: int
+    seed: int
+    batch_size: int
+    per: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
+    border: dict[tuple[str, str, int], list[np.ndarray]] = field(default_factory=dict)
+    examples: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.per = {m: {} for m in self.names}
+        self.curves = {m: {"deletion": [], "insertion": []} for m in self.names}
+
+    def add(self, method: str, key: str, values: np.ndarray) -> None:
+        self.per[method].setdefault(key, []).append(values)
+
+    def score_batch(self, s: int, x: torch.Tensor, meta: torch.Tensor | None, masks: np.ndarray | None) -> None:
+        """Score every method on the batch ``x`` (B, 3, S, S) of rows s.. (masks (B, S, S) or None)."""
+        with torch.no_grad():
+            targets = self.net(x, meta).argmax(1)
+        score = _Scorer(self.net, meta, targets, self.batch_size)
+        fill_x = fm.fill_for(x, self.fill)
+        for method in self.names:
+            maps = _maps(method, self.net, self.net.cam_layer, x, meta, targets, self.last_shape, self.seed + s)
+            self._score_maps(method, score, x, maps, fill_x, masks, first=s == 0)
+            if method != RANDOM:
+                self._border_analysis(method, x, meta, targets)
+
+    def _score_maps(self, method: str, score: _Scorer, x: torch.Tensor, maps: torch.Tensor, fill_x: torch.Tensor,
+                    masks: np.ndarray | None, first: bool) -> None:
+        """Faithfulness, border energy and (with masks) localisation of one method's maps."""
+        dele, ins = fm.perturbation_curves(score, x, maps, steps=self.steps, fill=fill_x)
+        self.curves[method]["deletion"].append(dele)
+        self.curves[method]["insertion"].append(ins)
+        self.add(method, "deletion_auc", fm.curve_auc(dele))
+        self.add(method, "insertion_auc", fm.curve_auc(ins))
+        y, o = fm.confidence_change(score, x, maps)
+        self.add(method, "average_drop", fm.average_drop(y, o))
+        self.add(method, "increase_in_confidence", fm.increase_in_confidence(y, o))
+        mp = maps.numpy()
+        self.add(method, "border_energy", fm.border_energy(mp, self.band))
+        if masks is not None:
+            self.add(method, "energy_in_lesion", fm.energy_in_mask(mp, masks))
+            self.add(method, "pointing_game", fm.pointing_game(mp, masks))
+        if first:
+            self.examples[method] = mp[:4]
+        self.border.setdefault((method, "last", 0), []).append(fm.border_energy(mp, self.band))
+
+    def _border_analysis(self, method: str, x: torch.Tensor, meta: torch.Tensor | None, targets: torch.Tensor) -> None:
+        """Border energy of the last layer padded and of the earlier layer at pad 0 and padded;
+        a layer and pad the network refuses is skipped (and said once)."""
+        early = self.early
+        for layer_name, layer, p in (("last", self.net.cam_layer, self.pad),
+                                     *((("earlier", early[1], 0), ("earlier", early[1], self.pad)) if early else ())):
+            if (layer_name, p) in self.skipped:
+                continue
+            try:
+                bm = _maps(method, self.net, layer, x, meta, targets, self.last_shape, self.seed, pad=p).numpy()
+            except (ValueError, RuntimeError) as e:  # a fixed-size network refuses the padded image
+                self.skipped[layer_name, p] = str(e).split("\n")[0]
+                log.warning("explain-eval: border analysis %s layer, pad %d skipped: %s", layer_name, p,
+                            self.skipped[layer_name, p])
+                continue
+            self.border.setdefault((method, layer_name, p), []).append(fm.border_energy(bm, self.band))
+
+    def summary(self, groups: np.ndarray, n_boot: int) -> dict[str, Any]:
+        """The result's "methods", "curves", "border", "border_skipped" and "layers"."""
+        flat = {m: {k: np.concatenate(v) for k, v in self.per[m].items()} for m in self.names}
+        seed, early = self.seed, self.early
+        return {
+            "methods": {m: _summaries(flat[m], groups, n_boot, seed, None if m == RANDOM else flat[RANDOM])
+                        for m in self.names},
+            "curves": {m: {k: np.concatenate(v).mean(0).tolist() for k, v in c.items()} for m, c in self.curves.items()},
+            "border": [{"method": m, "layer": layer, "pad": p,
+                        "border_energy": fm.lesion_bootstrap(np.concatenate(v), groups, n_boot, seed=seed)}
+                       for (m, layer, p), v in self.border.items()],
+            "border_skipped": [{"layer": layer, "pad": p, "why": why} for (layer, p), why in self.skipped.items()],
+            "layers": {"last": {"name": _cam_layer_name(self.net), "grid": list(self.last_shape)},
+                       **({"earlier": {"name": early[0], "grid": list(early[2])}} if early else {})},
+        }
 
 
 def _write(out: Path, result: dict[str, Any], examples: dict[str, np.ndarray], images: np.ndarray,

@@ -275,12 +275,55 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     """Federated training of ``cfg.model`` on ``cfg.data.path`` split into ``sites`` sites;
     writes config.yaml, sites.json, split.csv, history.json, metrics.json, predictions.csv
     (and with ``central``: central/ and comparison.json) into ``cfg.out``."""
-    from .predictions_csv import probabilities, read_predictions, write_predictions
-    from ..evaluation.metrics import compute_metrics, paired_bootstrap
+    from .predictions_csv import write_predictions
+    from ..evaluation.metrics import compute_metrics
     from ..models import create_model
-    from ..training.loop import ArrayDataset, evaluate
+    from ..training.loop import ArrayDataset
     from .variant import score
 
+    engine = _check_options(strategy, mu, rounds, local_epochs, engine)
+    cfg.train.epochs = rounds * local_epochs  # the central schedule the rounds follow
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (cohort, table, y, train_idx, val_idx, test_idx, site_of, images, meta, encoder,
+     kwargs) = _prepare(cfg, sites, site_rule, progress)
+    classes = cohort.classes
+    _write_split(run_dir / "split.csv", table, val_idx, test_idx, site_of)
+    site_rows = [train_idx[site_of[train_idx] == s] for s in range(sites)]
+    if any(len(r) == 0 for r in site_rows):
+        raise DataError(f"a site has no training rows ({[len(r) for r in site_rows]}); use fewer sites")
+    site_info = [_site_info(s, r, table, y, classes) for s, r in enumerate(site_rows)]
+    atomic_write_text(run_dir / "sites.json", json.dumps({"rule": site_rule, "sites": site_info}, indent=2))
+    spec = {"config": config_to_dict(cfg), "classes": classes, "kwargs": kwargs, "encoder": encoder.to_dict(),
+            "rows": [r.tolist() for r in site_rows]}
+
+    torch.manual_seed(cfg.train.init_seed)  # the global model's initial weights, as a central run's
+    global_net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
+                              **kwargs)
+    init = _weights(global_net)
+    val = ArrayDataset(np.ascontiguousarray(images[val_idx]), meta[val_idx], y[val_idx])
+    server = _Server(global_net, val, cfg, rounds, local_epochs, progress, init)
+    _run_flower(engine, spec, sites, rounds, local_epochs, strategy, mu, init, server.evaluate, cfg)
+    if len(server.history) != rounds + 1:
+        raise DataError(f"federate: the server scored {len(server.history) - 1} of {rounds} rounds; a site failed")
+    _load(global_net, server.best["weights"])
+    atomic_write_text(run_dir / "history.json", json.dumps(server.history, indent=2))
+    proba = score(global_net, classes, encoder, np.ascontiguousarray(images[test_idx]), meta[test_idx], cfg.train.tta)
+    metrics = compute_metrics(y[test_idx], proba, classes)
+    metrics.update(best_round=server.best["round"], rounds=rounds, local_epochs=local_epochs, sites=sites,
+                   site_rule=site_rule, strategy=strategy, mu=mu, engine=engine)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_predictions(run_dir / "predictions.csv", table.iloc[test_idx]["image_id"].to_numpy(), classes, y[test_idx], proba)
+    result = FederatedResult(run_dir, metrics, server.history, site_info)
+    if central:
+        result.central, result.comparison = _compare_central(cfg, run_dir, table, y, test_idx, proba, classes, progress)
+        atomic_write_text(run_dir / "comparison.json", json.dumps(result.comparison, indent=2))
+    return result
+
+
+def _check_options(strategy: str, mu: float, rounds: int, local_epochs: int, engine: str) -> str:
+    """Refuse a bad strategy, mu, round count or engine; the engine ``auto`` resolves to."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"federate --strategy {strategy!r}: expected one of {STRATEGIES}")
     if strategy == "fedprox" and mu <= 0:
@@ -298,83 +341,78 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
     if engine == "simulation" and importlib.util.find_spec("ray") is None:
         raise ConfigError("federate --engine simulation needs Ray: pip install 'dermfuse[federate]'; "
                           "or use --engine processes")
-    cfg.train.epochs = rounds * local_epochs  # the central schedule the rounds follow
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    (cohort, table, y, train_idx, val_idx, test_idx, site_of, images, meta, encoder,
-     kwargs) = _prepare(cfg, sites, site_rule, progress)
-    classes = cohort.classes
+    return engine
+
+
+def _write_split(path: Path, table: pd.DataFrame, val_idx: np.ndarray, test_idx: np.ndarray,
+                 site_of: np.ndarray) -> None:
+    """split.csv: every row's part (train, val, test) and, for training rows, its site (else -1)."""
     part = np.full(len(table), "train", dtype=object)
     part[val_idx], part[test_idx] = "val", "test"
     split = pd.DataFrame({"image_id": table["image_id"], "part": part,
                           "site": np.where(part == "train", site_of, -1)})
-    atomic_write(run_dir / "split.csv", lambda tmp: split.to_csv(tmp, index=False))
-    site_rows = [train_idx[site_of[train_idx] == s] for s in range(sites)]
-    if any(len(r) == 0 for r in site_rows):
-        raise DataError(f"a site has no training rows ({[len(r) for r in site_rows]}); use fewer sites")
-    site_info = [{"site": s, "images": int(len(r)), "lesions": int(len(set(group_ids(table.iloc[r])))),
-                  "classes": {classes[c]: int(n) for c, n in sorted(Counter(y[r].tolist()).items())},
-                  "body_sites": sorted({str(v) for v in table.iloc[r].get("site", pd.Series(dtype=str))
-                                        if isinstance(v, str)})[:20]}
-                 for s, r in enumerate(site_rows)]
-    atomic_write_text(run_dir / "sites.json", json.dumps({"rule": site_rule, "sites": site_info}, indent=2))
-    spec = {"config": config_to_dict(cfg), "classes": classes, "kwargs": kwargs, "encoder": encoder.to_dict(),
-            "rows": [r.tolist() for r in site_rows]}
+    atomic_write(path, lambda tmp: split.to_csv(tmp, index=False))
 
-    torch.manual_seed(cfg.train.init_seed)  # the global model's initial weights, as a central run's
-    global_net = create_model(cfg.model.name, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
-                              **kwargs)
-    init = _weights(global_net)
-    val = ArrayDataset(np.ascontiguousarray(images[val_idx]), meta[val_idx], y[val_idx])
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"score": -1.0, "weights": init, "round": 0}
-    t_round = [time.perf_counter()]
 
-    def server_eval(server_round: int, parameters, config):
-        _load(global_net, parameters)
-        m = evaluate(global_net, torch.utils.data.DataLoader(val, batch_size=64), torch.device("cpu"))
+def _site_info(s: int, rows: np.ndarray, table: pd.DataFrame, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """What sites.json says of site ``s``: images, lesions, class counts, body sites (20 at most)."""
+    return {"site": s, "images": int(len(rows)), "lesions": int(len(set(group_ids(table.iloc[rows])))),
+            "classes": {classes[c]: int(n) for c, n in sorted(Counter(y[rows].tolist()).items())},
+            "body_sites": sorted({str(v) for v in table.iloc[rows].get("site", pd.Series(dtype=str))
+                                  if isinstance(v, str)})[:20]}
+
+
+class _Server:
+    """The server's side of the rounds: scores the global model on the validation part after
+    every round (round 0: the initial weights), keeps the history and the best round's weights."""
+
+    def __init__(self, global_net: torch.nn.Module, val, cfg: RunConfig, rounds: int, local_epochs: int,
+                 progress: bool, init: list[np.ndarray]):
+        self.global_net, self.val, self.cfg = global_net, val, cfg
+        self.rounds, self.local_epochs, self.progress = rounds, local_epochs, progress
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"score": -1.0, "weights": init, "round": 0}
+        self.t_round = time.perf_counter()
+
+    def evaluate(self, server_round: int, parameters, config):
+        """Flower's ``evaluate_fn``: (val loss, {"balanced_accuracy"}) of ``parameters``."""
+        from ..training.loop import evaluate
+
+        _load(self.global_net, parameters)
+        m = evaluate(self.global_net, torch.utils.data.DataLoader(self.val, batch_size=64), torch.device("cpu"))
         row = {"round": server_round, "val_loss": m["loss"], "val_acc": m["acc"],
                "val_balanced_accuracy": m["balanced_accuracy"],
-               "lr": round_lr(cfg, (server_round - 1) * local_epochs) if server_round else None,
-               "seconds": time.perf_counter() - t_round[0]}
-        t_round[0] = time.perf_counter()
-        history.append(row)
-        if server_round > 0 and m["balanced_accuracy"] > best["score"]:
-            best.update(score=m["balanced_accuracy"], weights=[np.array(p) for p in parameters], round=server_round)
-        if progress:
-            log.warning("round %d/%d: val balanced accuracy %.3f, loss %.4f", server_round, rounds,
+               "lr": round_lr(self.cfg, (server_round - 1) * self.local_epochs) if server_round else None,
+               "seconds": time.perf_counter() - self.t_round}
+        self.t_round = time.perf_counter()
+        self.history.append(row)
+        if server_round > 0 and m["balanced_accuracy"] > self.best["score"]:
+            self.best.update(score=m["balanced_accuracy"], weights=[np.array(p) for p in parameters],
+                             round=server_round)
+        if self.progress:
+            log.warning("round %d/%d: val balanced accuracy %.3f, loss %.4f", server_round, self.rounds,
                         m["balanced_accuracy"], m["loss"])
         return m["loss"], {"balanced_accuracy": m["balanced_accuracy"]}
 
-    _run_flower(engine, spec, sites, rounds, local_epochs, strategy, mu, init, server_eval, cfg)
-    if len(history) != rounds + 1:
-        raise DataError(f"federate: the server scored {len(history) - 1} of {rounds} rounds; a site failed")
-    _load(global_net, best["weights"])
-    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2))
-    proba = score(global_net, classes, encoder, np.ascontiguousarray(images[test_idx]), meta[test_idx], cfg.train.tta)
-    metrics = compute_metrics(y[test_idx], proba, classes)
-    metrics.update(best_round=best["round"], rounds=rounds, local_epochs=local_epochs, sites=sites,
-                   site_rule=site_rule, strategy=strategy, mu=mu, engine=engine)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    write_predictions(run_dir / "predictions.csv", table.iloc[test_idx]["image_id"].to_numpy(), classes, y[test_idx], proba)
-    result = FederatedResult(run_dir, metrics, history, site_info)
-    if central:
-        from .holdout import train_run
 
-        ccfg = config_from_dict(config_to_dict(cfg))
-        ccfg.out = str(run_dir / "central")
-        cres = train_run(ccfg, progress=progress)
-        cpred = read_predictions(run_dir / "central" / "predictions.csv")
-        if list(cpred["image_id"]) != list(table["image_id"].iloc[test_idx]):
-            raise DataError("central and federated runs scored different test images")
-        cp = probabilities(cpred, classes).argmax(1)
-        boot = paired_bootstrap(y[test_idx], proba.argmax(1), cp, group_ids(table.iloc[test_idx]), classes)
-        result.central = cres.metrics
-        result.comparison = {"federated_minus_central": boot, "central_epochs": cfg.train.epochs,
-                             "test_images": int(len(test_idx))}
-        atomic_write_text(run_dir / "comparison.json", json.dumps(result.comparison, indent=2))
-    return result
+def _compare_central(cfg: RunConfig, run_dir: Path, table: pd.DataFrame, y: np.ndarray, test_idx: np.ndarray,
+                     proba: np.ndarray, classes: list[str], progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the same config centrally into ``run_dir/central``; (its test metrics, the paired
+    lesion bootstrap of federated minus central on the same test images)."""
+    from .holdout import train_run
+    from .predictions_csv import probabilities, read_predictions
+    from ..evaluation.metrics import paired_bootstrap
+
+    ccfg = config_from_dict(config_to_dict(cfg))
+    ccfg.out = str(run_dir / "central")
+    cres = train_run(ccfg, progress=progress)
+    cpred = read_predictions(run_dir / "central" / "predictions.csv")
+    if list(cpred["image_id"]) != list(table["image_id"].iloc[test_idx]):
+        raise DataError("central and federated runs scored different test images")
+    cp = probabilities(cpred, classes).argmax(1)
+    boot = paired_bootstrap(y[test_idx], proba.argmax(1), cp, group_ids(table.iloc[test_idx]), classes)
+    return cres.metrics, {"federated_minus_central": boot, "central_epochs": cfg.train.epochs,
+                          "test_images": int(len(test_idx))}
 
 
 def _strategy(name: str, mu: float, sites: int, rounds: int, local_epochs: int, init, server_eval, cfg: RunConfig):

@@ -83,14 +83,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     t0 = time.time()
     main = is_main_process()  # under torchrun every rank trains; only rank 0 writes
     run_dir = Path(cfg.out)
-    if main:
-        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    cohort = cohort_for(cfg, progress)
-    if main:
-        cohort.report.save_json(run_dir / "cleaning_report.json")
-    if progress and main and show_cleaning:  # the demo shows it once for all its runs
-        console.print(cohort.report.render())
+    cohort = _start_run(cfg, run_dir, main, progress, show_cleaning)
     table, classes, y = cohort.table, cohort.classes, cohort.labels
     if init_bundle is not None:
         from ..training.finetune import check_classes
@@ -105,13 +98,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
 
         encoder = extend_encoder(init_bundle.encoder, table.iloc[train_idx])
         init_info["encoder"] = encoder_summary(init_bundle.encoder, encoder)
-    images, cam_model, cam_info = cache.images, None, {}
-    if cfg.model.input != "image" and model_spec(cfg.model.name).uses_image:
-        from ..training.heatmap_stage import heatmap_stage
-
-        stage = heatmap_stage(cfg, table, y, classes, images, train_idx, val_idx, run_dir,
-                              cache_key=cache.key, progress=progress, resume=resume)
-        images, cam_model, cam_info = stage.inputs, stage.cam_model, stage.info
+    images, cam_model, cam_info = _model_inputs(cfg, cohort, cache, train_idx, val_idx, run_dir, progress, resume)
     done = train_variant(cfg, table, y, classes, images, train_idx, val_idx, test_idx, run_dir, encoder=encoder,
                          init=None if init_bundle is None else (init_bundle, init_info), member=member,
                          resume=resume, progress=progress)
@@ -132,6 +119,33 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
                         n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=done.warnings,
                         seconds=time.time() - t0)
     return RunResult(run_dir, metrics, bundle, done.fit.history)
+
+
+def _start_run(cfg: RunConfig, run_dir: Path, main: bool, progress: bool, show_cleaning: bool) -> Cohort:
+    """The run folder with config.yaml (rank 0 only), and the cleaned cohort, its cleaning
+    report saved (rank 0) and shown (with ``progress`` and ``show_cleaning``, rank 0)."""
+    if main:
+        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    cohort = cohort_for(cfg, progress)
+    if main:
+        cohort.report.save_json(run_dir / "cleaning_report.json")
+    if progress and main and show_cleaning:  # the demo shows it once for all its runs
+        console.print(cohort.report.render())
+    return cohort
+
+
+def _model_inputs(cfg: RunConfig, cohort: Cohort, cache, train_idx: np.ndarray, val_idx: np.ndarray,
+                  run_dir: Path, progress: bool, resume: bool) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """(what the model is trained on, the CAM backbone or None, its info): the cached images,
+    or for heatmap-input models their rendering by the heatmap stage."""
+    if cfg.model.input != "image" and model_spec(cfg.model.name).uses_image:
+        from ..training.heatmap_stage import heatmap_stage
+
+        stage = heatmap_stage(cfg, cohort.table, cohort.labels, cohort.classes, cache.images, train_idx, val_idx,
+                              run_dir, cache_key=cache.key, progress=progress, resume=resume)
+        return stage.inputs, stage.cam_model, stage.info
+    return cache.images, None, {}
 
 
 def _run_metrics(cfg: RunConfig, done: Trained, init_info: dict[str, Any]) -> dict[str, Any]:

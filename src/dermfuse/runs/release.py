@@ -122,17 +122,47 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
     table = cohort.table
     if list(cohort.classes) != list(bundle.classes):
         raise DataError(f"classes of {data_path} {cohort.classes} differ from the bundle's {bundle.classes}")
+    train_idx, val_idx = _train_val_rows(run_dir, table, max_train)
+    images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress).images
+    meta = engine.encode_meta(table)
+    unknown = engine.encode_meta(age=None, sex=None, site=None)
+    trust, val_scores = _fit_trust(engine, bundle, images, meta, cohort.labels, train_idx, val_idx, run_dir, unknown,
+                                   coverage, mel_sensitivity, ood_keep, progress)
+    # measured on images the choice did not see
+    measure = _measure_ood(engine, trust.ood, val_scores, unknown, bundle.image_size, bundle.resize_method,
+                           f"{len(val_idx)} validation images of {run_dir.name}")
+    trust.ood.selection["measured"] = measure
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_FILE, META_FILE):
+        shutil.copy2(run_dir / "bundle" / name, out / name)
+    digest = save_trust_arrays(out, trust)
+    info = read_bundle_info(out)
+    hold = holdout_metrics(Path(holdout), data_path, progress) if holdout else None
+    card = build_card(info, cfg, run_dir, trust, hold, train_command, commit, data_path)
+    update_bundle_info(out, trust=trust.to_dict(digest), model_card=card)
+    load_bundle(out)  # the result loads, checksums and all
+    return {"bundle": str(out), "model_id": info.get("model_id"), "trust": trust.to_dict(digest),
+            "ood_measured": measure, "holdout": hold}
+
+
+def _train_val_rows(run_dir: Path, table: pd.DataFrame, max_train: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The run's training rows (at most ``max_train``, a seeded sorted sample) and validation rows."""
     where = _run_parts(run_dir, table).to_numpy()
     train_idx, val_idx = np.flatnonzero(where == "train"), np.flatnonzero(where == "val")
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise DataError(f"{run_dir / 'split.csv'} needs train and val rows (has {sorted(set(where))})")
     if max_train and len(train_idx) > max_train:
         train_idx = np.sort(np.random.default_rng(0).choice(train_idx, max_train, replace=False))
-    y = cohort.labels
-    images = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress).images
-    meta = engine.encode_meta(table)
+    return train_idx, val_idx
 
-    unknown = engine.encode_meta(age=None, sex=None, site=None)
+
+def _fit_trust(engine: Predictor, bundle, images: np.ndarray, meta: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
+               val_idx: np.ndarray, run_dir: Path, unknown: np.ndarray, coverage: float, mel_sensitivity: float,
+               ood_keep: float, progress: bool) -> tuple[Trust, np.ndarray]:
+    """The trust part (OOD layer and threshold, selective and melanoma thresholds), fitted on
+    training and validation rows; with the validation images' OOD scores. The engine keeps
+    the chosen OOD layer tapped."""
     size = bundle.image_size
     net = engine.cam_model if engine.input_mode != "image" else engine.model
     layers = ood_layers(net)
@@ -151,11 +181,15 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
         melanoma = None
         fitted_on["melanoma_operating_point"] = f"not fitted: {e}"
     trust = Trust(fit_selective(val_out.proba, coverage), ood, melanoma, fitted_on)
+    return trust, ood.score(val_out.proba, val_f[ood.layer or "pooled"])
 
-    # measured on images the choice did not see
-    val_scores = ood.score(val_out.proba, val_f[ood.layer or "pooled"])
+
+def _measure_ood(engine: Predictor, ood, val_scores: np.ndarray, unknown: np.ndarray, size: int, method: str,
+                 in_distribution: str) -> dict[str, Any]:
+    """AUROCs of the OOD score between the validation images and other non-lesion images
+    (synthetic seed 1, scikit-image photographs), and the share of each group flagged."""
     groups = {**{f"synthetic:{k}": v for k, v in synthetic_ood(size, 30, seed=1).items()},
-              **{f"skimage:{k}": v[None] for k, v in skimage_photos(size, bundle.resize_method).items()}}
+              **{f"skimage:{k}": v[None] for k, v in skimage_photos(size, method).items()}}
     all_scores = []
     flagged = {}
     for name, imgs in groups.items():
@@ -165,27 +199,14 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
         flagged[name] = float((s > ood.threshold).mean())
     skimage_scores = [s for n, s in zip(groups, all_scores) if n.startswith("skimage:")]
     synth_scores = [s for n, s in zip(groups, all_scores) if n.startswith("synthetic:")]
-    measure = {
-        "in_distribution": f"{len(val_idx)} validation images of {run_dir.name}",
+    return {
+        "in_distribution": in_distribution,
         "auroc_all": auroc(val_scores, np.concatenate(all_scores)),
         "auroc_synthetic": auroc(val_scores, np.concatenate(synth_scores)),
         "auroc_skimage": auroc(val_scores, np.concatenate(skimage_scores)) if skimage_scores else None,
         "flagged_share": flagged,
         "val_flagged_share": float((val_scores > ood.threshold).mean()),
     }
-    ood.selection["measured"] = measure
-
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS_FILE, META_FILE):
-        shutil.copy2(run_dir / "bundle" / name, out / name)
-    digest = save_trust_arrays(out, trust)
-    info = read_bundle_info(out)
-    hold = holdout_metrics(Path(holdout), data_path, progress) if holdout else None
-    card = build_card(info, cfg, run_dir, trust, hold, train_command, commit, data_path)
-    update_bundle_info(out, trust=trust.to_dict(digest), model_card=card)
-    load_bundle(out)  # the result loads, checksums and all
-    return {"bundle": str(out), "model_id": info.get("model_id"), "trust": trust.to_dict(digest),
-            "ood_measured": measure, "holdout": hold}
 
 
 def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dict | None,
@@ -232,23 +253,28 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
         "performance": {"holdout": hold} if hold else {
             "note": "held-out metrics: not yet recorded (rerun `dermfuse release ... --holdout HOLDOUT_RUN`)",
             "metrics": {}},
-        "trust": {
-            "selective": f"answers when the top probability >= {trust.selective.threshold:.3f} "
-                         f"({trust.selective.achieved:.1%} of {trust.selective.n} validation images; target "
-                         f"{trust.selective.coverage:.0%}); otherwise 'uncertain'",
-            "out_of_distribution": f"Mahalanobis distance of the {trust.ood.layer or 'pooled image'} "
-                                   f"features > {trust.ood.threshold:.2f} "
-                                   f"(keeps {trust.ood.keep:.0%} of validation images); "
-                                   f"measured AUROC {trust.ood.selection['measured']['auroc_all']:.3f}",
-            **({"melanoma_operating_point":
-                f"'mel' when P(mel) >= {trust.melanoma.threshold:.3f}: validation sensitivity "
-                f"{trust.melanoma.sensitivity:.3f}, specificity {trust.melanoma.specificity:.3f} "
-                f"({trust.melanoma.n_mel} melanomas)"} if trust.melanoma else {})},
+        "trust": _card_trust(trust),
         "license": LICENSES,
         "pytorch_version": torch.__version__,
         "references": ["Shimbre & Solanki 2025, Activation Heatmap-Guided FT-MultiCNN, doi:10.18280/isi.300520",
                        "Tschandl, Rosendahl & Kittler 2018, The HAM10000 dataset, doi:10.1038/sdata.2018.161"],
     }
+
+
+def _card_trust(trust: Trust) -> dict[str, str]:
+    """The card's trust part in words: when the model answers, flags OOD, says melanoma."""
+    return {
+        "selective": f"answers when the top probability >= {trust.selective.threshold:.3f} "
+                     f"({trust.selective.achieved:.1%} of {trust.selective.n} validation images; target "
+                     f"{trust.selective.coverage:.0%}); otherwise 'uncertain'",
+        "out_of_distribution": f"Mahalanobis distance of the {trust.ood.layer or 'pooled image'} "
+                               f"features > {trust.ood.threshold:.2f} "
+                               f"(keeps {trust.ood.keep:.0%} of validation images); "
+                               f"measured AUROC {trust.ood.selection['measured']['auroc_all']:.3f}",
+        **({"melanoma_operating_point":
+            f"'mel' when P(mel) >= {trust.melanoma.threshold:.3f}: validation sensitivity "
+            f"{trust.melanoma.sensitivity:.3f}, specificity {trust.melanoma.specificity:.3f} "
+            f"({trust.melanoma.n_mel} melanomas)"} if trust.melanoma else {})}
 
 
 # --- held-out metrics with lesion-bootstrap intervals ---------------------------------------

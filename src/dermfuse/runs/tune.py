@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -342,7 +342,25 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
     url = storage or default_storage(out)
     name = study_name or "dermfuse"
     study = open_study(url, name, space)
-    mine = {"config": _study_config(cfg), "space": space.to_dict(), "objective": OBJECTIVE}
+    _join_study(study, {"config": _study_config(cfg), "space": space.to_dict(), "objective": OBJECTIVE}, url, name)
+    if trials:
+        failed = fail_dead_trials(study)
+        if failed and progress:
+            console.print(f"marked trial(s) {failed} FAIL: their worker on this host is gone")
+    worker = _worker_id()
+    data = _prepare(cfg, out, progress) if trials else None
+    if data is not None:
+        study.set_user_attr("split", data.counts)
+    atomic_write_text(out / "base_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    if trials:
+        study.optimize(_objective(optuna, cfg, space, data, worker), n_trials=trials,
+                       callbacks=[_announce] if progress else [], gc_after_trial=True)
+    return _finish(study, cfg, out, url, name, trials)
+
+
+def _join_study(study: Any, mine: dict[str, Any], url: str, name: str) -> None:
+    """Record the config, space and objective on a new study; refuse to join one started
+    with other ones."""
     for key, value in mine.items():
         theirs = study.user_attrs.get(key)
         if key == "config" and theirs is not None and "config_version" not in theirs:
@@ -355,15 +373,11 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
                               f"the same --config/--set/--space, or pick a new --study name")
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
-    if trials:
-        failed = fail_dead_trials(study)
-        if failed and progress:
-            console.print(f"marked trial(s) {failed} FAIL: their worker on this host is gone")
-    worker = _worker_id()
-    data = _prepare(cfg, out, progress) if trials else None
-    if data is not None:
-        study.set_user_attr("split", data.counts)
-    atomic_write_text(out / "base_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _objective(optuna: Any, cfg: RunConfig, space: SearchSpace, data: _Data, worker: str) -> Callable[[Any], float]:
+    """One trial: the config with the trial's values, trained with `fit`; its best validation
+    balanced accuracy, reported every epoch to the pruner."""
 
     def objective(trial: Any) -> float:
         trial.set_user_attr("worker", worker)
@@ -386,18 +400,16 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         return value
 
-    def announce(study: Any, t: Any) -> None:
-        if not progress:
-            return
-        shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
-        best = study.best_value if any(s.state.name == "COMPLETE" for s in study.get_trials(deepcopy=False)) else None
-        value = "-" if t.value is None else f"{t.value:.4f}"
-        console.print(f"trial {t.number} {t.state.name.lower()}: val BA {value}"
-                      f"{'' if best is None else f' (best {best:.4f})'}  {shown}", highlight=False)
+    return objective
 
-    if trials:
-        study.optimize(objective, n_trials=trials, callbacks=[announce], gc_after_trial=True)
-    return _finish(study, cfg, out, url, name, trials)
+
+def _announce(study: Any, t: Any) -> None:
+    """Optuna callback: one line per finished trial, with the study's best so far."""
+    shown = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in t.params.items())
+    best = study.best_value if any(s.state.name == "COMPLETE" for s in study.get_trials(deepcopy=False)) else None
+    value = "-" if t.value is None else f"{t.value:.4f}"
+    console.print(f"trial {t.number} {t.state.name.lower()}: val BA {value}"
+                  f"{'' if best is None else f' (best {best:.4f})'}  {shown}", highlight=False)
 
 
 def _fmt(v: Any) -> str:

@@ -151,6 +151,17 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int
     app.state.bundle = bundle
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, limit=MAX_UPLOAD_BYTES + _FORM_OVERHEAD, image_limit=MAX_UPLOAD_BYTES)
+    _add_error_handlers(app)
+    _add_predict_route(app, bundle, batcher, default_point)
+    _add_info_routes(app, bundle, batcher, default_point)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    declare_form(app, bundle)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answers ``{"detail": ...}``: 422 for refused input, 415 for a body that is
+    not multipart, the HTTP status for the others, 500 (logged) for anything unexpected."""
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -173,12 +184,17 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server log"},
                             status_code=500)
 
-    errors = {400: {"model": _Error, "description": "malformed multipart body"},
-              413: {"model": _Error, "description": "image over 20 MB"},
-              415: {"model": _Error, "description": "body is not multipart/form-data"},
-              422: {"model": _Error, "description": "bad image, age, sex or site"}}
 
-    @app.post("/predict", response_model=PredictResponse, responses=errors)
+_PREDICT_ERRORS = {400: {"model": _Error, "description": "malformed multipart body"},
+                   413: {"model": _Error, "description": "image over 20 MB"},
+                   415: {"model": _Error, "description": "body is not multipart/form-data"},
+                   422: {"model": _Error, "description": "bad image, age, sex or site"}}
+
+
+def _add_predict_route(app: FastAPI, bundle: Bundle, batcher: Batcher, default_point: str) -> None:
+    """``POST /predict``: decode and check in the threadpool, infer in the batcher."""
+
+    @app.post("/predict", response_model=PredictResponse, responses=_PREDICT_ERRORS)
     async def predict(
         image: UploadFile = File(..., description="dermoscopic image (JPEG, PNG, ...), at most 20 MB"),
         age: str | None = Form(None, description="years, 0..120; empty for unknown"),
@@ -198,30 +214,45 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int
             )
         asked = operating_point and operating_point.strip()
         point = check_operating_point(bundle, operating_point) if asked else default_point
-        target = None
-        if explain and explain.strip():
-            target = batcher.engine.class_index(explain)
-            if not batcher.engine.can_explain:
-                raise InputError(f"model {bundle.info['model']['name']!r} has no image branch to explain")
+        target = _explain_target(bundle, batcher, explain)
         img, meta = await run_in_threadpool(prepare_upload, bundle, data, image.filename or "", age, sex, site)
         r = await asyncio.wrap_future(batcher.submit(img, meta, target, point))
-        verdict = r["verdict"]
-        return {
-            "probabilities": {c: float(p) for c, p in zip(bundle.classes, r["proba"])},
-            "top_class": verdict.top_class,
-            "status": verdict.status,
-            "message": STATUS_MESSAGES[verdict.status],
-            "probabilities_reliable": verdict.reliable,
-            "confidence": verdict.confidence,
-            "ood_score": verdict.ood_score,
-            "operating_point": point,
-            "explained_class": r["explained_class"],
-            "heatmap_png": r["heatmap_png"],
-            "map_png": r["map_png"],
-            "image_png": r["image_png"],
-            "model_id": bundle.model_id,
-            "disclaimer": DISCLAIMER,
-        }
+        return _predict_response(bundle, r, point)
+
+
+def _explain_target(bundle: Bundle, batcher: Batcher, explain: str | None) -> int | None:
+    """The class index the form's ``explain`` names (None: empty, explain the answer)."""
+    if not (explain and explain.strip()):
+        return None
+    target = batcher.engine.class_index(explain)
+    if not batcher.engine.can_explain:
+        raise InputError(f"model {bundle.info['model']['name']!r} has no image branch to explain")
+    return target
+
+
+def _predict_response(bundle: Bundle, r: dict[str, Any], point: str) -> dict[str, Any]:
+    """The ``PredictResponse`` body for one batcher result ``r``."""
+    verdict = r["verdict"]
+    return {
+        "probabilities": {c: float(p) for c, p in zip(bundle.classes, r["proba"])},
+        "top_class": verdict.top_class,
+        "status": verdict.status,
+        "message": STATUS_MESSAGES[verdict.status],
+        "probabilities_reliable": verdict.reliable,
+        "confidence": verdict.confidence,
+        "ood_score": verdict.ood_score,
+        "operating_point": point,
+        "explained_class": r["explained_class"],
+        "heatmap_png": r["heatmap_png"],
+        "map_png": r["map_png"],
+        "image_png": r["image_png"],
+        "model_id": bundle.model_id,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def _add_info_routes(app: FastAPI, bundle: Bundle, batcher: Batcher, default_point: str) -> None:
+    """``GET /health``, ``GET /model`` and the web page at ``GET /``."""
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -233,39 +264,40 @@ def create_app(bundle_or_path: Bundle | str | Path | None = None, max_batch: int
     @app.get("/model")
     async def model() -> dict[str, Any]:
         """What the model is and which inputs it accepts."""
-        info = bundle.info
-        return {
-            "model_id": bundle.model_id,
-            "architecture": info.get("model", {}).get("name"),
-            "classes": list(bundle.classes),
-            "class_names": {c: CLASS_NAMES.get(c, c) for c in bundle.classes},
-            "sexes": list(bundle.encoder.sexes),
-            "sites": list(bundle.encoder.sites),
-            "age_range": list(AGE_RANGE),
-            "image_size": bundle.image_size,
-            "input_mode": bundle.input_mode,
-            "max_upload_bytes": MAX_UPLOAD_BYTES,
-            "metrics": info.get("metrics", {}),
-            "model_card": info.get("model_card", {}),
-            "training_data": info.get("training_data", {}),
-            "preprocessing": info.get("preprocessing", {}),
-            "synthetic": bool(info.get("training_data", {}).get("synthetic", False)),
-            "released": _is_released(bundle),
-            "card": model_card(info),
-            "trust": (bundle.trust.to_dict() if bundle.trust is not None else None),
-            "operating_points": operating_points(bundle),
-            "default_operating_point": default_point,
-            "can_explain": batcher.engine.can_explain,
-            "disclaimer": DISCLAIMER,
-        }
+        return _model_info(bundle, batcher, default_point)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _PAGE_CSP})
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    declare_form(app, bundle)
-    return app
+
+def _model_info(bundle: Bundle, batcher: Batcher, default_point: str) -> dict[str, Any]:
+    """The ``GET /model`` body: the card, the accepted inputs and the trust thresholds."""
+    info = bundle.info
+    return {
+        "model_id": bundle.model_id,
+        "architecture": info.get("model", {}).get("name"),
+        "classes": list(bundle.classes),
+        "class_names": {c: CLASS_NAMES.get(c, c) for c in bundle.classes},
+        "sexes": list(bundle.encoder.sexes),
+        "sites": list(bundle.encoder.sites),
+        "age_range": list(AGE_RANGE),
+        "image_size": bundle.image_size,
+        "input_mode": bundle.input_mode,
+        "max_upload_bytes": MAX_UPLOAD_BYTES,
+        "metrics": info.get("metrics", {}),
+        "model_card": info.get("model_card", {}),
+        "training_data": info.get("training_data", {}),
+        "preprocessing": info.get("preprocessing", {}),
+        "synthetic": bool(info.get("training_data", {}).get("synthetic", False)),
+        "released": _is_released(bundle),
+        "card": model_card(info),
+        "trust": (bundle.trust.to_dict() if bundle.trust is not None else None),
+        "operating_points": operating_points(bundle),
+        "default_operating_point": default_point,
+        "can_explain": batcher.engine.can_explain,
+        "disclaimer": DISCLAIMER,
+    }
 
 
 def _is_released(bundle: Bundle) -> bool:

@@ -68,3 +68,17 @@ def test_decision_metrics_score_decided_classes():
     m = decision_metrics(y, decided, CLASSES)
     assert np.isclose(m["accuracy"], 4 / 6) and np.isclose(m["melanoma_sensitivity"], 2 / 3)
     assert np.isclose(m["balanced_accuracy"], np.mean([1, 1, 2 / 3, 0])) and "auc_macro" not in m
+
+
+def test_card_marks_small_subgroups_and_says_whose_thresholds_it_reports():
+    from dermfuse.evaluation.subgroups import MIN_IMAGES
+    from dermfuse.inference.card import render_card
+
+    ci = {"value": 0.7, "low": 0.6, "high": 0.8}
+    hold = {"operating_points": {"selective": {"threshold": 0.5, "target_coverage": 0.9, "coverage": ci}},
+            "subgroups": {"sex": {"female": {"n": MIN_IMAGES, "balanced_accuracy": ci},
+                                  "unknown": {"n": MIN_IMAGES - 1, "balanced_accuracy": ci}}}}
+    text = render_card({"name": "m", "performance": {"holdout": hold}})
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("    ") and "(" in line}
+    assert "too few to judge" in rows["unknown"] and "too few to judge" not in rows["female"]
+    assert "the holdout run's own thresholds" in text

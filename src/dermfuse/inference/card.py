@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import CLASS_NAMES
+from ..evaluation.subgroups import MIN_IMAGES
 
 __all__ = ["CARD_SCHEMA", "LICENSES", "NOT_FOR", "POPULATION_LIMITS", "model_card", "render_card"]
 
@@ -134,7 +135,10 @@ def _performance_lines(perf: dict[str, Any]) -> list[str]:
         for name, groups in (hold.get("subgroups") or {}).items():
             lines.append(f"  by {name}: balanced accuracy (n)")
             for g, v in groups.items():
-                lines.append(f"    {g:18s} {_ci(v.get('balanced_accuracy'))} ({v.get('n', '-')})")
+                n = v.get("n")
+                small = isinstance(n, int) and n < MIN_IMAGES  # the subgroup table's too-small rule
+                lines.append(f"    {g:18s} {_ci(v.get('balanced_accuracy'))} ({n if n is not None else '-'})"
+                             + (f"  too few to judge (< {MIN_IMAGES} images)" if small else ""))
     else:
         lines.append(f"  {perf.get('note', 'none recorded')}")
         for k, v in (perf.get("metrics") or {}).items():
@@ -149,6 +153,9 @@ def _operating_point_lines(ops: dict[str, Any]) -> list[str]:
     lines = []
     if ops.get("note"):
         lines.append(f"  operating points: {ops['note']}")
+    elif ops:
+        lines.append("  operating points: the holdout run's own thresholds (fitted on its validation rows) "
+                     "on its test rows; the shipped model's are under 'When not to trust it'")
     if ops.get("selective"):
         sel = ops["selective"]
         lines.append(f"  answered (top probability >= {sel['threshold']:.3f}, target coverage "

@@ -27,6 +27,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
+    "read_yaml",
     "CONFIG_VERSION",
     "V1_SPLIT_NAMES",
     "SplitName",
@@ -279,14 +280,19 @@ def load_config(path: str | Path | None) -> RunConfig:
     """Read a YAML config file (None gives the defaults)."""
     if path is None:
         return RunConfig()
+    return config_from_dict(read_yaml(path, "config file"))
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The parsed YAML of ``path`` ({} for an empty file); ConfigError names a missing file
+    (as ``what``) or invalid YAML."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return config_from_dict(data)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -38,7 +38,7 @@ import yaml
 from rich.console import Console
 
 from ..io import atomic_write_text
-from ..config import RunConfig, apply_overrides, config_from_dict, config_to_dict
+from ..config import RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml
 from ..data.cache import build_cache
 from ..data.encode import MetadataEncoder
 from ..errors import ConfigError
@@ -91,12 +91,7 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     where = "default search space"
     if path is not None:
         path, where = Path(path), str(path)
-        if not path.is_file():
-            raise ConfigError(f"search space file not found: {path}")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        user = read_yaml(path, "search space file")
         if not isinstance(user, dict) or set(user) - {"sampler", "pruner", "params"}:
             raise ConfigError(f"{path}: expected a mapping with keys sampler, pruner, params; got "
                               f"{sorted(user) if isinstance(user, dict) else type(user).__name__}")

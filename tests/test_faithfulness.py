@@ -45,7 +45,7 @@ def known_model():
     images, labels, _ = disc_set(240, seed=0)
     torch.manual_seed(0)
     model = create_model("cnn", num_classes=2, input_size=SIZE)
-    cfg = TrainConfig(epochs=6, batch_size=32, lr=2e-3, augment=False, early_stopping="none", seed=0,
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=2e-3, augment=False, early_stopping="none", init_seed=0,
                       device="cpu", balance="none")
     fit(model, ArrayDataset(images, np.zeros((240, 0), np.float32), labels), None, cfg, ["red", "blue"],
         progress=False)

@@ -14,9 +14,9 @@ from typing import Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
-from .config import DataConfig, ModelConfig, TrainConfig, choices
-from .errors import DermfuseError, InputError
+from .. import __version__
+from ..config import DataConfig, ModelConfig, TrainConfig, choices
+from ..errors import DermfuseError, InputError
 
 
 class UsageError(InputError):
@@ -117,7 +117,7 @@ def _split_bundle(args: argparse.Namespace, n_inputs: int, what: str) -> tuple[s
 
 
 def _run_config(args: argparse.Namespace, data: str, model: str | None):
-    from .config import apply_overrides, load_config
+    from ..config import apply_overrides, load_config
 
     cfg = load_config(args.config)
     cfg.data.path = data
@@ -352,11 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data.clean import clean, summarize
-    from .data.formats import read_dataset
+    from ..data.clean import clean, summarize
+    from ..data.formats import read_dataset
 
     if args.data_command == "synth":
-        from .data.synth import make_synthetic
+        from ..data.synth import make_synthetic
 
         path = make_synthetic(args.out, n=args.n, seed=args.seed, defects=args.defects)
         err.print(f"wrote SYNTHETIC data set ({args.n} images) to {path}")
@@ -374,7 +374,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             _print_summary(summary, report)
         return 0
     if args.data_command == "plot":
-        from .evaluation.plots import plot_class_distribution, save_figure
+        from ..evaluation.plots import plot_class_distribution, save_figure
 
         save_figure(plot_class_distribution(summary["classes"], title=f"{Path(args.path).name}: images per class"), args.out)
         err.print(f"wrote {args.out}")
@@ -382,9 +382,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "augment":
         import numpy as np
 
-        from .data.cache import load_image, resize_image
-        from .evaluation.plots import save_figure
-        from .preprocess import plot_augmentations
+        from ..data.cache import load_image, resize_image
+        from ..evaluation.plots import save_figure
+        from ..preprocess import plot_augmentations
 
         rows = table.groupby("label").head(1).head(args.n)
         imgs = np.stack([resize_image(load_image(p), 128) for p in rows["path"]])
@@ -417,21 +417,21 @@ def _print_summary(summary: dict, report) -> None:
 
 
 def _load(bundle_path: str | None, device: str = "cpu"):
-    from .inference.bundle import load_bundle
-    from .inference.device import resolve_device
-    from .released import resolve_bundle
+    from ..inference.bundle import load_bundle
+    from ..inference.device import resolve_device
+    from ..released import resolve_bundle
 
     return load_bundle(resolve_bundle(bundle_path), device=resolve_device(device))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predictor import Predictor
-    from .inference.predict import predict_one
+    from ..inference.predictor import Predictor
+    from ..inference.predict import predict_one
 
     bundle_path, (source,) = _split_bundle(args, 1, "IMAGE (a file, a folder of images or a CSV)")
     bundle = _load(bundle_path, args.device)
     if Path(source).is_dir() or Path(source).suffix.lower() == ".csv":
-        from .inference.predict import predict_table, read_inputs
+        from ..inference.predict import predict_table, read_inputs
 
         if args.heatmap or args.explain:
             raise UsageError("--heatmap and --explain are for one image; use `dermfuse cam` for many")
@@ -488,7 +488,7 @@ def _print_metadata_problems(m: dict) -> None:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .data.cache import cache_usage, clear_cache
+    from ..data.cache import cache_usage, clear_cache
 
     usage = clear_cache() if args.clear else cache_usage()
     if args.json:
@@ -521,7 +521,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
         return _cmd_data(args)
     if args.command == "train":
-        from .runs.holdout import train_run
+        from ..runs.holdout import train_run
 
         cfg = _run_config(args, args.data, args.model)
         if args.init is not None:
@@ -544,7 +544,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         err.print(f"bundle: {res.bundle}")
         return 0
     if args.command == "calibrate":
-        from .runs.holdout import calibrate_run
+        from ..runs.holdout import calibrate_run
 
         m = calibrate_run(args.run_dir, mode=args.mode, progress=progress)
         c = m["calibration"]
@@ -555,7 +555,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         err.print(f"report: {Path(args.run_dir) / 'report.html'}\nbundle: {Path(args.run_dir) / 'bundle'}")
         return 0
     if args.command == "evaluate":
-        from .runs.holdout import evaluate_bundle
+        from ..runs.holdout import evaluate_bundle
 
         bundle_path, (data,) = _split_bundle(args, 1, "DATA")
         m = evaluate_bundle(bundle_path, data, format=args.format, progress=progress, out=args.out,
@@ -564,7 +564,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(m, indent=2))
         else:
-            from .constants import HEADLINE_METRICS
+            from ..constants import HEADLINE_METRICS
 
             for k in HEADLINE_METRICS:
                 if k in m:
@@ -572,13 +572,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             for line in _trust_lines(m.get("trust") or {}):
                 out.print(line)
             if "subgroups" in m:
-                from .evaluation.subgroups import render_subgroups
+                from ..evaluation.subgroups import render_subgroups
 
                 out.print(render_subgroups(m["subgroups"]), markup=False, highlight=False, soft_wrap=True)
             _print_metadata_problems(m)
         return 0
     if args.command == "release":
-        from .runs.release import release_run
+        from ..runs.release import release_run
 
         r = release_run(args.run_dir, args.out, holdout=args.holdout, data=args.data, coverage=args.coverage,
                         mel_sensitivity=args.mel_sensitivity, ood_keep=args.ood_keep, max_train=args.max_train,
@@ -597,9 +597,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                       f"synthetic {o['auroc_synthetic']:.4f}, skimage {o['auroc_skimage']}")
         return 0
     if args.command == "card":
-        from .inference.bundle import read_bundle_info
-        from .inference.card import model_card, render_card
-        from .released import resolve_bundle
+        from ..inference.bundle import read_bundle_info
+        from ..inference.card import model_card, render_card
+        from ..released import resolve_bundle
 
         card = model_card(read_bundle_info(resolve_bundle(args.bundle)))
         if args.json:
@@ -610,19 +610,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "predict":
         return _cmd_predict(args)
     if args.command == "demo":
-        from .runs.demo import run_demo
+        from ..runs.demo import run_demo
 
         run_demo(args.out, n=args.n, epochs=args.epochs, seed=args.seed, progress=progress)
         return 0
     if args.command == "models":
-        from .models import list_models, model_spec
+        from ..models import list_models, model_spec
 
         for name in list_models():
             s = model_spec(name)
             out.print(f"{name:20s} {s.default_size or '-':>5} px  {s.description}")
         return 0
     if args.command == "cam":
-        from .inference.figures import cam_figures
+        from ..inference.figures import cam_figures
 
         paths = list(args.paths)
         bundle_path = args.bundle
@@ -633,8 +633,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             err.print(f"wrote {path}")
         return 0
     if args.command in ("cv", "ablate"):  # --- cv / ablate ---
-        from .runs.cv import collect, render_summary, run_cv
-        from .errors import ConfigError
+        from ..runs.cv import collect, render_summary, run_cv
+        from ..errors import ConfigError
 
         if args.collect:
             out.print(render_summary(collect(args.collect, progress=progress)))
@@ -644,7 +644,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _run_config(args, args.data, None)
         if args.out is None and cfg.out == f"runs/{cfg.model.name}":
             cfg.out = f"runs/{args.command}"
-        from .runs.cv import RowSelection
+        from ..runs.cv import RowSelection
 
         rows = RowSelection.parse(args.split_file, args.part) if args.split_file else None
         kw = dict(folds=args.folds, fold=args.fold, progress=progress, resume=args.resume,
@@ -652,7 +652,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "cv":
             run_dir = run_cv(cfg, args.models, protocol_gap=args.protocol_gap, **kw)
         else:
-            from .runs.ablate import run_ablation
+            from ..runs.ablate import run_ablation
 
             only = None if args.variants is None else [v.strip() for v in args.variants.split(",") if v.strip()]
             run_dir = run_ablation(cfg, only=only, **kw)
@@ -661,7 +661,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         err.print(f"run directory: {run_dir}")
         return 0  # --- end cv / ablate ---
     if args.command == "explain-eval":  # --- explain-eval ---
-        from .runs.explain_eval import explain_eval, render_markdown
+        from ..runs.explain_eval import explain_eval, render_markdown
 
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         res = explain_eval(args.bundle, args.data, split_file=args.split_file, part=args.part, methods=methods,
@@ -675,8 +675,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             err.print(f"wrote {Path(args.out) / 'explain_eval.json'} and {Path(args.out) / 'plots'}")
         return 0
     if args.command == "federate":  # --- federate ---
-        from .errors import ConfigError
-        from .runs.federate import federate
+        from ..errors import ConfigError
+        from ..runs.federate import federate
 
         if args.epochs is not None:
             raise ConfigError("federate: the epochs are --rounds x --local-epochs; leave out --epochs")
@@ -696,7 +696,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         err.print(f"run directory: {res.run_dir}")
         return 0  # --- end explain-eval / federate ---
     if args.command == "tune":  # --- tune ---
-        from .runs.tune import load_space, tune
+        from ..runs.tune import load_space, tune
 
         cfg = _run_config(args, args.data, args.model)
         if args.out is None and cfg.out == f"runs/{cfg.model.name}":
@@ -716,7 +716,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             err.print(f"report: {res.out / 'trials.html'}")
         return 0  # --- end tune ---
     if args.command == "export":  # --- export ---
-        from .export.onnx import export_onnx
+        from ..export.onnx import export_onnx
 
         res = export_onnx(args.bundle, args.out, int8=args.int8, opset=args.opset, progress=progress)
         if args.json:
@@ -728,7 +728,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "cache":
         return _cmd_cache(args)
     if args.command == "serve":
-        from .serve.app import run_server
+        from ..serve.app import run_server
 
         bundle_path, _ = _split_bundle(args, 0, "nothing else")
         run_server(bundle_path, host=args.host, port=args.port, operating_point=args.operating_point,

@@ -128,7 +128,8 @@ def _predict_many(args: argparse.Namespace, bundle, source: str) -> int:
         print(json.dumps({"model_id": bundle.model_id, "predictions": table.to_dict(orient="records")}, indent=2))
     elif args.out:
         table.to_csv(args.out, index=False)
-        err.print(f"{len(table)} predictions ({dict(table['status'].value_counts())}) -> {args.out}")
+        counts = ", ".join(f"{k} {int(v)}" for k, v in table["status"].value_counts().items())
+        err.print(f"{len(table)} predictions ({counts}) -> {args.out}")
     else:
         sys.stdout.write(table.to_csv(index=False))
     return 0

@@ -137,13 +137,8 @@ def save_bundle(
             "input": input_mode,
             "tta": bool(tta),
         },
-        "cam": None
-        if cam_model is None
-        else {
-            "name": cam_name,
-            "kwargs": cam_kwargs or {},  # no image_size: it sees preprocessing.image_size
-            "method": cam_method,
-        },
+        "cam": None if cam_model is None else {  # no image_size: it sees preprocessing.image_size
+            "name": cam_name, "kwargs": cam_kwargs or {}, "method": cam_method},
         "calibration": (calibration or Calibration()).to_dict(),
         "metrics": metrics or {},
         "training_data": training_data or {},

@@ -26,14 +26,15 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from ..io import atomic_write, atomic_write_text
 from .distributed import all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed, is_main_process
-from ..config import AugmentOn, Balance, EarlyStopping, Schedule, TrainConfig
+from ..config import AugmentOn, EarlyStopping, Schedule, TrainConfig
 from ..errors import ConfigError
 from ..evaluation.metrics import balanced_accuracy
 from ..preprocess import BatchAugmentation, to_input, train_augmentation
+from .sampling import BALANCE_MODES, EpochSampler, class_weights, epoch_indices
 
 __all__ = [
     "ArrayDataset",
@@ -51,7 +52,6 @@ __all__ = [
     "train_one_epoch",
 ]
 
-BALANCE_MODES = get_args(Balance)  # the config's choices (dermfuse.config)
 SCHEDULES = get_args(Schedule)
 EARLY_STOPPING = get_args(EarlyStopping)
 AUGMENT_ON = get_args(AugmentOn)
@@ -95,56 +95,6 @@ class FitResult:
     best_epoch: int  # epoch (from 1) whose weights the model holds at the end: history[best_epoch - 1]
     best_score: float | None  # its early-stopping score (None without early stopping)
     stopped_early: bool
-
-
-# --- class balance ------------------------------------------------------------------------
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency loss weights (C,), mean 1 over the classes present; 0 for absent ones."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0)
-    return torch.tensor(w * (counts > 0).sum() / w.sum(), dtype=torch.float32)
-
-
-def epoch_indices(labels: np.ndarray, balance: str, seed: int, epoch: int) -> np.ndarray:
-    """Training rows of one epoch in order, drawn from (seed, epoch) alone, so every rank
-    (and a resumed run) builds the same list.
-
-    none / weighted-loss: a permutation of all N rows. oversample: N rows drawn with
-    replacement, each class equally likely (WeightedRandomSampler's draw). undersample:
-    min-count rows of each present class without replacement, shuffled (C * min_count rows).
-    """
-    rng = np.random.default_rng([seed, epoch])
-    counts = np.bincount(labels)
-    if balance in ("none", "weighted-loss"):
-        return rng.permutation(len(labels))
-    if balance == "oversample":
-        p = 1.0 / counts[labels]
-        return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
-    if balance == "undersample":
-        k = counts[counts > 0].min()
-        rows = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c in np.flatnonzero(counts)]
-        return rng.permutation(np.concatenate(rows))
-    raise ValueError(f"balance: expected one of {BALANCE_MODES}, got {balance!r}")
-
-
-class EpochSampler(DistributedSampler):
-    """A DistributedSampler whose epoch is ``epoch_indices(labels, balance, seed, epoch)``:
-    rank r takes every world-th row from position r, the list padded by wrapping so that
-    all ranks take the same number. Call ``set_epoch(epoch)`` before each epoch."""
-
-    def __init__(self, labels: np.ndarray, balance: str, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        super().__init__(labels, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.labels, self.balance = np.asarray(labels), balance
-        counts = np.bincount(self.labels)
-        length = len(counts[counts > 0]) * counts[counts > 0].min() if balance == "undersample" else len(labels)
-        self.num_samples = math.ceil(length / num_replicas)
-        self.total_size = self.num_samples * num_replicas
-
-    def __iter__(self):
-        rows = np.resize(epoch_indices(self.labels, self.balance, self.seed, self.epoch), self.total_size)
-        return iter(rows[self.rank :: self.num_replicas].tolist())
 
 
 def one_based_history(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dermfuse.evaluation.metrics import auc_macro, paired_bootstrap  # noqa: E402
+from dermfuse.evaluation.metrics import auc_macro, group_resamples, paired_bootstrap  # noqa: E402
 from dermfuse.runs.cohort import load_cohort  # noqa: E402
 from dermfuse.runs.predictions_csv import classes_of, label_indices, probabilities, read_predictions  # noqa: E402
 
@@ -47,16 +47,11 @@ def main() -> None:
     groups = lesions.loc[a["image_id"]].to_numpy()
     pa, pb = probabilities(a, classes), probabilities(b, classes)
     diff = paired_bootstrap(y, pa.argmax(1), pb.argmax(1), groups, classes, n_boot=args.n_boot)
-    rng = np.random.default_rng(0)
-    _, gidx = np.unique(groups.astype(str), return_inverse=True)
-    members = [np.flatnonzero(gidx == g) for g in range(gidx.max() + 1)]
-    boots = []
-    for _ in range(args.n_boot // 4):  # AUC is slower; 500 resamples
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        boots.append(auc_macro(y[idx], pa[idx]) - auc_macro(y[idx], pb[idx]))
+    boots = [auc_macro(y[idx], pa[idx]) - auc_macro(y[idx], pb[idx])  # AUC is slower: a quarter of n_boot
+             for idx in group_resamples(groups, args.n_boot // 4)]
     diff["macro_auc"] = {"diff": auc_macro(y, pa) - auc_macro(y, pb), "low": float(np.percentile(boots, 2.5)),
                          "high": float(np.percentile(boots, 97.5))}
-    res = {"run_a": args.a, "run_b": args.b, "n_images": int(len(y)), "n_lesions": int(len(members)),
+    res = {"run_a": args.a, "run_b": args.b, "n_images": int(len(y)), "n_lesions": int(len(set(groups))),
            "a_minus_b": diff,
            "a": {"accuracy": float((pa.argmax(1) == y).mean()), "macro_auc": auc_macro(y, pa)},
            "b": {"accuracy": float((pb.argmax(1) == y).mean()), "macro_auc": auc_macro(y, pb)}}

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dermfuse.data.cache import build_cache  # noqa: E402
 from dermfuse.evaluation.calibrate import Calibration, fit_calibration  # noqa: E402
-from dermfuse.evaluation.metrics import balanced_accuracy  # noqa: E402
+from dermfuse.evaluation.metrics import balanced_accuracy, group_resamples  # noqa: E402
 from dermfuse.inference.bundle import load_bundle  # noqa: E402
 from dermfuse.inference.predictor import Predictor  # noqa: E402
 from dermfuse.preprocess import to_input  # noqa: E402
@@ -113,14 +113,6 @@ def _biased(p: np.ndarray, b: np.ndarray) -> np.ndarray:
     z = np.log(np.clip(p, 1e-12, 1.0)) + b
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
-
-
-def group_resamples(groups: np.ndarray, n_boot: int, seed: int = 0):
-    _, gidx = np.unique(groups.astype(str), return_inverse=True)
-    members = [np.flatnonzero(gidx == g) for g in range(gidx.max() + 1)]
-    rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        yield np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
 
 
 def test_metrics(y: np.ndarray, p: np.ndarray, mel: int, mel_thr: float) -> dict[str, float]:

@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
 __all__ = [
+    "group_resamples",
     "accuracy",
     "balanced_accuracy",
     "confusion_matrix",
@@ -273,6 +274,17 @@ def confusion_metrics(cm: np.ndarray, mel: int | None = None) -> dict[str, np.nd
         out = {"accuracy": accuracy, "balanced_accuracy": np.nanmean(recall, -1), "macro_f1": np.nanmean(f1, -1)}
     out["melanoma_sensitivity"] = recall[..., mel] if mel is not None else np.full(accuracy.shape, np.nan)
     return out
+
+
+def group_resamples(groups: np.ndarray, n_boot: int, seed: int = 0):
+    """Row indices of ``n_boot`` resamples of whole groups (lesions) with replacement."""
+    _, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    order = np.argsort(gidx, kind="stable")
+    starts = np.searchsorted(gidx[order], np.arange(gidx.max() + 2))
+    rows = [order[starts[g]:starts[g + 1]] for g in range(len(starts) - 1)]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([rows[g] for g in rng.integers(0, len(rows), len(rows))])
 
 
 def paired_bootstrap(y: np.ndarray, pred: np.ndarray, pred_ref: np.ndarray, groups: np.ndarray,

@@ -34,7 +34,7 @@ from ..inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPUL
 from ..inference.ood_images import design_photos, skimage_photos, synthetic_ood
 from ..inference.predictor import Predictor, channel_stats, ood_layers, stat_taps
 from ..inference.trust import Trust, auroc, fit_melanoma, fit_ood_layers, fit_selective, save_trust_arrays
-from ..evaluation.metrics import confusion_metrics
+from ..evaluation.metrics import confusion_metrics, group_resamples
 
 __all__ = ["release_run", "layer_features", "lesion_bootstrap", "auc_bootstrap", "operating_points", "AGE_BANDS",
            "HOLDOUT_TRUST_DIR"]
@@ -384,17 +384,6 @@ def holdout_metrics(holdout_dir: Path, data_path: str, progress: bool = True, n_
     return out
 
 
-def _group_resamples(groups: np.ndarray, n_boot: int, seed: int):
-    """Row indices of ``n_boot`` resamples of whole groups (lesions) with replacement."""
-    _, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    order = np.argsort(gidx, kind="stable")
-    starts = np.searchsorted(gidx[order], np.arange(gidx.max() + 2))
-    rows = [order[starts[g]:starts[g + 1]] for g in range(len(starts) - 1)]
-    rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        yield np.concatenate([rows[g] for g in rng.integers(0, len(rows), len(rows))])
-
-
 def _interval(values: list[float], observed: float, level: float) -> dict[str, float | None]:
     v = np.asarray([x for x in values if x is not None and not np.isnan(x)], float)
     tail = (1 - level) / 2 * 100
@@ -419,7 +408,7 @@ def auc_bootstrap(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, classes:
         return (float(np.mean(per)) if per else np.nan), float(m)
 
     obs = aucs(np.arange(len(y)))
-    boot = [aucs(idx) for idx in _group_resamples(groups, n_boot, seed)]
+    boot = [aucs(idx) for idx in group_resamples(groups, n_boot, seed)]
     out = {"macro_auc": _interval([b[0] for b in boot], obs[0], level)}
     if mel is not None:
         out["melanoma_auc"] = _interval([b[1] for b in boot], obs[1], level)
@@ -444,7 +433,7 @@ def operating_points(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, class
             return (answered[idx].mean(), (pred[a] == y[a]).mean() if len(a) else np.nan,
                     balanced_accuracy(y[a], pred[a]) if len(a) else np.nan)
 
-        obs, boot = sel(np.arange(len(y))), [sel(i) for i in _group_resamples(groups, n_boot, seed)]
+        obs, boot = sel(np.arange(len(y))), [sel(i) for i in group_resamples(groups, n_boot, seed)]
         out["selective"] = {"threshold": trust.selective.threshold, "target_coverage": trust.selective.coverage,
                             **{k: _interval([b[j] for b in boot], obs[j], level)
                                for j, k in enumerate(("coverage", "accuracy_answered", "balanced_accuracy_answered"))}}
@@ -456,7 +445,7 @@ def operating_points(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, class
             pos, neg = idx[y[idx] == mel], idx[y[idx] != mel]
             return (flag[pos].mean() if len(pos) else np.nan, (~flag[neg]).mean() if len(neg) else np.nan)
 
-        obs, boot = mel_point(np.arange(len(y))), [mel_point(i) for i in _group_resamples(groups, n_boot, seed)]
+        obs, boot = mel_point(np.arange(len(y))), [mel_point(i) for i in group_resamples(groups, n_boot, seed)]
         out["melanoma"] = {"threshold": trust.melanoma.threshold,
                            "target_sensitivity": trust.melanoma.target_sensitivity,
                            "n_mel": int((y == mel).sum()),

@@ -133,6 +133,7 @@ class TrainConfig:
     device: Device = "auto"
     max_steps_per_epoch: int | None = None  # cap for quick runs (demo, tests)
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (dermfuse.training.ema)
     tta: bool = False  # average predictions over flips at evaluation
     calibration: CalibrationMode = "none"  # fitted on the validation part
     members: int = 1  # > 1: a seed ensemble of that many models (init seeds init_seed, init_seed+1, ...), probabilities averaged

@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,9 @@ from ..config import AugmentOn, EarlyStopping, Schedule, TrainConfig
 from ..errors import ConfigError
 from ..evaluation.metrics import balanced_accuracy
 from ..preprocess import BatchAugmentation, to_input, train_augmentation
+from .ema import WeightEma
+from .seeding import rank_seed, rng_state as _rng_state, seed_everything as _seed_everything
+from .seeding import set_rng_state as _set_rng_state
 from .sampling import BALANCE_MODES, EpochSampler, class_weights, epoch_indices
 
 __all__ = [
@@ -137,11 +139,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
                     scaler: torch.amp.GradScaler, device: torch.device, amp: bool = False,
                     max_steps: int | None = None, bar: Progress | None = None,
                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, float]:
+                    memory_format: torch.memory_format = torch.contiguous_format,
+                    ema: WeightEma | None = None) -> dict[str, float]:
     """One pass over ``loader`` (at most ``max_steps`` batches); returns {"loss", "acc"}
     averaged over every sample all ranks saw. ``augment`` (uint8 batch -> uint8 batch) runs
     on ``device`` after the copy, for augmentation per batch instead of per image.
-    ``memory_format``: the layout of the input batch (channels_last with a channels_last model)."""
+    ``memory_format``: the layout of the input batch (channels_last with a channels_last model).
+    ``ema``: updated from the (unwrapped) model after every optimiser step."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
@@ -159,6 +163,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update(model.module if isinstance(model, DistributedDataParallel) else model)
         totals[0] += loss.detach() * len(labels)
         totals[1] += (logits.argmax(1) == labels).sum()
         totals[2] += len(labels)
@@ -197,43 +203,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
 # --- checkpoints --------------------------------------------------------------------------
 
 
-def _rng_state() -> dict[str, Any]:
-    """This process's torch / CUDA / numpy / python RNG states as tensors and plain numbers."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
-        "numpy_gauss": (int(np_state[3]), float(np_state[4])),
-        "python": torch.tensor(py_state[1], dtype=torch.int64), "python_gauss": py_state[2],
-    }
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], *s["numpy_gauss"]))
-    random.setstate((3, tuple(s["python"].tolist()), s["python_gauss"]))
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The global RNG seed of one rank: ``seed`` itself on rank 0 (a one-process run), and on
-    rank r > 0 one drawn from (seed, r), so that ensemble members, whose seeds are consecutive,
-    never share a rank's stream (``seed + rank`` would give member k on rank 1 the stream of
-    member k + 1 on rank 0)."""
-    if rank == 0:
-        return int(seed)
-    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def training_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -263,6 +232,8 @@ def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
             raise ConfigError(f"train.{key}: expected one of {allowed}, got {getattr(cfg, key)!r}")
     if not 0.0 <= cfg.augment_strength <= 5.0:
         raise ConfigError(f"train.augment_strength: expected 0..5 (1 = the paper's recipe), got {cfg.augment_strength!r}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: expected 0 (off) or a decay in (0, 1), e.g. 0.998, got {cfg.ema_decay!r}")
     if len(train) == 0:
         raise ValueError("fit: the training set is empty")
     if train.labels.min() < 0 or train.labels.max() >= len(classes):
@@ -288,6 +259,8 @@ def fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: Tr
     exception it raises (e.g. optuna's TrialPruned) ends the fit and propagates.
     With ``cfg.channels_last`` the model trains and is validated in the channels_last memory
     format (faster on CPU) and is handed back in the usual contiguous one.
+    With ``cfg.ema_decay`` > 0 validation scores, and the model ends with, the moving
+    average of the weights (``dermfuse.training.ema``) instead of the raw weights.
     """
     _check(cfg, train, list(classes))
     device = training_device(cfg.device)
@@ -352,16 +325,19 @@ class _Optimisation:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
+    ema: WeightEma | None  # train.ema_decay > 0: the weights validation scores and fit returns
 
 
 def _make_optimisation(model: nn.Module, labels: np.ndarray, cfg: TrainConfig, n_classes: int,
                        device: torch.device, amp: bool, higher_is_better: bool) -> _Optimisation:
-    """Loss (class-weighted for balance=weighted-loss), Adam, the lr schedule and the AMP scaler."""
+    """Loss (class-weighted for balance=weighted-loss), Adam, the lr schedule, the AMP scaler
+    and the weight average (with train.ema_decay > 0)."""
     weight = class_weights(labels, n_classes).to(device) if cfg.balance == "weighted-loss" else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _make_scheduler(optimizer, cfg, "max" if higher_is_better else "min")
-    return _Optimisation(criterion, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp))
+    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    return _Optimisation(criterion, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), ema)
 
 
 def _resume(ckpt_path: Path, cfg: TrainConfig, rank: int, model: nn.Module,
@@ -376,6 +352,11 @@ def _resume(ckpt_path: Path, cfg: TrainConfig, rank: int, model: nn.Module,
     for name, obj in (("model", model), ("optimizer", opt.optimizer), ("scheduler", opt.scheduler),
                       ("scaler", opt.scaler)):
         obj.load_state_dict(ckpt[name])
+    if opt.ema is not None:
+        if ckpt.get("ema") is None:
+            raise ConfigError(f"{ckpt_path} was trained without train.ema_decay; this run asks for "
+                              f"{cfg.ema_decay}: resume with the same setting or use a new run directory")
+        opt.ema.load_state_dict(ckpt["ema"])
     state = {k: ckpt[k] for k in state}
     if ckpt.get("epoch_base", 0) != EPOCH_BASE:  # a checkpoint from before epochs counted from 1
         state["history"] = one_based_history(state["history"])
@@ -403,9 +384,10 @@ def _run_epoch(net: nn.Module, model: nn.Module, epoch: int, cfg: TrainConfig, d
     augment = None if data.batch_augment is None else (lambda x: data.batch_augment(x, data.augment_rng))
     with Progress(*columns, console=console, transient=True, disable=not show) as bar:
         tr = train_one_epoch(net, data.train, opt.criterion, opt.optimizer, opt.scaler, device, amp,
-                             cfg.max_steps_per_epoch, bar if show else None, augment, memory_format)
-    broadcast_buffers(model)
-    va = evaluate(model, data.val, device, amp, memory_format) if data.val is not None else {}
+                             cfg.max_steps_per_epoch, bar if show else None, augment, memory_format, opt.ema)
+    scored = model if opt.ema is None else opt.ema.module
+    broadcast_buffers(scored)
+    va = evaluate(scored, data.val, device, amp, memory_format) if data.val is not None else {}
     row = {"epoch": epoch + EPOCH_BASE, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va.get("loss"),
            "val_acc": va.get("acc"), "val_balanced_accuracy": va.get("balanced_accuracy"),
            "lr": lr, "seconds": time.perf_counter() - start}
@@ -427,7 +409,8 @@ def _schedule_and_stop(epoch: int, cfg: TrainConfig, opt: _Optimisation, tr: dic
     best = state["best_score"]
     if best is None or (score > best if higher_is_better else score < best):
         state.update(best_score=score, best_epoch=epoch + EPOCH_BASE, bad_epochs=0)
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        scored = model if opt.ema is None else opt.ema.module
+        return {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
     state["bad_epochs"] += 1
     state["stopped_early"] = state["bad_epochs"] >= cfg.patience and epoch + 1 < cfg.epochs
     return best_weights
@@ -438,7 +421,7 @@ def _save(run_dir: Path, model: nn.Module, opt: _Optimisation, best_weights: dic
     """checkpoint.pt (everything `_resume` reads) and history.json, each written atomically."""
     ckpt = {"model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
             "scheduler": opt.scheduler.state_dict(), "scaler": opt.scaler.state_dict(),
-            "best_weights": best_weights, "rng": rng, "config": dataclasses.asdict(cfg),
+            "best_weights": best_weights, "ema": None if opt.ema is None else opt.ema.state_dict(), "rng": rng, "config": dataclasses.asdict(cfg),
             "classes": list(classes), "epoch_base": EPOCH_BASE, **state}
     atomic_write(run_dir / "checkpoint.pt", lambda tmp: torch.save(ckpt, tmp))
     atomic_write_text(run_dir / "history.json", json.dumps(state["history"], indent=2))
@@ -482,6 +465,8 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
     if monitor is not None and best_weights is not None:
         model.load_state_dict(best_weights)
     else:
+        if opt.ema is not None:
+            model.load_state_dict(opt.ema.module.state_dict())
         state["best_epoch"] = len(state["history"])  # the last, counted from 1
     return FitResult(state["history"], state["best_epoch"], state["best_score"], state["stopped_early"])
 
@@ -493,5 +478,3 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
                  f" bal acc {row['val_balanced_accuracy']:.3f}")
     return text + f"  | lr {row['lr']:.2e}  {row['seconds']:.1f}s"
 
-
-# --- inference ----------------------------------------------------------------------------

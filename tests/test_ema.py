@@ -16,15 +16,7 @@ from dermfuse.errors import ConfigError
 from dermfuse.runs.variant import score
 from dermfuse.training.ema import WeightEma
 from dermfuse.training.loop import ArrayDataset, fit
-from test_train import CLASSES, TinyNet, make_task
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from test_train import CLASSES, TinyNet, _one_thread, make_task  # noqa: F401 (_one_thread: autouse fixture)
 
 
 def hand_ema(snapshots: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
@@ -113,12 +105,12 @@ def test_resume_continues_the_average_exactly(tmp_path):
     cfg = {**CFG, "ema_decay": 0.8}
     _run({**cfg, "epochs": 2}, run_dir=tmp_path / "run")
     resumed, res, _ = _run(cfg, run_dir=tmp_path / "run", resume=True)
-    straight, ref, _ = _run(cfg)
+    straight, _, _ = _run(cfg)
     assert [r["epoch"] for r in res.history] == [1, 2, 3]
     for (k, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
         assert torch.equal(a, b), k
-    with pytest.raises(ConfigError, match="ema_decay"):  # a checkpoint without an average
-        _run({**CFG, "epochs": 1}, run_dir=tmp_path / "plain")
+    _run({**CFG, "epochs": 1}, run_dir=tmp_path / "plain")  # a checkpoint without an average
+    with pytest.raises(ConfigError, match="ema_decay"):
         _run({**cfg, "epochs": 2}, run_dir=tmp_path / "plain", resume=True)
 
 

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], Callable[[argparse.Namespace], in
     "explain-eval": (data_cmds.add_explain_eval, data_cmds.run_explain_eval),
     "federate": (train_cmds.add_federate, train_cmds.run_federate),
     "tune": (train_cmds.add_tune, train_cmds.run_tune),
+    "teach": (train_cmds.add_teach, train_cmds.run_teach),
     "export": (infer_cmds.add_export, infer_cmds.run_export),
     "serve": (infer_cmds.add_serve, infer_cmds.run_serve),
 }

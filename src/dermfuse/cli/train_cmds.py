@@ -1,5 +1,5 @@
-"""Training commands: train, cv, ablate, federate, tune (dermfuse.runs.holdout, .cv, .ablate,
-.federate, .tune). Each has ``add_<cmd>(subparsers)`` and ``run_<cmd>(args) -> exit code``."""
+"""Training commands: train, cv, ablate, federate, tune, teach (dermfuse.runs.holdout, .cv,
+.ablate, .federate, .tune, dermfuse.training.distill). Each has ``add_<cmd>(subparsers)`` and ``run_<cmd>(args) -> exit code``."""
 
 from __future__ import annotations
 
@@ -181,4 +181,31 @@ def run_tune(args: argparse.Namespace) -> int:
             err.print(f"best validation balanced accuracy {res.best_value:.4f}: {res.best_params}")
             err.print(f"best config: {res.best_config}  (dermfuse train {args.data} --config {res.best_config})")
         err.print(f"report: {res.out / 'trials.html'}")
+    return 0
+
+
+def add_teach(sub) -> None:
+    p = sub.add_parser("teach", help="soft targets for distillation: teacher bundles score a split's training rows",
+                       description="dermfuse teach DATA --teacher BUNDLE [--teacher BUNDLE ...] --split-file "
+                                   "RUN/split.csv --out targets.csv; then train the student with "
+                                   "--set train.distill_targets=targets.csv")
+    p.add_argument("data")
+    p.add_argument("--teacher", action="append", required=True, metavar="BUNDLE",
+                   help="a finished bundle; repeat for an ensemble (their probabilities are averaged)")
+    p.add_argument("--split-file", help="the student's split.csv: score only the rows it puts in --part")
+    p.add_argument("--part", default="train", help="with --split-file: the part to score (default train)")
+    p.add_argument("--out", required=True, help="the predictions CSV to write (train.distill_targets reads it)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
+
+
+def run_teach(args: argparse.Namespace) -> int:
+    from ..evaluation.metrics import balanced_accuracy
+    from ..training.distill import teacher_targets
+
+    ids, y, proba, classes = teacher_targets(args.teacher, args.data, args.split_file, args.part, out=args.out,
+                                             device=args.device, progress=not args.quiet)
+    pred = proba.argmax(1)
+    err.print(f"{len(ids)} rows scored by {len(args.teacher)} teacher(s), uncalibrated: accuracy "
+              f"{(pred == y).mean():.3f}, balanced accuracy {balanced_accuracy(y, pred):.3f} on these rows "
+              f"-> {args.out}")
     return 0

@@ -28,6 +28,7 @@ from ..evaluation.metrics import compute_metrics
 from ..inference.predictor import Predictor
 from ..models import create_model, model_spec
 from ..models.ensemble import Ensemble
+from ..training.distill import load_soft_targets
 from ..training.distributed import is_main_process
 from ..training.loop import EPOCH_BASE, ArrayDataset, FitResult, fit
 from .config_checks import model_kwargs
@@ -168,14 +169,18 @@ def train_variant(cfg: RunConfig, table: pd.DataFrame, y: np.ndarray, classes: l
     warnings: list[str] = []
     build = _builder(cfg, kwargs, warnings, init, encoder.feature_names if meta_dim else [])
 
-    def ds(idx: np.ndarray) -> ArrayDataset:
-        return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y[idx])
+    def ds(idx: np.ndarray, soft: np.ndarray | None = None) -> ArrayDataset:
+        return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y[idx], soft=soft)
 
     def probs(net: nn.Module, idx: np.ndarray) -> np.ndarray:
         return score(net, classes, encoder, images[idx], meta[idx], cfg.train.tta)
 
     calibrate = cfg.train.calibration != "none"
-    train, val = ds(train_idx), ds(val_idx)
+    soft = None  # with train.distill_targets: the teachers' probabilities for the training rows (dermfuse teach)
+    if cfg.train.distill_targets:
+        soft = load_soft_targets(cfg.train.distill_targets, table["image_id"].iloc[train_idx].astype(str).tolist(),
+                                 classes)
+    train, val = ds(train_idx, soft), ds(val_idx)
     if member is not None:
         net, res = _fit_one(cfg, build, member, train, val, classes, run_dir, resume, progress)
         return Trained(net.eval(), encoder, meta_dim, kwargs, res, warnings=warnings)

@@ -33,6 +33,7 @@ from ..config import AugmentOn, EarlyStopping, Schedule, TrainConfig
 from ..errors import ConfigError
 from ..evaluation.metrics import balanced_accuracy
 from ..preprocess import BatchAugmentation, to_input, train_augmentation
+from .distill import DistillLoss
 from .ema import WeightEma
 from .seeding import rank_seed, rng_state as _rng_state, seed_everything as _seed_everything
 from .seeding import set_rng_state as _set_rng_state
@@ -66,11 +67,13 @@ class ArrayDataset(Dataset):
     read per item).
 
     images: uint8 (N, H, W, 3); meta: float32 (N, D), D may be 0; labels: int64 (N,).
-    Item i: (image uint8 tensor (3, H, W) after ``transform``, meta float32 (D,), label int).
+    Item i: (image uint8 tensor (3, H, W) after ``transform``, meta float32 (D,), label int),
+    and with ``soft`` (N, C) teacher probabilities (distillation) the row's soft target last.
     """
 
     def __init__(self, images: np.ndarray, meta: np.ndarray, labels: np.ndarray,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 soft: np.ndarray | None = None) -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
             raise ValueError(f"images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         meta = np.asarray(meta, dtype=np.float32)
@@ -79,16 +82,21 @@ class ArrayDataset(Dataset):
             raise ValueError(f"meta: expected ({len(images)}, D), got {meta.shape}")
         if labels.shape != (len(images),):
             raise ValueError(f"labels: expected ({len(images)},), got {labels.shape}")
-        self.images, self.meta, self.labels, self.transform = images, meta, labels, transform
+        if soft is not None:
+            soft = np.asarray(soft, dtype=np.float32)
+            if soft.ndim != 2 or len(soft) != len(images):
+                raise ValueError(f"soft: expected ({len(images)}, C), got {soft.shape}")
+        self.images, self.meta, self.labels, self.transform, self.soft = images, meta, labels, transform, soft
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple:
         image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1).contiguous()  # (3, H, W)
         if self.transform is not None:
             image = self.transform(image)
-        return image, torch.from_numpy(self.meta[i]), int(self.labels[i])
+        item = (image, torch.from_numpy(self.meta[i]), int(self.labels[i]))
+        return item if self.soft is None else item + (torch.from_numpy(self.soft[i]),)
 
 
 @dataclass
@@ -145,12 +153,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     averaged over every sample all ranks saw. ``augment`` (uint8 batch -> uint8 batch) runs
     on ``device`` after the copy, for augmentation per batch instead of per image.
     ``memory_format``: the layout of the input batch (channels_last with a channels_last model).
-    ``ema``: updated from the (unwrapped) model after every optimiser step."""
+    ``ema``: updated from the (unwrapped) model after every optimiser step. Batches with a
+    fourth part (soft targets) call ``criterion(logits, labels, soft)``."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
     task = bar.add_task("train", total=steps, stats="") if bar is not None else None
-    for step, (images, meta, labels) in enumerate(loader):
+    for step, (images, meta, labels, *soft) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         if augment is not None:
             images = augment(images)
@@ -158,7 +167,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         meta, labels = meta.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x, meta)  # (B, C)
-        loss = criterion(logits.float(), labels)
+        loss = criterion(logits.float(), labels, *(t.to(device, non_blocking=True) for t in soft))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -236,6 +245,8 @@ def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
         raise ConfigError(f"train.ema_decay: expected 0 (off) or a decay in (0, 1), e.g. 0.998, got {cfg.ema_decay!r}")
     if len(train) == 0:
         raise ValueError("fit: the training set is empty")
+    if train.soft is not None and train.soft.shape[1] != len(classes):
+        raise ValueError(f"fit: soft targets for {train.soft.shape[1]} classes, the model has {len(classes)}")
     if train.labels.min() < 0 or train.labels.max() >= len(classes):
         raise ValueError(f"fit: labels must be in 0..{len(classes) - 1} ({len(classes)} classes), "
                          f"got {train.labels.min()}..{train.labels.max()}")
@@ -329,11 +340,13 @@ class _Optimisation:
 
 
 def _make_optimisation(model: nn.Module, labels: np.ndarray, cfg: TrainConfig, n_classes: int,
-                       device: torch.device, amp: bool, higher_is_better: bool) -> _Optimisation:
-    """Loss (class-weighted for balance=weighted-loss), Adam, the lr schedule, the AMP scaler
-    and the weight average (with train.ema_decay > 0)."""
+                       device: torch.device, amp: bool, higher_is_better: bool,
+                       distill: bool = False) -> _Optimisation:
+    """Loss (class-weighted for balance=weighted-loss; mixed with the soft targets when
+    ``distill``), Adam, the lr schedule, the AMP scaler and the weight average (with train.ema_decay > 0)."""
     weight = class_weights(labels, n_classes).to(device) if cfg.balance == "weighted-loss" else None
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    criterion = DistillLoss(cfg.distill_weight, cfg.distill_temperature, weight, cfg.label_smoothing) if distill \
+        else nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _make_scheduler(optimizer, cfg, "max" if higher_is_better else "min")
     ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -436,7 +449,8 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     data = _make_loaders(train, val, cfg, device, rank, world)
-    opt = _make_optimisation(model, train.labels, cfg, len(classes), device, amp, monitor == "balanced_accuracy")
+    opt = _make_optimisation(model, train.labels, cfg, len(classes), device, amp, monitor == "balanced_accuracy",
+                             distill=train.soft is not None)
 
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": None,
                              "bad_epochs": 0, "stopped_early": False}

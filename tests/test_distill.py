@@ -14,7 +14,8 @@ from dermfuse.cli import main
 from dermfuse.config import RunConfig, TrainConfig
 from dermfuse.errors import ConfigError
 from dermfuse.runs.predictions_csv import write_predictions
-from dermfuse.training.distill import DistillLoss, load_soft_targets, teacher_targets
+from dermfuse.runs.teach import load_soft_targets, teacher_targets
+from dermfuse.training.distill import DistillLoss
 from dermfuse.training.loop import ArrayDataset, fit
 from test_train import CLASSES, TinyNet, _one_thread, make_task  # noqa: F401 (_one_thread: autouse fixture)
 

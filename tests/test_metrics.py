@@ -14,7 +14,7 @@ from isic_challenge_scoring import metrics as isic_metrics
 from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
 
 from dermfuse import HAM10000_CLASSES
-from dermfuse.evaluation.metrics import accuracy, auc_macro, balanced_accuracy, compute_metrics, confusion_matrix, confusion_metrics, expected_calibration_error, log_loss, macro_f1, melanoma_sensitivity, paired_bootstrap, per_class_report, weighted_f1
+from dermfuse.evaluation.metrics import accuracy, auc_macro, balanced_accuracy, compute_metrics, confusion_matrix, confusion_metrics, expected_calibration_error, log_loss, macro_f1, melanoma_sensitivity, paired_bootstrap, sensitivity_at_specificity, per_class_report, weighted_f1
 
 # The official scorer's own dependencies (rdp, pandas) warn on current numpy/pandas.
 pytestmark = [
@@ -203,3 +203,26 @@ def test_paired_bootstrap_resamples_whole_lesions() -> None:
 def test_paired_bootstrap_rejects_unpaired_rows() -> None:
     with pytest.raises(ValueError, match="same, non-empty rows"):
         paired_bootstrap(np.zeros(4, int), np.zeros(4, int), np.zeros(3, int), np.arange(4), CLASSES)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("spec", [0.5, 0.9, 0.95])
+def test_sensitivity_at_specificity_matches_sklearns_roc_curve(seed: int, spec: float) -> None:
+    from sklearn.metrics import roc_curve
+    rng = np.random.default_rng(seed)
+    pos = rng.random(300) < 0.2
+    score = np.round(rng.normal(pos * 1.2, 1.0), 1)  # rounded: many ties
+    fpr, tpr, _ = roc_curve(pos, score)
+    expected = tpr[fpr <= 1 - spec + 1e-12].max()
+    assert sensitivity_at_specificity(pos, score, spec) == pytest.approx(expected)
+
+
+def test_sensitivity_at_specificity_edges() -> None:
+    pos = np.array([1, 1] + [0] * 10, bool)
+    score = np.array([0.9, 0.3, 0.8] + [0.1] * 9)
+    assert sensitivity_at_specificity(pos, score, 0.9) == pytest.approx(1.0)  # one of ten negatives may be positive
+    assert sensitivity_at_specificity(pos, score, 1.0) == pytest.approx(0.5)  # none: only 0.9 clears 0.8
+    assert sensitivity_at_specificity(pos, score, 0.0) == 1.0
+    assert math.isnan(sensitivity_at_specificity(pos[:2], score[:2]))  # no negatives
+    with pytest.raises(ValueError, match="specificity"):
+        sensitivity_at_specificity(pos, score, 1.5)

@@ -134,7 +134,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap for quick runs (demo, tests)
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (dermfuse.training.ema)
-    distill_targets: str | None = None  # a `dermfuse teach` CSV: teachers' probabilities for the training rows (dermfuse.training.distill)
+    distill_targets: str | None = None  # a `dermfuse teach` CSV: teachers' probabilities for the training rows (dermfuse.runs.teach)
     distill_weight: float = 0.5  # with distill_targets: the soft targets' share of the loss
     distill_temperature: float = 2.0  # with distill_targets: the softening of teacher and student
     tta: bool = False  # average predictions over flips at evaluation

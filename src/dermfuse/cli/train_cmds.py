@@ -1,5 +1,5 @@
 """Training commands: train, cv, ablate, federate, tune, teach (dermfuse.runs.holdout, .cv,
-.ablate, .federate, .tune, dermfuse.training.distill). Each has ``add_<cmd>(subparsers)`` and ``run_<cmd>(args) -> exit code``."""
+.ablate, .federate, .tune, dermfuse.runs.teach). Each has ``add_<cmd>(subparsers)`` and ``run_<cmd>(args) -> exit code``."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def add_teach(sub) -> None:
 
 def run_teach(args: argparse.Namespace) -> int:
     from ..evaluation.metrics import balanced_accuracy
-    from ..training.distill import teacher_targets
+    from ..runs.teach import teacher_targets
 
     ids, y, proba, classes = teacher_targets(args.teacher, args.data, args.split_file, args.part, out=args.out,
                                              device=args.device, progress=not args.quiet)

@@ -25,6 +25,7 @@ __all__ = [
     "weighted_f1",
     "auc_macro",
     "melanoma_sensitivity",
+    "sensitivity_at_specificity",
     "log_loss",
     "reliability_bins",
     "expected_calibration_error",
@@ -168,6 +169,26 @@ def melanoma_sensitivity(y_true: Any, proba: Any, classes: Sequence[str], name: 
     k = list(classes).index(name)
     pos = y == k
     return float(np.mean(pred[pos] == k)) if pos.any() else None
+
+
+def sensitivity_at_specificity(positive: Any, score: Any, specificity: float = 0.90) -> float:
+    """The highest sensitivity over thresholds ``t`` (positive where ``score > t``) whose
+    specificity on these rows is at least ``specificity``: a point of these rows' own ROC
+    curve, so the threshold is fitted on the rows it scores (for a held-out claim, fix the
+    threshold on validation rows instead). NaN without positives or without negatives."""
+    pos = np.asarray(positive, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    if pos.shape != s.shape or pos.ndim != 1:
+        raise ValueError(f"positive {pos.shape} and score {s.shape}: expected two (N,) arrays")
+    if not 0.0 <= specificity <= 1.0:
+        raise ValueError(f"specificity: expected 0..1, got {specificity!r}")
+    if pos.all() or not pos.any():
+        return math.nan
+    neg = np.sort(s[~pos])[::-1]
+    allowed = math.floor((1.0 - specificity) * neg.size + 1e-9)  # false positives the specificity allows
+    if allowed >= neg.size:
+        return 1.0
+    return float(np.mean(s[pos] > neg[allowed]))  # above the first negative that must stay negative
 
 
 def log_loss(y_true: Any, proba: Any, eps: float = 1e-15) -> float:

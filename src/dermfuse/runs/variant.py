@@ -28,10 +28,10 @@ from ..evaluation.metrics import compute_metrics
 from ..inference.predictor import Predictor
 from ..models import create_model, model_spec
 from ..models.ensemble import Ensemble
-from ..training.distill import load_soft_targets
 from ..training.distributed import is_main_process
 from ..training.loop import EPOCH_BASE, ArrayDataset, FitResult, fit
 from .config_checks import model_kwargs
+from .teach import load_soft_targets
 
 __all__ = ["Trained", "train_variant", "takes_meta", "pretrainable", "score", "headline", "calibrated_metrics"]
 

@@ -1,0 +1,90 @@
+"""Soft targets for distillation (``dermfuse teach`` and ``train.distill_targets``).
+
+`teacher_targets` scores a split's training rows with finished bundles, uncalibrated and with
+their test-time views, averages the teachers and writes a predictions CSV; `load_soft_targets`
+reads that file back, aligned to the training rows by image id, for
+`dermfuse.training.distill.DistillLoss`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..data.cache import build_cache
+from ..errors import ConfigError
+from ..inference.bundle import load_bundle
+from ..inference.device import resolve_device
+from ..inference.predictor import Predictor
+from .cohort import load_cohort
+from .evaluate import select_part
+from .predictions_csv import probabilities, read_predictions, write_predictions
+
+__all__ = ["load_soft_targets", "teacher_targets"]
+
+
+def load_soft_targets(path: str | Path, image_ids: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """(N, C) float32 teacher probabilities for ``image_ids`` (in that order) from a
+    predictions CSV (``dermfuse teach``); ConfigError naming what is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"train.distill_targets: {path} not found (write it with `dermfuse teach`)")
+    df = read_predictions(path)
+    if "image_id" not in df.columns:
+        raise ConfigError(f"train.distill_targets: {path} has no image_id column (a predictions CSV of `dermfuse teach`)")
+    if df["image_id"].duplicated().any():
+        dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
+        raise ConfigError(f"train.distill_targets: {path} lists image {dup!r} twice")
+    try:
+        proba = probabilities(df, classes)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"train.distill_targets: {path}: {e}") from None
+    total = proba.sum(axis=1, keepdims=True)
+    if not np.isfinite(proba).all() or (proba < 0).any() or (total <= 0).any():
+        raise ConfigError(f"train.distill_targets: {path} has negative, non-finite or all-zero probabilities")
+    proba = proba / total  # rows sum to 1 up to the file's rounding
+    pos = dict(zip(df["image_id"].astype(str), range(len(df))))
+    missing = [i for i in map(str, image_ids) if i not in pos]
+    if missing:
+        raise ConfigError(f"train.distill_targets: {len(missing)} of the {len(image_ids)} training images have no "
+                          f"soft target in {path} (first: {missing[:3]}); score the same split's training part "
+                          f"with `dermfuse teach ... --split-file RUN/split.csv`")
+    return proba[[pos[str(i)] for i in image_ids]].astype(np.float32)
+
+
+def teacher_targets(bundles: Sequence[str | Path], data_path: str | Path, split_file: str | Path | None = None,
+                    part: str = "train", out: str | Path | None = None, device: str = "cpu",
+                    progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Score the rows of ``data_path`` (those ``split_file`` puts in ``part``) with every
+    teacher bundle, uncalibrated and with each bundle's test-time views, and average:
+    (image ids, labels (N,), mean probabilities (N, C), classes). ``out``: also write them
+    as a predictions CSV, the file ``train.distill_targets`` reads."""
+
+    if not bundles:
+        raise ConfigError("teach: name at least one teacher bundle")
+    cohort = load_cohort(data_path, None, True, progress)
+    table = cohort.table
+    if split_file is not None:
+        table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
+    classes: list[str] | None = None
+    probs = []
+    for path in bundles:
+        bundle = load_bundle(path, device=resolve_device(device))
+        if classes is not None and list(bundle.classes) != classes:
+            raise ConfigError(f"teach: {path} has classes {bundle.classes}, the first teacher {classes}")
+        classes = list(bundle.classes)
+        cache = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
+        probs.append(Predictor.from_bundle(bundle).run(cache.images, bundle.encode_table(table), calibrated=False,
+                                                       progress=progress).proba.astype(np.float64))
+    proba = np.mean(probs, axis=0)
+    known = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(table["label"]) - set(known))
+    if unknown:
+        raise ConfigError(f"teach: the data has classes the teachers do not know: {unknown}")
+    y = table["label"].map(known).to_numpy(np.int64)
+    ids = table["image_id"].astype(str).tolist()
+    if out is not None:
+        write_predictions(out, ids, classes, y, proba)
+    return ids, y, proba, classes

@@ -134,6 +134,8 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap for quick runs (demo, tests)
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (dermfuse.training.ema)
+    mixup_alpha: float = 0.0  # > 0: mixup of each training batch, lam ~ Beta(alpha, alpha) (dermfuse.training.mixing)
+    cutmix_alpha: float = 0.0  # > 0: CutMix likewise; with both > 0 each batch is one or the other
     distill_targets: str | None = None  # a `dermfuse teach` CSV: teachers' probabilities for the training rows (dermfuse.runs.teach)
     distill_weight: float = 0.5  # with distill_targets: the soft targets' share of the loss
     distill_temperature: float = 2.0  # with distill_targets: the softening of teacher and student

@@ -1,6 +1,7 @@
 """The training loop: ``fit()`` runs ``train_one_epoch()`` then ``evaluate()`` each epoch.
 
-Adam + cross entropy, class balancing (weighted loss, over- or undersampling), an lr
+Adam + cross entropy (on mixup/CutMix batches with train.mixup_alpha / cutmix_alpha,
+`dermfuse.training.mixing`), class balancing (weighted loss, over- or undersampling), an lr
 schedule with linear warmup, early stopping on the validation part with the best weights
 restored, AMP on CUDA, and an atomic ``checkpoint.pt`` after every epoch from which
 ``resume=True`` continues exactly. DistributedDataParallel switches on when the
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..io import atomic_write, atomic_write_text
 from .distributed import all_gather_objects, all_reduce_sum, broadcast_buffers, dist_info, init_distributed, is_main_process
@@ -33,8 +34,10 @@ from ..config import AugmentOn, EarlyStopping, Schedule, TrainConfig
 from ..errors import ConfigError
 from ..evaluation.metrics import balanced_accuracy
 from ..preprocess import BatchAugmentation, to_input, train_augmentation
+from .dataset import ArrayDataset
 from .distill import DistillLoss
 from .ema import WeightEma
+from .mixing import BatchMix
 from .seeding import rank_seed, rng_state as _rng_state, seed_everything as _seed_everything
 from .seeding import set_rng_state as _set_rng_state
 from .sampling import BALANCE_MODES, EpochSampler, class_weights, epoch_indices
@@ -60,43 +63,6 @@ EARLY_STOPPING = get_args(EarlyStopping)
 AUGMENT_ON = get_args(AugmentOn)
 EPOCH_BASE = 1  # epochs are numbered from 1, as the progress bar shows them ("epoch 1/12")
 console = Console(stderr=True)  # progress bars and epoch summaries
-
-
-class ArrayDataset(Dataset):
-    """Images, metadata and labels held in arrays; a memmap stays on disk (one image is
-    read per item).
-
-    images: uint8 (N, H, W, 3); meta: float32 (N, D), D may be 0; labels: int64 (N,).
-    Item i: (image uint8 tensor (3, H, W) after ``transform``, meta float32 (D,), label int),
-    and with ``soft`` (N, C) teacher probabilities (distillation) the row's soft target last.
-    """
-
-    def __init__(self, images: np.ndarray, meta: np.ndarray, labels: np.ndarray,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 soft: np.ndarray | None = None) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-            raise ValueError(f"images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-        meta = np.asarray(meta, dtype=np.float32)
-        labels = np.asarray(labels, dtype=np.int64)
-        if meta.ndim != 2 or len(meta) != len(images):
-            raise ValueError(f"meta: expected ({len(images)}, D), got {meta.shape}")
-        if labels.shape != (len(images),):
-            raise ValueError(f"labels: expected ({len(images)},), got {labels.shape}")
-        if soft is not None:
-            soft = np.asarray(soft, dtype=np.float32)
-            if soft.ndim != 2 or len(soft) != len(images):
-                raise ValueError(f"soft: expected ({len(images)}, C), got {soft.shape}")
-        self.images, self.meta, self.labels, self.transform, self.soft = images, meta, labels, transform, soft
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple:
-        image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1).contiguous()  # (3, H, W)
-        if self.transform is not None:
-            image = self.transform(image)
-        item = (image, torch.from_numpy(self.meta[i]), int(self.labels[i]))
-        return item if self.soft is None else item + (torch.from_numpy(self.soft[i]),)
 
 
 @dataclass
@@ -148,13 +114,14 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
                     max_steps: int | None = None, bar: Progress | None = None,
                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     memory_format: torch.memory_format = torch.contiguous_format,
-                    ema: WeightEma | None = None) -> dict[str, float]:
+                    ema: WeightEma | None = None, mix: BatchMix | None = None) -> dict[str, float]:
     """One pass over ``loader`` (at most ``max_steps`` batches); returns {"loss", "acc"}
     averaged over every sample all ranks saw. ``augment`` (uint8 batch -> uint8 batch) runs
     on ``device`` after the copy, for augmentation per batch instead of per image.
     ``memory_format``: the layout of the input batch (channels_last with a channels_last model).
     ``ema``: updated from the (unwrapped) model after every optimiser step. Batches with a
-    fourth part (soft targets) call ``criterion(logits, labels, soft)``."""
+    fourth part (soft targets) call ``criterion(logits, labels, soft)``. ``mix``: mixup/CutMix of
+    each batch, the criterion then gets class distributions; accuracy counts the unmixed labels."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
@@ -165,9 +132,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             images = augment(images)
         x = to_input(images).contiguous(memory_format=memory_format)  # (B, 3, H, W) float in [0, 1]
         meta, labels = meta.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        targets = labels
+        if mix is not None:
+            x, meta, targets = mix(x, meta, labels)  # targets: (B, C) class distributions
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x, meta)  # (B, C)
-        loss = criterion(logits.float(), labels, *(t.to(device, non_blocking=True) for t in soft))
+        loss = criterion(logits.float(), targets, *(t.to(device, non_blocking=True) for t in soft))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -243,6 +213,9 @@ def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
         raise ConfigError(f"train.augment_strength: expected 0..5 (1 = the paper's recipe), got {cfg.augment_strength!r}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: expected 0 (off) or a decay in (0, 1), e.g. 0.998, got {cfg.ema_decay!r}")
+    if train.soft is not None and (cfg.mixup_alpha or cfg.cutmix_alpha):
+        raise ConfigError("train.mixup_alpha / train.cutmix_alpha with train.distill_targets: mixing batches "
+                          "with soft targets is not supported; use one or the other")
     if len(train) == 0:
         raise ValueError("fit: the training set is empty")
     if train.soft is not None and train.soft.shape[1] != len(classes):
@@ -305,10 +278,11 @@ class _Loaders:
     loader_rng: torch.Generator  # the loader's shuffling and worker seeds
     augment_rng: torch.Generator  # the per-batch augmentation's draws
     batch_augment: BatchAugmentation | None  # the recipe per batch on the device, or None
+    mix: BatchMix | None  # train.mixup_alpha / cutmix_alpha > 0: the batch mixer, reseeded per epoch
 
 
 def _make_loaders(train: ArrayDataset, val: ArrayDataset | None, cfg: TrainConfig, device: torch.device,
-                  rank: int, world: int) -> _Loaders:
+                  rank: int, world: int, n_classes: int) -> _Loaders:
     """Training and validation loaders of this rank, with the augmentation in the loader's
     workers (per image) or on the device (per batch)."""
     batch_augment = None
@@ -327,7 +301,8 @@ def _make_loaders(train: ArrayDataset, val: ArrayDataset | None, cfg: TrainConfi
     val_loader = None
     if val is not None and len(val):  # rank r evaluates rows r, r + world, ...
         val_loader = DataLoader(val, sampler=range(rank, len(val), world), generator=torch.Generator(), **loader_kw)
-    return _Loaders(train_loader, val_loader, sampler, loader_rng, torch.Generator(), batch_augment)
+    mix = BatchMix(n_classes, cfg.mixup_alpha, cfg.cutmix_alpha) if cfg.mixup_alpha or cfg.cutmix_alpha else None
+    return _Loaders(train_loader, val_loader, sampler, loader_rng, torch.Generator(), batch_augment, mix)
 
 
 @dataclass
@@ -387,6 +362,8 @@ def _run_epoch(net: nn.Module, model: nn.Module, epoch: int, cfg: TrainConfig, d
     data.sampler.set_epoch(epoch)
     data.loader_rng.manual_seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank]).generate_state(1)[0]))
     data.augment_rng.manual_seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank, 1]).generate_state(1)[0]))
+    if data.mix is not None:
+        data.mix.seed(int(np.random.SeedSequence([cfg.init_seed, epoch, rank, 2]).generate_state(1)[0]))
     if cfg.schedule == "plateau" and epoch <= cfg.warmup_epochs:
         for group in opt.optimizer.param_groups:
             group["lr"] = cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
@@ -397,7 +374,8 @@ def _run_epoch(net: nn.Module, model: nn.Module, epoch: int, cfg: TrainConfig, d
     augment = None if data.batch_augment is None else (lambda x: data.batch_augment(x, data.augment_rng))
     with Progress(*columns, console=console, transient=True, disable=not show) as bar:
         tr = train_one_epoch(net, data.train, opt.criterion, opt.optimizer, opt.scaler, device, amp,
-                             cfg.max_steps_per_epoch, bar if show else None, augment, memory_format, opt.ema)
+                             cfg.max_steps_per_epoch, bar if show else None, augment, memory_format, opt.ema,
+                             data.mix)
     scored = model if opt.ema is None else opt.ema.module
     broadcast_buffers(scored)
     va = evaluate(scored, data.val, device, amp, memory_format) if data.val is not None else {}
@@ -448,7 +426,7 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
     net = model
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    data = _make_loaders(train, val, cfg, device, rank, world)
+    data = _make_loaders(train, val, cfg, device, rank, world, len(classes))
     opt = _make_optimisation(model, train.labels, cfg, len(classes), device, amp, monitor == "balanced_accuracy",
                              distill=train.soft is not None)
 

@@ -52,11 +52,15 @@ def main() -> None:
     groups = lesions.loc[a["image_id"]].to_numpy()
     pa, pb = probabilities(a, classes), probabilities(b, classes)
     diff = paired_bootstrap(y, pa.argmax(1), pb.argmax(1), groups, classes, n_boot=args.n_boot)
-    mel = classes.index("mel")
+    mel = classes.index("mel") if "mel" in classes else None
 
     def ranking(yy: np.ndarray, p: np.ndarray) -> dict[str, float]:
-        return {"macro_auc": auc_macro(yy, p), "melanoma_auc": float(roc_auc_score(yy == mel, p[:, mel])),
-                "melanoma_sensitivity_at_specificity_0.90": sensitivity_at_specificity(yy == mel, p[:, mel], 0.90)}
+        out = {"macro_auc": auc_macro(yy, p)}
+        if mel is not None:  # NaN where a resample holds no melanoma (or only melanomas)
+            pos = yy == mel
+            out["melanoma_auc"] = float(roc_auc_score(pos, p[:, mel])) if 0 < pos.sum() < len(pos) else float("nan")
+            out["melanoma_sensitivity_at_specificity_0.90"] = sensitivity_at_specificity(pos, p[:, mel], 0.90)
+        return out
 
     ra, rb = ranking(y, pa), ranking(y, pb)
     boots = [(ranking(y[idx], pa[idx]), ranking(y[idx], pb[idx]))  # slower: a quarter of n_boot

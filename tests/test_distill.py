@@ -53,7 +53,8 @@ def test_the_soft_term_vanishes_with_its_gradient_when_the_student_matches_the_t
 
 
 @pytest.mark.parametrize("alpha,t,needle", [(1.5, 2.0, "distill_weight"), (-0.1, 2.0, "distill_weight"),
-                                            (0.5, 0.0, "distill_temperature")])
+                                            (0.5, 0.0, "distill_temperature"),
+                                            (0.5, float("inf"), "distill_temperature")])
 def test_bad_settings_are_refused(alpha, t, needle):
     with pytest.raises(ConfigError, match=needle):
         DistillLoss(alpha, t)
@@ -73,8 +74,12 @@ def test_soft_target_files_that_do_not_fit_say_what_is_wrong(tmp_path):
     write_predictions(path, ["a", "b"], CLASSES, np.array([0, 1]), np.full((2, 3), 1 / 3))
     with pytest.raises(ConfigError, match=r"1 of the 3 training images have no soft target.*'c'"):
         load_soft_targets(path, ["a", "b", "c"], CLASSES)
-    with pytest.raises(ConfigError, match="p_purple"):
+    with pytest.raises(ConfigError, match="the student's classes are .*purple"):
         load_soft_targets(path, ["a"], CLASSES + ["purple"])
+    extra = tmp_path / "extra.csv"  # a teacher with a class the student lacks: refused, not dropped
+    write_predictions(extra, ["a"], CLASSES + ["extra"], np.array([0]), np.full((1, 4), 1 / 4))
+    with pytest.raises(ConfigError, match="holds probabilities for .*extra"):
+        load_soft_targets(extra, ["a"], CLASSES)
     with pytest.raises(ConfigError, match="not found"):
         load_soft_targets(tmp_path / "nope.csv", ["a"], CLASSES)
     pd.concat([pd.read_csv(path)] * 2).to_csv(tmp_path / "dup.csv", index=False)
@@ -152,9 +157,15 @@ def test_teach_scores_the_training_rows_uncalibrated_and_a_student_trains_on_the
 
     table = load_cohort(synth_small, progress=False).table.set_index("image_id").loc[ids].reset_index()
     images = build_cache(table, size=32, method=bundle.resize_method, progress=False).images
-    raw = engine.run(images, bundle.encode_table(table), calibrated=False).proba
-    np.testing.assert_allclose(proba, raw, atol=1e-6)
-    assert not np.allclose(raw, engine.run(images, bundle.encode_table(table)).proba, atol=1e-3)
+    from dermfuse.preprocess import tta_views, to_input
+
+    meta = torch.as_tensor(bundle.encode_table(table))
+    with torch.inference_mode():  # the mean softmax over the test-time views, by hand
+        views = tta_views(to_input(images))
+        hand = np.mean([torch.softmax(bundle.model.eval()(v, meta), 1).numpy() for v in views], axis=0)
+    assert len(views) == 5
+    np.testing.assert_allclose(proba, hand, atol=1e-5)
+    assert not np.allclose(proba, engine.run(images, bundle.encode_table(table)).proba, atol=1e-3)  # uncalibrated
     np.testing.assert_allclose(got.set_index("image_id").loc[ids, [f"p_{c}" for c in classes]].to_numpy(),
                                proba, rtol=1e-6, atol=1e-8)
 

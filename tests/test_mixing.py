@@ -11,7 +11,8 @@ import torch
 from dermfuse.config import TrainConfig
 from dermfuse.errors import ConfigError
 from dermfuse.training.loop import ArrayDataset, fit
-from dermfuse.training.mixing import BatchMix
+import dermfuse.training.loop as loop_module
+from dermfuse.training.mixing import BatchMix, MixedTargetLoss
 from test_train import CLASSES, TinyNet, _one_thread, make_task  # noqa: F401 (_one_thread: autouse fixture)
 
 CFG = dict(epochs=3, batch_size=8, lr=0.05, early_stopping="none", augment=False, balance="none",
@@ -79,6 +80,10 @@ def test_cutmix_pastes_one_box_and_weighs_targets_by_its_area():
         assert torch.allclose(own[~partner_same], torch.full_like(own[~partner_same], lam), atol=1e-5)
         outside = ~changed
         assert torch.equal(mx[:, :, outside], x[:, :, outside])
+        if len(rows):  # each row's box is some row's box, and the rows' boxes are a permutation of them
+            box = (slice(None), slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+            src = [next(j for j in range(len(x)) if torch.equal(mx[i][box], x[j][box])) for i in range(len(x))]
+            assert sorted(src) == list(range(len(x)))
 
 
 def test_draws_repeat_for_a_seed_and_differ_across_seeds():
@@ -92,7 +97,7 @@ def test_draws_repeat_for_a_seed_and_differ_across_seeds():
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
 
 
-@pytest.mark.parametrize("kw", [dict(mixup_alpha=-0.1), dict(cutmix_alpha=float("nan")), dict()])
+@pytest.mark.parametrize("kw", [dict(mixup_alpha=-0.1), dict(cutmix_alpha=float("nan")), dict(mixup_alpha=True), dict()])
 def test_bad_alphas_are_refused(kw):
     with pytest.raises(ConfigError, match="alpha"):
         BatchMix(3, **kw)
@@ -138,9 +143,52 @@ def test_resume_mixes_as_an_uninterrupted_run(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_a_bad_alpha_is_named_before_anything_else():
+    images, meta, labels = make_task(16, seed=0)
+    soft = np.full((16, 3), 1 / 3, np.float32)
+    with pytest.raises(ConfigError, match="train.cutmix_alpha: expected 0"):
+        fit(TinyNet(), ArrayDataset(images, meta, labels, soft=soft), None,
+            TrainConfig(**{**CFG, "epochs": 1, "cutmix_alpha": -1.0}), CLASSES, progress=False)
+
+
 def test_mixing_with_soft_targets_is_refused():
     images, meta, labels = make_task(16, seed=0)
     soft = np.full((16, 3), 1 / 3, np.float32)
     with pytest.raises(ConfigError, match="distill_targets"):
         fit(TinyNet(), ArrayDataset(images, meta, labels, soft=soft), None,
             TrainConfig(**{**CFG, "epochs": 1, "mixup_alpha": 0.2}), CLASSES, progress=False)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mixed_target_loss_is_torchs_cross_entropy_on_one_hot_targets(smoothing, weighted):
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(9, 3, generator=g), torch.tensor([0, 1, 2, 2, 2, 1, 0, 2, 2])
+    w = torch.tensor([2.0, 0.5, 0.25]) if weighted else None
+    want = torch.nn.CrossEntropyLoss(weight=w, label_smoothing=smoothing)(logits, y)
+    got = MixedTargetLoss(w, smoothing)(logits, torch.eye(3)[y])
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_mixed_target_loss_weighs_a_mixed_row_by_its_target_weights():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    t = torch.tensor([[0.25, 0.75, 0.0]])
+    w = torch.tensor([2.0, 0.5, 1.0])
+    logp = torch.log_softmax(logits, 1)[0]
+    want = -(2.0 * 0.25 * logp[0] + 0.5 * 0.75 * logp[1]) / (0.25 * 2.0 + 0.75 * 0.5)
+    assert MixedTargetLoss(w)(logits, t).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_fit_hands_the_criterion_the_mixed_distributions(monkeypatch):
+    seen = []
+
+    class Spy(MixedTargetLoss):
+        def forward(self, logits, targets):
+            seen.append(targets.detach().clone())
+            return super().forward(logits, targets)
+
+    monkeypatch.setattr(loop_module, "MixedTargetLoss", Spy)
+    _run({**CFG, "epochs": 1, "mixup_alpha": 0.4, "balance": "weighted-loss"})
+    assert len(seen) == 5 and all(t.shape == (8, 3) for t in seen)
+    assert all(torch.allclose(t.sum(1), torch.ones(8)) for t in seen)
+    assert any(((t > 0) & (t < 1)).any() for t in seen)  # mixed, not one-hot

@@ -188,7 +188,8 @@ def add_teach(sub) -> None:
     p = sub.add_parser("teach", help="soft targets for distillation: teacher bundles score a split's training rows",
                        description="dermfuse teach DATA --teacher BUNDLE [--teacher BUNDLE ...] --split-file "
                                    "RUN/split.csv --out targets.csv; then train the student with "
-                                   "--set train.distill_targets=targets.csv")
+                                   "--set train.distill_targets=targets.csv. The teachers must have trained on "
+                                   "the same split (never on the student's validation or test rows).")
     p.add_argument("data")
     p.add_argument("--teacher", action="append", required=True, metavar="BUNDLE",
                    help="a finished bundle; repeat for an ensemble (their probabilities are averaged)")

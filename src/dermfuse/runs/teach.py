@@ -3,7 +3,9 @@
 `teacher_targets` scores a split's training rows with finished bundles, uncalibrated and with
 their test-time views, averages the teachers and writes a predictions CSV; `load_soft_targets`
 reads that file back, aligned to the training rows by image id, for
-`dermfuse.training.distill.DistillLoss`.
+`dermfuse.training.distill.DistillLoss`. The teachers must not have trained on the student's
+validation or test rows (train them on the same split file): their soft targets would carry
+those labels into the student. Nothing here can check that for a bundle.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..inference.device import resolve_device
 from ..inference.predictor import Predictor
 from .cohort import load_cohort
 from .evaluate import select_part
-from .predictions_csv import probabilities, read_predictions, write_predictions
+from .predictions_csv import classes_of, probabilities, read_predictions, write_predictions
 
 __all__ = ["load_soft_targets", "teacher_targets"]
 
@@ -37,6 +39,9 @@ def load_soft_targets(path: str | Path, image_ids: Sequence[str], classes: Seque
     if df["image_id"].duplicated().any():
         dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
         raise ConfigError(f"train.distill_targets: {path} lists image {dup!r} twice")
+    if sorted(classes_of(df)) != sorted(classes):
+        raise ConfigError(f"train.distill_targets: {path} holds probabilities for {classes_of(df)}, "
+                          f"the student's classes are {list(classes)}")
     try:
         proba = probabilities(df, classes)
     except (KeyError, ValueError) as e:

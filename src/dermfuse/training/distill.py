@@ -17,6 +17,8 @@ without augmentation; the student sees it augmented, as in training.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,7 +38,7 @@ class DistillLoss(nn.Module):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"train.distill_weight: expected 0..1 (the soft targets' share of the loss), got {alpha!r}")
-        if not temperature > 0:
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ConfigError(f"train.distill_temperature: expected > 0, got {temperature!r}")
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.hard = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)

@@ -37,7 +37,7 @@ from ..preprocess import BatchAugmentation, to_input, train_augmentation
 from .dataset import ArrayDataset
 from .distill import DistillLoss
 from .ema import WeightEma
-from .mixing import BatchMix
+from .mixing import BatchMix, MixedTargetLoss, check_alpha
 from .seeding import rank_seed, rng_state as _rng_state, seed_everything as _seed_everything
 from .seeding import set_rng_state as _set_rng_state
 from .sampling import BALANCE_MODES, EpochSampler, class_weights, epoch_indices
@@ -213,6 +213,8 @@ def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
         raise ConfigError(f"train.augment_strength: expected 0..5 (1 = the paper's recipe), got {cfg.augment_strength!r}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: expected 0 (off) or a decay in (0, 1), e.g. 0.998, got {cfg.ema_decay!r}")
+    check_alpha("mixup_alpha", cfg.mixup_alpha)
+    check_alpha("cutmix_alpha", cfg.cutmix_alpha)
     if train.soft is not None and (cfg.mixup_alpha or cfg.cutmix_alpha):
         raise ConfigError("train.mixup_alpha / train.cutmix_alpha with train.distill_targets: mixing batches "
                           "with soft targets is not supported; use one or the other")
@@ -318,10 +320,14 @@ def _make_optimisation(model: nn.Module, labels: np.ndarray, cfg: TrainConfig, n
                        device: torch.device, amp: bool, higher_is_better: bool,
                        distill: bool = False) -> _Optimisation:
     """Loss (class-weighted for balance=weighted-loss; mixed with the soft targets when
-    ``distill``), Adam, the lr schedule, the AMP scaler and the weight average (with train.ema_decay > 0)."""
+    ``distill``; for class distributions with mixup/CutMix), Adam, the lr schedule, the AMP scaler and the weight average (with train.ema_decay > 0)."""
     weight = class_weights(labels, n_classes).to(device) if cfg.balance == "weighted-loss" else None
-    criterion = DistillLoss(cfg.distill_weight, cfg.distill_temperature, weight, cfg.label_smoothing) if distill \
-        else nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    if distill:
+        criterion = DistillLoss(cfg.distill_weight, cfg.distill_temperature, weight, cfg.label_smoothing)
+    elif cfg.mixup_alpha or cfg.cutmix_alpha:  # targets are class distributions
+        criterion = MixedTargetLoss(weight, cfg.label_smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _make_scheduler(optimizer, cfg, "max" if higher_is_better else "min")
     ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None

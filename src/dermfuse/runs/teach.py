@@ -73,21 +73,21 @@ def teacher_targets(bundles: Sequence[str | Path], data_path: str | Path, split_
     table = cohort.table
     if split_file is not None:
         table = table.iloc[select_part(table, split_file, part)].reset_index(drop=True)
-    classes: list[str] | None = None
-    probs = []
-    for path in bundles:
-        bundle = load_bundle(path, device=resolve_device(device))
-        if classes is not None and list(bundle.classes) != classes:
+    teachers = [load_bundle(path, device=resolve_device(device)) for path in bundles]
+    classes = list(teachers[0].classes)
+    for path, bundle in zip(bundles, teachers):
+        if list(bundle.classes) != classes:
             raise ConfigError(f"teach: {path} has classes {bundle.classes}, the first teacher {classes}")
-        classes = list(bundle.classes)
+    known = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(table["label"]) - set(known))
+    if unknown:  # before any scoring: nothing is lost
+        raise ConfigError(f"teach: the data has classes the teachers do not know: {unknown}")
+    probs = []
+    for bundle in teachers:
         cache = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
         probs.append(Predictor.from_bundle(bundle).run(cache.images, bundle.encode_table(table), calibrated=False,
                                                        progress=progress).proba.astype(np.float64))
     proba = np.mean(probs, axis=0)
-    known = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(table["label"]) - set(known))
-    if unknown:
-        raise ConfigError(f"teach: the data has classes the teachers do not know: {unknown}")
     y = table["label"].map(known).to_numpy(np.int64)
     ids = table["image_id"].astype(str).tolist()
     if out is not None:

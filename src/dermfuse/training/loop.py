@@ -318,13 +318,13 @@ class _Optimisation:
 
 def _make_optimisation(model: nn.Module, labels: np.ndarray, cfg: TrainConfig, n_classes: int,
                        device: torch.device, amp: bool, higher_is_better: bool,
-                       distill: bool = False) -> _Optimisation:
+                       distill: bool = False, mixed: bool = False) -> _Optimisation:
     """Loss (class-weighted for balance=weighted-loss; mixed with the soft targets when
     ``distill``; for class distributions with mixup/CutMix), Adam, the lr schedule, the AMP scaler and the weight average (with train.ema_decay > 0)."""
     weight = class_weights(labels, n_classes).to(device) if cfg.balance == "weighted-loss" else None
     if distill:
         criterion = DistillLoss(cfg.distill_weight, cfg.distill_temperature, weight, cfg.label_smoothing)
-    elif cfg.mixup_alpha or cfg.cutmix_alpha:  # targets are class distributions
+    elif mixed:  # targets are class distributions
         criterion = MixedTargetLoss(weight, cfg.label_smoothing)
     else:
         criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
@@ -434,7 +434,7 @@ def _fit(model: nn.Module, train: ArrayDataset, val: ArrayDataset | None, cfg: T
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     data = _make_loaders(train, val, cfg, device, rank, world, len(classes))
     opt = _make_optimisation(model, train.labels, cfg, len(classes), device, amp, monitor == "balanced_accuracy",
-                             distill=train.soft is not None)
+                             distill=train.soft is not None, mixed=data.mix is not None)
 
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_epoch": -1, "best_score": None,
                              "bad_epochs": 0, "stopped_early": False}

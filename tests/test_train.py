@@ -585,3 +585,20 @@ def test_channels_last_step_of_the_lite0_ft_multicnn_is_exact_in_float64():
     assert losses[0] == pytest.approx(losses[1], abs=1e-9)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+
+
+def test_resume_refuses_another_optimizer_and_another_seed(tmp_path):
+    """A checkpoint's optimizer state fits only the optimizer that wrote it; the error says so
+    (rather than a state-dict mismatch, or Adam moments silently read as AdamW's)."""
+    images, meta, labels = make_task(48, seed=3)
+    data = ArrayDataset(images, meta, labels)
+    cfg = TrainConfig(epochs=1, batch_size=16, augment=False, early_stopping="none")
+    fit(TinyNet(), data, None, cfg, CLASSES, run_dir=tmp_path, progress=False)
+    cfg.epochs = 2
+    for change, match in ((dict(optimizer="adamw"), "train.optimizer=adam"), (dict(init_seed=5), "init seed 0")):
+        other = TrainConfig(**{**{k: getattr(cfg, k) for k in ("epochs", "batch_size", "augment", "early_stopping")},
+                               **change})
+        with pytest.raises(ConfigError, match=match):
+            fit(TinyNet(), data, None, other, CLASSES, run_dir=tmp_path, resume=True, progress=False)
+    res = fit(TinyNet(), data, None, cfg, CLASSES, run_dir=tmp_path, resume=True, progress=False)
+    assert len(res.history) == 2

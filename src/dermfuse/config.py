@@ -40,6 +40,8 @@ __all__ = [
     "AugmentOn",
     "Device",
     "CalibrationMode",
+    "Fusion",
+    "OptimizerName",
     "DataConfig",
     "ModelConfig",
     "CamConfig",
@@ -71,6 +73,8 @@ EarlyStopping = Literal["balanced_accuracy", "loss", "none"]
 AugmentOn = Literal["auto", "workers", "device"]
 Device = Literal["auto", "cpu", "cuda"]
 CalibrationMode = Literal["none", "temperature", "prior-temperature", "balanced-temperature"]
+Fusion = Literal["concat", "metablock"]  # ft_multicnn: how the metadata meets the image features
+OptimizerName = Literal["adam", "adamw"]  # adam: weight_decay is an L2 term; adamw: decoupled, not on biases/norms
 
 
 @dataclass(slots=True)  # slots: setting a misspelt or renamed field (cfg.seed) is an error
@@ -95,6 +99,7 @@ class ModelConfig:
     weights: str | None = None  # a local .safetensors / .pth state dict for the backbone
     image_backbone: str | None = None  # ft_multicnn: None = the paper's three conv blocks
     use_meta: bool = True  # ft_multicnn: False drops the metadata branch (ablation)
+    fusion: Fusion = "concat"  # ft_multicnn: concat (the paper's) | metablock (metadata gates the image features)
     dropout: float = 0.3
     batchnorm: bool = True
     input: InputMode = "image"  # heatmap | overlay | masked: rendered from the cam section's maps
@@ -117,7 +122,8 @@ class TrainConfig:
     epochs: int = 50  # the paper's 50
     batch_size: int = 32  # the paper's 32
     lr: float = 1e-3  # Adam
-    weight_decay: float = 0.0
+    optimizer: OptimizerName = "adam"  # the paper's Adam; adamw decouples the weight decay (Loshchilov & Hutter)
+    weight_decay: float = 0.0  # adam: L2 in the gradient; adamw: decoupled, on weight matrices and kernels only
     schedule: Schedule = "none"
     warmup_epochs: int = 0
     balance: Balance = "weighted-loss"

@@ -3,6 +3,10 @@
 FT-MultiCNN = image branch (ConvBlocks 32/64/128 on a 128x128x3 input, flattened; or a
 registered backbone used as a pooled feature extractor) + metadata branch (Dense 64 +
 ReLU), concatenated, then [BatchNorm1d] + [Dropout] + Linear -> logits.
+
+``fusion="metablock"`` replaces the concatenation with a MetaBlock (Pacheco & Krohling,
+IEEE JBHI 2021): the metadata scales and shifts each pooled image feature through a gate,
+``sigmoid(tanh(f(meta) * x) + g(meta))``, and the head sees the gated image features only.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from torch import nn
 from .registry import Normalize, create_model, list_models, model_spec, register_model
 from .cnn import ConvBlocks
 
-__all__ = ["FTMultiCNN", "MetaMLP", "ft_multicnn", "meta_mlp"]
+__all__ = ["FTMultiCNN", "MetaBlock", "MetaMLP", "FUSIONS", "ft_multicnn", "meta_mlp"]
 
 META_HIDDEN = 64  # paper 3.5.2: Dense(64) on the metadata
+FUSIONS = ("concat", "metablock")  # how the metadata meets the image features
 
 
 def _check_meta(meta: torch.Tensor | None, meta_dim: int, batch: int | None) -> torch.Tensor:
@@ -27,11 +32,29 @@ def _check_meta(meta: torch.Tensor | None, meta_dim: int, batch: int | None) -> 
     return meta
 
 
+class MetaBlock(nn.Module):
+    """Metadata-gated image features: ``sigmoid(tanh(f(meta) * x) + g(meta))``, with f and g
+    Linear + BatchNorm1d maps from the metadata to the feature width (the MetaBlock of
+    Pacheco & Krohling 2021, applied to pooled features).
+
+    forward(x (B, F), meta (B, meta_dim)) -> (B, F) in (0, 1)."""
+
+    def __init__(self, n_features: int, meta_dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Sequential(nn.Linear(meta_dim, n_features), nn.BatchNorm1d(n_features))  # f
+        self.shift = nn.Sequential(nn.Linear(meta_dim, n_features), nn.BatchNorm1d(n_features))  # g
+
+    def forward(self, x: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(torch.tanh(self.scale(meta) * x) + self.shift(meta))
+
+
 class FTMultiCNN(nn.Module):
     """Image branch + metadata branch, concatenated, -> logits.
 
     forward(image (B, 3, S, S) float in [0, 1], meta (B, meta_dim) float) -> (B, num_classes).
     With use_meta=False the metadata branch is absent and meta is ignored (ablation).
+    ``fusion``: "concat" (the paper's: Dense(64) on the metadata, concatenated with the
+    image features) or "metablock" (the metadata gates the image features, see MetaBlock).
     """
 
     def __init__(
@@ -45,8 +68,11 @@ class FTMultiCNN(nn.Module):
         dropout: float = 0.3,
         batchnorm: bool = True,
         use_meta: bool = True,
+        fusion: str = "concat",
     ) -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r}: expected one of {', '.join(FUSIONS)}")
         if use_meta and meta_dim <= 0:
             raise ValueError("ft_multicnn needs meta_dim > 0 (or use_meta=False for an image-only ablation)")
         self.use_meta = use_meta
@@ -78,10 +104,15 @@ class FTMultiCNN(nn.Module):
             self.weights_source = self.image_branch.weights_source
         n_img = self.image_branch.num_features
 
-        self.meta_branch = (
-            nn.Sequential(nn.Linear(meta_dim, META_HIDDEN), nn.ReLU()) if use_meta else None
-        )
-        n_fused = n_img + (META_HIDDEN if use_meta else 0)
+        self.fusion = fusion if use_meta else "concat"
+        self.meta_branch: nn.Module | None = None
+        if use_meta and fusion == "metablock":
+            self.meta_branch = MetaBlock(n_img, meta_dim)
+            n_fused = n_img
+        else:
+            if use_meta:
+                self.meta_branch = nn.Sequential(nn.Linear(meta_dim, META_HIDDEN), nn.ReLU())
+            n_fused = n_img + (META_HIDDEN if use_meta else 0)
         self.fused_norm = nn.BatchNorm1d(n_fused) if batchnorm else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(n_fused, num_classes) if num_classes else nn.Identity()
@@ -95,8 +126,11 @@ class FTMultiCNN(nn.Module):
     def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         feats = self.image_branch(self.normalize(image))  # (B, F_img)
         if self.meta_branch is not None:
-            m = self.meta_branch(_check_meta(meta, self.meta_dim, image.shape[0]))  # (B, 64)
-            feats = torch.cat([feats, m], dim=1)  # (B, F_img + 64)
+            meta = _check_meta(meta, self.meta_dim, image.shape[0])
+            if self.fusion == "metablock":
+                feats = self.meta_branch(feats, meta)  # (B, F_img), gated
+            else:
+                feats = torch.cat([feats, self.meta_branch(meta)], dim=1)  # (B, F_img + 64)
         return self.head(self.dropout(self.fused_norm(feats)))  # (B, C)
 
 
@@ -141,6 +175,7 @@ def ft_multicnn(
     dropout: float = 0.3,
     batchnorm: bool = True,
     use_meta: bool = True,
+    fusion: str = "concat",
 ) -> FTMultiCNN:
     """FT-MultiCNN (paper 3.5). ``pretrained`` applies to ``image_backbone`` only."""
     return FTMultiCNN(
@@ -153,6 +188,7 @@ def ft_multicnn(
         dropout=dropout,
         batchnorm=batchnorm,
         use_meta=use_meta,
+        fusion=fusion,
     )
 
 

@@ -31,6 +31,8 @@ def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, A
         kw["input_size"] = image_size_for(cfg)  # the flatten layer fixes the input size
     if m.name == "ft_multicnn":
         kw.update(use_meta=m.use_meta, dropout=m.dropout, batchnorm=m.batchnorm)
+        if m.fusion != "concat":  # absent = concat, so bundles from before the option rebuild as they were
+            kw["fusion"] = m.fusion
         if m.image_backbone and m.image_backbone != "cnn":
             kw["image_backbone"] = m.image_backbone
     return kw

@@ -66,7 +66,7 @@ def resolve_init(spec: str | Path, root: Path | None = None) -> Path:
     return found[0]
 
 
-_ARCH_KEYS = ("image_backbone", "use_meta", "dropout", "batchnorm")
+_ARCH_KEYS = ("image_backbone", "use_meta", "dropout", "batchnorm", "fusion")
 
 
 def apply_init_architecture(cfg, bundle) -> list[str]:
@@ -86,6 +86,7 @@ def apply_init_architecture(cfg, bundle) -> list[str]:
     if name == "ft_multicnn":
         wanted.update({f"model.{k}": kw[k] for k in _ARCH_KEYS if k in kw})
         wanted.setdefault("model.image_backbone", None)
+        wanted.setdefault("model.fusion", "concat")
     changed = []
     for dotted, value in wanted.items():
         section, key = dotted.split(".")

@@ -55,6 +55,7 @@ __all__ = [
     "one_based_history",
     "fit",
     "is_main_process",
+    "make_optimizer",
     "train_one_epoch",
 ]
 
@@ -211,6 +212,8 @@ def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:
             raise ConfigError(f"train.{key}: expected one of {allowed}, got {getattr(cfg, key)!r}")
     if not 0.0 <= cfg.augment_strength <= 5.0:
         raise ConfigError(f"train.augment_strength: expected 0..5 (1 = the paper's recipe), got {cfg.augment_strength!r}")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        raise ConfigError(f"train.weight_decay: expected a finite value >= 0, got {cfg.weight_decay!r}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: expected 0 (off) or a decay in (0, 1), e.g. 0.998, got {cfg.ema_decay!r}")
     check_alpha("mixup_alpha", cfg.mixup_alpha)
@@ -316,11 +319,23 @@ class _Optimisation:
     ema: WeightEma | None  # train.ema_decay > 0: the weights validation scores and fit returns
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with ``weight_decay`` as an L2 term (the paper's optimiser), or AdamW with the decay
+    decoupled and applied to weight matrices and kernels only: biases and normalisation
+    scales (the 1-D parameters) are not decayed, as is usual for AdamW."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
 def _make_optimisation(model: nn.Module, labels: np.ndarray, cfg: TrainConfig, n_classes: int,
                        device: torch.device, amp: bool, higher_is_better: bool,
                        distill: bool = False, mixed: bool = False) -> _Optimisation:
     """Loss (class-weighted for balance=weighted-loss; mixed with the soft targets when
-    ``distill``; for class distributions with mixup/CutMix), Adam, the lr schedule, the AMP scaler and the weight average (with train.ema_decay > 0)."""
+    ``distill``; for class distributions with mixup/CutMix), Adam or AdamW, the lr schedule, the AMP scaler and the weight average (with train.ema_decay > 0)."""
     weight = class_weights(labels, n_classes).to(device) if cfg.balance == "weighted-loss" else None
     if distill:
         criterion = DistillLoss(cfg.distill_weight, cfg.distill_temperature, weight, cfg.label_smoothing)
@@ -328,7 +343,7 @@ def _make_optimisation(model: nn.Module, labels: np.ndarray, cfg: TrainConfig, n
         criterion = MixedTargetLoss(weight, cfg.label_smoothing)
     else:
         criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     scheduler = _make_scheduler(optimizer, cfg, "max" if higher_is_better else "min")
     ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     return _Optimisation(criterion, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), ema)
@@ -343,6 +358,9 @@ def _resume(ckpt_path: Path, cfg: TrainConfig, rank: int, model: nn.Module,
     if seed != cfg.init_seed:
         raise ConfigError(f"{ckpt_path} was trained with init seed {seed}, this run asks for "
                           f"init seed {cfg.init_seed}: resume with the same seed or use a new run directory")
+    if saved.get("optimizer", "adam") != cfg.optimizer:  # checkpoints before the option are Adam's
+        raise ConfigError(f"{ckpt_path} was trained with train.optimizer={saved.get('optimizer', 'adam')}, this run "
+                          f"asks for {cfg.optimizer}: resume with the same optimizer or use a new run directory")
     for name, obj in (("model", model), ("optimizer", opt.optimizer), ("scheduler", opt.scheduler),
                       ("scaler", opt.scaler)):
         obj.load_state_dict(ckpt[name])

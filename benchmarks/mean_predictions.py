@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dermfuse.runs.predictions_csv import (  # noqa: E402
-    classes_of, label_indices, probabilities, read_predictions, write_predictions)
+    align_predictions, classes_of, label_indices, probabilities, read_predictions, write_predictions)
 
 
 def main() -> None:
@@ -32,14 +32,10 @@ def main() -> None:
     y = label_indices(first, classes)
     probas = []
     for path in args.members:
-        df = read_predictions(path)
-        if classes_of(df) != classes:
-            sys.exit(f"{path}: classes {classes_of(df)}, expected {classes}")
-        if set(df["image_id"]) != set(ids) or len(df) != len(ids):
-            sys.exit(f"{path}: {len(df)} rows on other images than {args.members[0]} ({len(ids)} rows)")
-        df = df.set_index("image_id").loc[ids].reset_index()
-        if not np.array_equal(label_indices(df, classes), y):
-            sys.exit(f"{path}: labels differ from {args.members[0]}")
+        try:
+            df = align_predictions(first, read_predictions(path), path, args.members[0])
+        except ValueError as e:
+            sys.exit(str(e))
         probas.append(probabilities(df, classes, renormalise=True))
     write_predictions(args.out, ids, classes, y, np.mean(probas, axis=0))
     print(f"{args.out}: mean of {len(probas)} members on {len(ids)} images", file=sys.stderr)

@@ -27,7 +27,8 @@ from dermfuse.evaluation.metrics import (  # noqa: E402
     auc_macro, balanced_accuracy, group_resamples, melanoma_sensitivity, paired_bootstrap, sensitivity_at_specificity)
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from dermfuse.runs.cohort import load_cohort  # noqa: E402
-from dermfuse.runs.predictions_csv import classes_of, label_indices, probabilities, read_predictions  # noqa: E402
+from dermfuse.runs.predictions_csv import (  # noqa: E402
+    align_predictions, classes_of, label_indices, probabilities, read_predictions)
 
 
 def main() -> None:
@@ -38,16 +39,13 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--json")
     args = ap.parse_args()
-    a, b = read_predictions(args.a), read_predictions(args.b)
+    a = read_predictions(args.a)
+    try:
+        b = align_predictions(a, read_predictions(args.b), args.b, args.a)
+    except ValueError as e:
+        sys.exit(str(e))
     classes = classes_of(a)
-    if classes_of(b) != classes:
-        sys.exit(f"the two runs have different classes: {classes} vs {classes_of(b)}")
-    if set(a["image_id"]) != set(b["image_id"]):
-        sys.exit(f"the two files score different images ({len(a)} vs {len(b)} rows)")
-    b = b.set_index("image_id").loc[a["image_id"]].reset_index()
     y = label_indices(a, classes)
-    if not np.array_equal(y, label_indices(b, classes)):
-        sys.exit("the two files disagree on labels")
     lesions = load_cohort(args.data, None, True, False).table.set_index("image_id")["lesion_id"]
     groups = lesions.loc[a["image_id"]].to_numpy()
     pa, pb = probabilities(a, classes), probabilities(b, classes)

@@ -19,7 +19,7 @@ import pandas as pd
 from ..io import atomic_write
 
 __all__ = ["proba_columns", "write_predictions", "read_predictions", "probabilities", "label_indices",
-           "classes_of"]
+           "classes_of", "align_predictions"]
 
 PREFIX = "p_"
 
@@ -72,3 +72,20 @@ def label_indices(df: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
 def classes_of(df: pd.DataFrame) -> list[str]:
     """The classes a predictions table holds probabilities for, in column order."""
     return [c[len(PREFIX):] for c in df.columns if c.startswith(PREFIX)]
+
+
+def align_predictions(reference: pd.DataFrame, other: pd.DataFrame, name: str = "the second file",
+                      reference_name: str = "the first file") -> pd.DataFrame:
+    """``other``'s rows in ``reference``'s image order, for comparing or averaging two
+    predictions tables scored on the same images. ValueError, naming ``name``, where the two
+    differ in classes, in the images they score (or hold one twice) or in an image's label."""
+    classes = classes_of(reference)
+    if classes_of(other) != classes:
+        raise ValueError(f"{name}: classes {classes_of(other)}, {reference_name} has {classes}")
+    ids = reference["image_id"]
+    if len(other) != len(ids) or set(other["image_id"]) != set(ids) or ids.duplicated().any():
+        raise ValueError(f"{name}: {len(other)} rows on other images than {reference_name} ({len(ids)} rows)")
+    other = other.set_index("image_id").loc[ids].reset_index()
+    if not np.array_equal(label_indices(other, classes), label_indices(reference, classes)):
+        raise ValueError(f"{name}: labels differ from {reference_name}'s on the same images")
+    return other

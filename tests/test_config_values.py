@@ -46,6 +46,40 @@ def test_a_value_outside_its_literal_names_field_value_and_choices(doc, key):
         apply_overrides(RunConfig(), [f"{key}={bad}"])
 
 
+@pytest.mark.parametrize("key,value,error", [
+    ("data.image_size", "abc", "data.image_size: expected int, got 'abc'"),
+    ("data.image_size", "1.5", "data.image_size: expected int"),
+    ("train.max_steps_per_epoch", "many", "train.max_steps_per_epoch: expected int"),
+])
+def test_fields_whose_default_is_none_are_type_checked_too(key, value, error, tmp_path):
+    with pytest.raises(ConfigError, match=error):
+        apply_overrides(RunConfig(), [f"{key}={value}"])
+    path = tmp_path / "c.yaml"
+    section, name = key.split(".")
+    path.write_text(f"config_version: 2\n{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=key):
+        load_config(path)
+
+
+def test_text_fields_whose_default_is_none_keep_their_text():
+    cfg = apply_overrides(RunConfig(), ["model.weights=007", "data.image_size=96", "model.image_backbone=null"])
+    assert cfg.model.weights == "007" and cfg.data.image_size == 96 and cfg.model.image_backbone is None
+
+
+@pytest.mark.parametrize("override,error", [
+    ("data.image_size=4", "data.image_size: 4 px"),
+    ("train.weight_decay=-0.01", "train.weight_decay"),
+    ("train.weight_decay=.nan", "train.weight_decay"),
+    ("train.max_steps_per_epoch=0", "train.max_steps_per_epoch"),
+])
+def test_out_of_range_numbers_fail_before_any_image_is_read(override, error):
+    from dermfuse.runs.config_checks import check_config
+
+    cfg = apply_overrides(RunConfig(), [override])
+    with pytest.raises(ConfigError, match=error):
+        check_config(cfg)
+
+
 def test_version_1_split_name_in_a_version_2_config_says_what_it_is_now(tmp_path):
     (tmp_path / "c.yaml").write_text("config_version: 2\ndata:\n  split: image\n")
     with pytest.raises(ConfigError, match="image-leaky"):

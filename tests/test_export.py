@@ -71,6 +71,19 @@ def make_image_bundle(out: Path) -> Path:
                        training_data={"name": "untrained test bundle"})
 
 
+def make_metablock_bundle(out: Path) -> Path:
+    """FT-MultiCNN on Lite0 whose metadata gates the pooled features (model.fusion=metablock):
+    its Grad-CAM weights differ per image."""
+    torch.manual_seed(3)
+    enc = make_encoder()
+    kw = {**_fusion_kwargs(enc.n_features), "fusion": "metablock"}
+    net = create_model("ft_multicnn", pretrained=False, **kw).eval()
+    _randomise_bn(net)
+    return save_bundle(out, model=net, model_name="ft_multicnn", model_kwargs=kw, classes=list(HAM10000_CLASSES),
+                       encoder=enc, image_size=SIZE, tta=True, calibration=_calibration(),
+                       training_data={"name": "untrained test bundle"})
+
+
 def make_heatmap_bundle(out: Path) -> Path:
     """The paper's method: FT-MultiCNN (conv blocks) on jet heatmaps of a Lite0 CAM backbone."""
     torch.manual_seed(1)
@@ -125,7 +138,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     made = {}
     for name, make in (("image", make_image_bundle), ("heatmap", make_heatmap_bundle),
-                       ("ensemble", make_ensemble_bundle)):
+                       ("ensemble", make_ensemble_bundle), ("metablock", make_metablock_bundle)):
         b = make(root / f"{name}_bundle")
         if name == "image":
             update_bundle_info(b, trust=TRUST)
@@ -134,7 +147,7 @@ def exported(tmp_path_factory):
     return made
 
 
-@pytest.mark.parametrize("kind", ["image", "heatmap", "ensemble"])
+@pytest.mark.parametrize("kind", ["image", "heatmap", "ensemble", "metablock"])
 def test_onnx_probabilities_match_the_bundle_view_by_view_and_averaged(exported, kind):
     path, out = exported[kind]
     bundle = load_bundle(path)
@@ -153,7 +166,7 @@ def test_onnx_probabilities_match_the_bundle_view_by_view_and_averaged(exported,
     assert not np.allclose(onnx.predict(images, meta, calibrated=False), expected) or bundle.calibration.is_identity
 
 
-@pytest.mark.parametrize("kind", ["image", "ensemble"])
+@pytest.mark.parametrize("kind", ["image", "ensemble", "metablock"])
 def test_onnx_heatmaps_match_grad_cam_of_every_class(exported, kind):
     path, out = exported[kind]
     bundle = load_bundle(path)

@@ -33,8 +33,15 @@ def test_metablock_is_the_gate_of_its_formula():
         bn.running_mean.normal_()
         bn.running_var.uniform_(0.5, 2.0)
     x, meta = torch.randn(B, 6), torch.randn(B, META_DIM)
+
+    def linear_bn(seq: nn.Sequential) -> torch.Tensor:  # Linear then BatchNorm1d in eval, by hand
+        lin, bn = seq
+        z = meta @ lin.weight.T + lin.bias
+        return (z - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+
     with torch.no_grad():
-        f, g = block.scale(meta), block.shift(meta)
+        f, g = linear_bn(block.scale), linear_bn(block.shift)
+        assert f.shape == g.shape == (B, 6)
         want = 1 / (1 + torch.exp(-(torch.tanh(f * x) + g)))
         got = block(x, meta)
     assert torch.allclose(got, want, atol=1e-6)
@@ -145,6 +152,9 @@ def test_a_metablock_adamw_run_writes_a_bundle_that_rebuilds_and_exports(synth_s
     cfg = _cfg(synth_small, tmp_path / "run")
     cfg.model.fusion, cfg.train.optimizer, cfg.train.weight_decay = "metablock", "adamw", 0.05
     done = train_run(cfg, progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["config"]["optimizer"] == "adamw"
+    assert [g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]] == [0.05, 0.0]
     bundle = load_bundle(done.bundle)
     assert bundle.info["model"]["kwargs"]["fusion"] == "metablock"
     assert isinstance(bundle.model.meta_branch, MetaBlock)
@@ -172,3 +182,21 @@ def test_concat_bundles_keep_their_kwargs():
     assert "fusion" not in model_kwargs(cfg, N_CLASSES, META_DIM)
     cfg.model.fusion = "metablock"
     assert model_kwargs(cfg, N_CLASSES, META_DIM)["fusion"] == "metablock"
+
+
+def test_fine_tuning_takes_the_bundles_fusion():
+    """--init: the bundle's fusion wins over the config's, and a bundle without the key
+    (concat, or written before the option) resets a metablock config to concat."""
+    from types import SimpleNamespace
+
+    from dermfuse.training.finetune import apply_init_architecture
+
+    def bundle(**kw):
+        return SimpleNamespace(info={"model": {"name": "ft_multicnn", "kwargs": {"use_meta": True, **kw}}},
+                               input_mode="image", image_size=128, resize_method="bilinear")
+
+    cfg = RunConfig()
+    changed = apply_init_architecture(cfg, bundle(fusion="metablock"))
+    assert cfg.model.fusion == "metablock" and any("model.fusion" in c for c in changed)
+    changed = apply_init_architecture(cfg, bundle())
+    assert cfg.model.fusion == "concat" and any("'metablock' -> 'concat'" in c for c in changed)

@@ -212,11 +212,24 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """``value`` as the type of the field's default (YAML reads ``1e-3`` as a string)."""
-    if value is None or default is None or dataclasses.is_dataclass(default):
+@functools.lru_cache(maxsize=None)
+def _optional_scalars(cls: type) -> dict[str, type]:
+    """Fields typed ``int | None`` (or float / str / bool): their scalar type, so that a value
+    given for a field whose default is None is checked as the others are."""
+    out = {}
+    for name, hint in get_type_hints(cls).items():
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if type(None) in get_args(hint) and len(args) == 1 and args[0] in (int, float, str, bool):
+            out[name] = args[0]
+    return out
+
+
+def _coerce(key: str, value: Any, default: Any, kind: type | None = None) -> Any:
+    """``value`` as the type of the field's default, or ``kind`` for a field whose default is
+    None (YAML reads ``1e-3`` as a string; ``--set data.image_size=abc`` is an error)."""
+    if value is None or dataclasses.is_dataclass(default) or (default is None and kind is None):
         return value
-    kind = type(default)
+    kind = type(default) if default is not None else kind
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -242,8 +255,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
                           f"{'; '.join(renamed)} now")
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    defaults = cls()
-    return cls(**{k: _coerce(f"{where}.{k}", v, getattr(defaults, k)) for k, v in values.items()})
+    defaults, kinds = cls(), _optional_scalars(cls)
+    return cls(**{k: _coerce(f"{where}.{k}", v, getattr(defaults, k), kinds.get(k)) for k, v in values.items()})
 
 
 def _dotted(where: str, key: str) -> str:
@@ -330,11 +343,13 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> Ru
         key = parts[-1]
         if key not in {f.name for f in dataclasses.fields(target)}:
             raise ConfigError(f"unknown config key {dotted!r}")
-        current = getattr(target, key)
-        if isinstance(value, str) and not isinstance(current, str):
+        current, default = getattr(target, key), getattr(type(target)(), key)
+        kind = _optional_scalars(type(target)).get(key)  # for a field whose default is None
+        if isinstance(value, str) and (kind is str or isinstance(default, str)):
+            value = None if kind is str and value.lower() in ("", "null", "~") else value  # a path "007" stays text
+        elif isinstance(value, str) and not isinstance(current, str):
             value = yaml.safe_load(value)  # "7" -> 7, "false" -> False; _coerce checks the type
-        default = getattr(type(target)(), key)
-        setattr(target, key, _coerce(dotted, value, default if default is not None else current))
+        setattr(target, key, _coerce(dotted, value, default if default is not None else current, kind))
     return check_values(cfg)
 
 

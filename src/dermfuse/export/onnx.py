@@ -10,7 +10,10 @@ Graphs (one view per call, dynamic batch size, float32):
   in [0, 1]. Closed form: when the head is affine after global average pooling (a timm
   backbone, or FT-MultiCNN on one, whose BatchNorm1d in eval is affine too), the class score
   is ``sum_k W_ck mean(A_k) + b_c``, so Grad-CAM's channel weights are ``W_ck / (h w)`` and the
-  map needs no backward pass. A seed ensemble averages its members' maps of each class.
+  map needs no backward pass. FT-MultiCNN's MetaBlock gate (``model.fusion=metablock``) acts
+  on the pooled features too, so the gradient is still the same at every position: per image,
+  ``W_ck`` times the gate's derivative (`_Parts.weight`). A seed ensemble averages its
+  members' maps of each class.
 * ``cam.onnx`` (heatmap / overlay / masked bundles only): the bundle's CAM backbone,
   ``image`` (B, 3, S, S) in [0, 1] -> ``heatmap`` (B, S, S) of the backbone's predicted class
   (what the classifier's input is rendered from) and ``cam_probabilities`` (B, C).
@@ -64,8 +67,11 @@ def _onnx_modules():
 
 class _Parts(nn.Module):
     """A model split at its Grad-CAM layer: ``features(image) -> A (B, K, h, w)``,
-    ``head(A, meta) -> logits (B, C)`` and the effective class weights ``weight (C, K)`` of
-    the pooled features (head affine after global average pooling)."""
+    ``head(A, meta) -> logits (B, C)`` and ``weight(A, meta) -> (1 or B, C, K)``, the
+    gradient of each class score with respect to the pooled features. With a head affine
+    after global average pooling that is one matrix for every image; FT-MultiCNN's MetaBlock
+    gate makes it per image, but still the same at every position of A (it acts after the
+    pooling), so Grad-CAM keeps its closed form."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -79,24 +85,36 @@ class _Parts(nn.Module):
         x = image if self.fusion is None else self.fusion.normalize(image)
         return self.timm.net.forward_features(self.timm.normalize(x))  # (B, K, h, w)
 
+    def _gated(self) -> bool:
+        return self.fusion is not None and self.fusion.meta_branch is not None and self.fusion.fusion == "metablock"
+
     def head(self, feats: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
         pooled = self.timm.net.forward_head(feats)  # (B, K) features, or (B, C) logits of a plain backbone
         if self.fusion is None:
             return pooled
         f = self.fusion
-        if f.meta_branch is not None:
+        if self._gated():
+            pooled = f.meta_branch(pooled, meta)  # (B, K)
+        elif f.meta_branch is not None:
             pooled = torch.cat([pooled, f.meta_branch(meta)], dim=1)
         return f.head(f.dropout(f.fused_norm(pooled)))  # (B, C)
 
-    def weight(self) -> torch.Tensor:
+    def weight(self, feats: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
         if self.fusion is None:
-            return self.timm.net.get_classifier().weight  # (C, K)
+            return self.timm.net.get_classifier().weight[None]  # (1, C, K)
         f, k = self.fusion, self.timm.num_features
         w = f.head.weight[:, :k]
         if isinstance(f.fused_norm, nn.BatchNorm1d):  # eval: y = x * g / sqrt(var + eps) + ...
             bn = f.fused_norm
             w = w * (bn.weight[:k] / torch.sqrt(bn.running_var[:k] + bn.eps))[None, :]
-        return w
+        if not self._gated():
+            return w[None]  # (1, C, K)
+        # d sigmoid(tanh(a x) + b) / dx = s (1 - s) (1 - t^2) a, with a = scale(meta), b = shift(meta)
+        gate = f.meta_branch
+        a, b = gate.scale(meta), gate.shift(meta)  # (B, K)
+        t = torch.tanh(a * self.timm.net.forward_head(feats))
+        s = torch.sigmoid(t + b)
+        return w[None] * (s * (1 - s) * (1 - t * t) * a)[:, None, :]  # (B, C, K)
 
 
 def closed_form_parts(model: nn.Module) -> list[_Parts] | None:
@@ -166,7 +184,7 @@ class ClassifierGraph(nn.Module):
         for p in self.parts:  # one per ensemble member
             feats = p.features(image)
             probs.append(p.head(feats, meta).float().softmax(dim=1))
-            maps.append(_maps(feats, p.weight()[None], tuple(image.shape[-2:])))
+            maps.append(_maps(feats, p.weight(feats, meta), tuple(image.shape[-2:])))
         # an ensemble: mean of the members' probabilities, and of their maps of each class
         return torch.stack(probs).mean(0), torch.stack(maps).mean(0)
 
@@ -184,7 +202,7 @@ class CamGraph(nn.Module):
     def forward(self, image: torch.Tensor):
         feats = self.part.features(image)
         probs = self.part.head(feats, None).float().softmax(dim=1)  # (B, C)
-        w = self.part.weight()[probs.argmax(dim=1)][:, None, :]  # (B, 1, K) the predicted class's weights
+        w = self.part.weight(feats, None)[0][probs.argmax(dim=1)][:, None, :]  # (B, 1, K) the predicted class's weights
         return _maps(feats, w, tuple(image.shape[-2:]), self.method)[:, 0], probs
 
 

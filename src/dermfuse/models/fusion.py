@@ -4,9 +4,13 @@ FT-MultiCNN = image branch (ConvBlocks 32/64/128 on a 128x128x3 input, flattened
 registered backbone used as a pooled feature extractor) + metadata branch (Dense 64 +
 ReLU), concatenated, then [BatchNorm1d] + [Dropout] + Linear -> logits.
 
-``fusion="metablock"`` replaces the concatenation with a MetaBlock (Pacheco & Krohling,
-IEEE JBHI 2021): the metadata scales and shifts each pooled image feature through a gate,
-``sigmoid(tanh(f(meta) * x) + g(meta))``, and the head sees the gated image features only.
+``fusion="metablock"`` replaces the concatenation with a MetaBlock-style gate (after Pacheco
+& Krohling, IEEE JBHI 2021): the metadata scales and shifts each image feature,
+``sigmoid(tanh(f(meta) * x) + g(meta))``, and the head (BatchNorm1d, Dropout, Linear) sees
+the gated image features only. It differs from their reference code in two ways: one gate
+per feature (theirs: one per group of 32), and no reducer block (Linear 256 + BN + ReLU +
+Dropout) between the gate and the head. On the paper's conv blocks the features are the
+flattened map (128 * (S/8)^2), so f and g are that wide.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ def _check_meta(meta: torch.Tensor | None, meta_dim: int, batch: int | None) -> 
 class MetaBlock(nn.Module):
     """Metadata-gated image features: ``sigmoid(tanh(f(meta) * x) + g(meta))``, with f and g
     Linear + BatchNorm1d maps from the metadata to the feature width (the MetaBlock of
-    Pacheco & Krohling 2021, applied to pooled features).
+    Pacheco & Krohling 2021, one gate per feature). Its two BatchNorm1d layers are there
+    whatever ``batchnorm`` says (they are part of the block): training needs batches of 2+.
 
     forward(x (B, F), meta (B, meta_dim)) -> (B, F) in (0, 1)."""
 
@@ -163,7 +168,7 @@ class MetaMLP(nn.Module):
     default_size=128,
     uses_meta=True,
     pretrained_source="that of image_backbone (none for the default conv blocks)",
-    description="FT-MultiCNN: conv blocks (or a backbone) + metadata Dense(64), concatenated",
+    description="FT-MultiCNN: conv blocks (or a backbone) + metadata Dense(64), concatenated (or fusion=metablock: gated)",
 )
 def ft_multicnn(
     num_classes: int,

@@ -3,6 +3,7 @@ pass, the model's keyword arguments, its image size and the split's grouping."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..config import RunConfig, check_values
@@ -63,3 +64,10 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError(f"train.members {cfg.train.members!r}: expected 1 (one model) or more (a seed ensemble)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
         raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+    if not (cfg.train.weight_decay >= 0 and math.isfinite(cfg.train.weight_decay)):
+        raise ConfigError(f"train.weight_decay: expected a finite value >= 0, got {cfg.train.weight_decay!r}")
+    if cfg.data.image_size is not None and cfg.data.image_size < 8:
+        raise ConfigError(f"data.image_size: {cfg.data.image_size!r} px; expected at least 8 (the side of the "
+                          "square every image is resized to), or none for the model's default")
+    if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch < 1:
+        raise ConfigError(f"train.max_steps_per_epoch: expected >= 1 or none, got {cfg.train.max_steps_per_epoch!r}")

@@ -17,7 +17,7 @@ never from pooled rows, and equals the encoder fitted on the pooled training row
 
 Each round a client runs the existing training loop (`dermfuse.training.loop.fit`) for
 ``local_epochs`` epochs from the global weights, at the learning rate the central schedule
-has at that point (rounds x local epochs = central epochs), with a fresh Adam state. FedProx
+has at that point (rounds x local epochs = central epochs), with a fresh optimiser state (Adam or AdamW, train.optimizer). FedProx
 adds mu/2 ||w - w_global||^2 to the local loss as a gradient hook on the parameters
 (mu (w - w_global) added to each gradient), so the loop itself is unchanged.
 

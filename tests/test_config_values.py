@@ -47,8 +47,8 @@ def test_a_value_outside_its_literal_names_field_value_and_choices(doc, key):
 
 
 @pytest.mark.parametrize("key,value,error", [
-    ("data.image_size", "abc", "data.image_size: expected int, got 'abc'"),
-    ("data.image_size", "1.5", "data.image_size: expected int"),
+    ("data.image_size", "abc", r"data.image_size: expected a side in px \(128\) or \[height, width\].*got 'abc'"),
+    ("data.image_size", "1.5", r"data.image_size: expected a side in px"),
     ("train.max_steps_per_epoch", "many", "train.max_steps_per_epoch: expected int"),
 ])
 def test_fields_whose_default_is_none_are_type_checked_too(key, value, error, tmp_path):

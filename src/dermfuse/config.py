@@ -82,7 +82,7 @@ class DataConfig:
     path: str = ""  # data set folder or CSV ("" = synthetic demo data)
     format: str | None = None  # None = detect from the CSV columns
     column_map: dict[str, str] | None = None  # format 'generic': canonical name -> CSV column
-    image_size: int | None = None  # None = the model's default (128 for the paper's models)
+    image_size: int | list[int] | None = None  # a side (square) or [height, width]; None = the model's default
     resize_method: ResizeMethod = "bilinear"
     split: SplitName = "grouped"  # see SplitName; version-1 'lesion' is this one
     split_seed: int = 0  # which rows go to test / val / which fold (version 1: the top-level seed)
@@ -226,7 +226,7 @@ def _optional_scalars(cls: type) -> dict[str, type]:
 
 def _coerce(key: str, value: Any, default: Any, kind: type | None = None) -> Any:
     """``value`` as the type of the field's default, or ``kind`` for a field whose default is
-    None (YAML reads ``1e-3`` as a string; ``--set data.image_size=abc`` is an error)."""
+    None (YAML reads ``1e-3`` as a string; ``--set data.split_seed=abc`` is an error)."""
     if value is None or dataclasses.is_dataclass(default) or (default is None and kind is None):
         return value
     kind = type(default) if default is not None else kind
@@ -244,6 +244,29 @@ def _coerce(key: str, value: Any, default: Any, kind: type | None = None) -> Any
         raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
 
 
+def _coerce_image_size(key: str, value: Any) -> int | list[int] | None:
+    """data.image_size: a side in px (a square, the paper's squash) or [height, width]
+    (e.g. [120, 160], HAM10000's 4:3); '120x160' from the command line. Kept as an int or a
+    list, so the run's config.yaml stays plain YAML."""
+    from .image_size import parse_size, size_json
+
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "~", "none")):
+        return None
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = yaml.safe_load(value)  # --set data.image_size=[120,160]
+        except yaml.YAMLError:
+            pass
+    try:
+        return size_json(parse_size(value) if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a side in px (128) or [height, width] (e.g. [120, 160]), "
+                          f"got {value!r}") from None
+
+
+_FIELD_COERCERS = {"data.image_size": _coerce_image_size}  # fields of more than one type
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
@@ -256,7 +279,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
     defaults, kinds = cls(), _optional_scalars(cls)
-    return cls(**{k: _coerce(f"{where}.{k}", v, getattr(defaults, k), kinds.get(k)) for k, v in values.items()})
+    return cls(**{k: _FIELD_COERCERS[f"{where}.{k}"](f"{where}.{k}", v) if f"{where}.{k}" in _FIELD_COERCERS
+                  else _coerce(f"{where}.{k}", v, getattr(defaults, k), kinds.get(k)) for k, v in values.items()})
 
 
 def _dotted(where: str, key: str) -> str:
@@ -343,6 +367,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict[str, Any]) -> Ru
         key = parts[-1]
         if key not in {f.name for f in dataclasses.fields(target)}:
             raise ConfigError(f"unknown config key {dotted!r}")
+        if dotted in _FIELD_COERCERS:
+            setattr(target, key, _FIELD_COERCERS[dotted](dotted, value))
+            continue
         current, default = getattr(target, key), getattr(type(target)(), key)
         kind = _optional_scalars(type(target)).get(key)  # for a field whose default is None
         if isinstance(value, str) and (kind is str or isinstance(default, str)):

@@ -30,6 +30,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from .image_size import size_hw
+
 __all__ = [
     "PAPER_AUGMENTATION",
     "AugmentationStep",
@@ -138,10 +140,13 @@ def _uniform(lo: float, hi: float) -> float:
 
 
 class Transpose(_PixelTransform):
-    """Swap H and W with probability p. A non-square (3, H, W) image comes out (3, W, H)."""
+    """Swap H and W with probability p, for a square image. A non-square image (the native
+    4:3 aspect ratio, ``data.image_size: [h, w]``) is left as it is: its symmetries are the
+    flips alone, and a transposed (3, W, H) image would be squashed back to (3, H, W). The
+    draw is made either way, so the other steps' draws do not depend on the shape."""
 
     def _apply(self, img: torch.Tensor) -> torch.Tensor:
-        return transpose(img)
+        return transpose(img) if img.shape[-1] == img.shape[-2] else img
 
 
 class RandomBrightness(_PixelTransform):
@@ -305,9 +310,8 @@ def train_augmentation(size: int | tuple[int, int] | None = None, strength: floa
     transpose and the blur stay as they are. s = 1 is the paper's recipe exactly (same
     parameters, same random draws); ``dermfuse tune`` searches s.
 
-    Without `size` the output has the input's shape, except that Transpose swaps H and W of
-    a non-square image; with `size` (int or (h, w)) a final bilinear resize makes every
-    output that size. Normalize (/255) is not here: `to_input` does it for training and
+    Without `size` the output has the input's shape (Transpose leaves a non-square image as
+    it is); with `size` (int or (h, w)) a final bilinear resize makes every output that size. Normalize (/255) is not here: `to_input` does it for training and
     evaluation alike.
     """
     steps: list[v2.Transform] = [_BUILDERS[step.paper](step.params, step.p)
@@ -346,7 +350,7 @@ def _warp(images: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
 
 
 class BatchAugmentation:
-    """`train_augmentation` for a batch: uint8 (B, 3, S, S) on any device -> uint8 (B, 3, s, s).
+    """`train_augmentation` for a batch: uint8 (B, 3, H, W) on any device -> uint8 (B, 3, h, w).
 
     Every image draws its own parameters, from ``generator`` (a CPU `torch.Generator`, so a
     seed gives the same parameters on CPU and GPU; pixels agree up to float rounding in the
@@ -355,21 +359,24 @@ class BatchAugmentation:
     ShiftScaleRotate with the probabilities and ranges of `PAPER_AUGMENTATION`, in that
     order, then a resize to ``size`` if given. Each step gives what its per-image transform
     gives for the same parameters (the two warps up to float rounding in the resampling).
-    Images must be square, since Transpose would change a non-square batch's shape.
+    A non-square batch skips the transpose (as `Transpose` does) and shifts by a fraction
+    of its width across and of its height down (RandomAffine's ``translate``).
     """
 
     STEPS = ("Transpose", "VerticalFlip", "HorizontalFlip", "Rotate", "RandomBrightness", "RandomContrast",
              "GaussianBlur", "ShiftScaleRotate")  # the order `apply` runs them in
 
-    def __init__(self, size: int | None = None, strength: float = 1.0) -> None:
+    def __init__(self, size: int | tuple[int, int] | None = None, strength: float = 1.0) -> None:
         table = tuple(name for name, build in ((s.paper, _BUILDERS[s.paper]) for s in PAPER_AUGMENTATION) if build)
         if table != self.STEPS:
             raise ValueError(f"BatchAugmentation runs {self.STEPS}, but PAPER_AUGMENTATION lists {table}")
-        self.size = None if size is None else int(size)
+        self.size = None if size is None else size_hw(size)  # (h, w)
         self.strength = _check_strength(strength)  # as in `train_augmentation`
 
-    def sample(self, n: int, generator: torch.Generator | None = None, width: int = 128) -> dict[str, torch.Tensor]:
-        """Per-image parameters for ``n`` images ``width`` pixels wide (CPU tensors of length n)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, width: int = 128,
+               height: int | None = None) -> dict[str, torch.Tensor]:
+        """Per-image parameters for ``n`` images ``width`` x ``height`` pixels (height: the
+        width, a square, if not given); CPU tensors of length n."""
         def u(lo: float, hi: float) -> torch.Tensor:
             return torch.empty(n).uniform_(lo, hi, generator=generator)
 
@@ -380,7 +387,7 @@ class BatchAugmentation:
         rotate, bright, contrast = (r[k].params for k in ("Rotate", "RandomBrightness", "RandomContrast"))
         blur, affine = r["GaussianBlur"].params, r["ShiftScaleRotate"].params
         kernels = torch.tensor([k for k in range(blur["kernel_range"][0], blur["kernel_range"][1] + 1) if k % 2])
-        max_dx, max_dy = (t * width for t in affine["translate"])  # RandomAffine's: a fraction of the size
+        max_dx, max_dy = (t * side for t, side in zip(affine["translate"], (width, height or width)))  # RandomAffine's
         return {
             "transpose": coin(r["Transpose"].p), "vflip": coin(r["VerticalFlip"].p),
             "hflip": coin(r["HorizontalFlip"].p),
@@ -396,15 +403,16 @@ class BatchAugmentation:
 
     def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The recipe with the given per-image ``params`` (see `sample`)."""
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
-            raise ValueError(f"BatchAugmentation: expected square uint8 (B, 3, S, S), got {images.dtype} "
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"BatchAugmentation: expected uint8 (B, 3, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")
         p = {k: v.to(images.device) for k, v in params.items()}
 
         def on(key: str) -> torch.Tensor:
             return p[key].view(-1, 1, 1, 1)
 
-        x = torch.where(on("transpose"), images.transpose(-2, -1), images)
+        square = images.shape[-1] == images.shape[-2]  # a 4:3 batch has no transpose (see Transpose)
+        x = torch.where(on("transpose"), images.transpose(-2, -1), images) if square else images
         x = torch.where(on("vflip"), x.flip(-2), x)
         x = torch.where(on("hflip"), x.flip(-1), x)
         x = x.clone()
@@ -422,12 +430,13 @@ class BatchAugmentation:
         if (sel := p["affine"].nonzero().flatten()).numel():
             x[sel] = _warp(x[sel], _inverse_affine(p["affine_angle"][sel], p["tx"][sel], p["ty"][sel],
                                                    p["scale"][sel]))
-        if self.size is not None and self.size != x.shape[-1]:
-            x = F.resize(x, [self.size, self.size], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        if self.size is not None and self.size != tuple(x.shape[-2:]):
+            x = F.resize(x, list(self.size), interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
         return x
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.apply(images, self.sample(len(images), generator, width=images.shape[-1]))
+        return self.apply(images, self.sample(len(images), generator, width=images.shape[-1],
+                                              height=images.shape[-2]))
 
 
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,16 @@ def split_arg(text: str) -> str:
     return text
 
 
+def image_size_arg(text: str) -> int | list[int]:
+    """--image-size: '128' or '120x160' (height x width) -> data.image_size's int or [h, w]."""
+    from ..image_size import parse_size, size_json
+
+    try:
+        return size_json(parse_size(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_format_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="data set format (default: detected from the CSV columns)")
     p.add_argument("--column-map", type=column_map_arg, metavar="NAME=COLUMN,...",
@@ -61,7 +71,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--image-size", type=int, help="input size in px (default: the model's, 128 for the paper's)")
+    p.add_argument("--image-size", type=image_size_arg, metavar="S|HxW",
+                   help="input size in px: a side (128, a square, the paper's squash) or height x width "
+                        "(120x160 keeps HAM10000's 4:3); default: the model's, 128 for the paper's")
     p.add_argument("--split", type=split_arg, choices=choices(DataConfig, "split"),
                    help="grouped (default: by patient where the data set has patient ids, else by lesion), "
                         "lesion or patient (exactly that id), image-leaky (image-level, leaky)")

@@ -29,6 +29,7 @@ import pandas as pd
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from dermfuse.errors import DataError, InputError
+from dermfuse.image_size import size_hw
 from dermfuse.io import atomic_write_text, temp_path
 
 __all__ = [
@@ -234,19 +235,6 @@ def _decode(data: bytes, name: str) -> Image.Image:
     return img
 
 
-def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        h = w = int(size)
-    else:
-        try:
-            h, w = (int(s) for s in size)
-        except (TypeError, ValueError):
-            raise ValueError(f"size must be an int or (height, width), got {size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
-    return h, w
-
-
 def resize_image(
     img: Image.Image | np.ndarray, size: int | tuple[int, int], method: str = "bilinear"
 ) -> np.ndarray:
@@ -258,7 +246,7 @@ def resize_image(
     """
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize method {method!r} unknown; expected one of {sorted(RESIZE_METHODS)}")
-    h, w = _size_hw(size)
+    h, w = size_hw(size)
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"image array must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
@@ -312,7 +300,7 @@ def cache_key(table: pd.DataFrame, size: int | tuple[int, int] = 128, method: st
     _check_table(table)
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize method {method!r} unknown; expected one of {sorted(RESIZE_METHODS)}")
-    h, w = _size_hw(size)
+    h, w = size_hw(size)
     digest = hashlib.sha256(f"dermfuse-image-cache v{CACHE_FORMAT_VERSION}\n{h}x{w}\n{method}\n".encode())
     sha1s = table["sha1"] if "sha1" in table.columns else pd.Series([None] * len(table), index=table.index)
     for image_id, path, sha1 in zip(table["image_id"], table["path"], sha1s):
@@ -369,7 +357,7 @@ def build_cache(
     the same way, so an interrupted build never looks complete. Raises `DataError` for
     rows without a path and `InputError` (naming the file) for an image that cannot be read.
     """
-    h, w = _size_hw(size)
+    h, w = size_hw(size)
     key = cache_key(table, (h, w), method)
     folder = cache_root(cache_dir) / "images"
     npy, meta = folder / f"{key}.npy", folder / f"{key}.json"

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..image_size import size_hw
 from ..io import atomic_write_text
 from ..inference.bundle import load_bundle
 from ..explain.render import jet_lut
@@ -234,16 +235,20 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
 
 
 def _views(bundle) -> list[dict[str, str]]:
+    """The test-time views `dermfuse.preprocess.tta_views` takes: the transpose for a square
+    input only (a (height, width) bundle has the four flips)."""
     views = [{"name": "identity", "numpy": "x"}]
     if bundle.tta:
         views += [{"name": "hflip", "numpy": "x[..., ::-1]"}, {"name": "vflip", "numpy": "x[..., ::-1, :]"},
-                  {"name": "hvflip", "numpy": "x[..., ::-1, ::-1]"},
-                  {"name": "transpose", "numpy": "x.transpose(0, 1, 3, 2)", "only": "square inputs (always here)"}]
+                  {"name": "hvflip", "numpy": "x[..., ::-1, ::-1]"}]
+        h, w = size_hw(bundle.image_size)
+        if h == w:
+            views.append({"name": "transpose", "numpy": "x.transpose(0, 1, 3, 2)", "only": "square inputs"})
     return views
 
 
 def _spec(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool, int8: bool) -> dict[str, Any]:
-    info, s = bundle.info, bundle.image_size
+    info, (h, w) = bundle.info, size_hw(bundle.image_size)
     cal = bundle.calibration
     graphs: dict[str, Any] = {"classifier": _classifier_graph(bundle, files, uses_meta, heatmaps)}
     if bundle.input_mode != "image":
@@ -259,7 +264,9 @@ def _spec(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool, int8: 
         "graphs": graphs,
         "preprocessing": {
             "decode": "any image file -> RGB (EXIF orientation as PIL leaves it, alpha dropped)",
-            "resize": {"size": [s, s], "method": bundle.resize_method, "aspect": "squashed, not kept",
+            "resize": {"size": [h, w], "order": "height, width", "method": bundle.resize_method,
+                       "aspect": "squashed to this size, not kept" if h == w else
+                                 "squashed to this size (height x width): kept for a picture of that aspect ratio",
                        "library": "PIL Image.resize (antialiased when shrinking), uint8 result"},
             "scale": "float32(uint8) / 255, no mean/std: the graph normalises inside",
             "layout": "NCHW, RGB",
@@ -289,8 +296,8 @@ def _spec(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool, int8: 
 
 def _classifier_graph(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool) -> dict[str, Any]:
     """export.json's entry for classifier.onnx: its file, int8 copy, inputs and outputs."""
-    s, c = bundle.image_size, len(bundle.classes)
-    inputs = [{"name": "image", "shape": ["batch", 3, s, s], "dtype": "float32",
+    (h, w), c = size_hw(bundle.image_size), len(bundle.classes)
+    inputs = [{"name": "image", "shape": ["batch", 3, h, w], "dtype": "float32",
                "meaning": "RGB, NCHW, uint8 / 255 in [0, 1]"
                           + ("" if bundle.input_mode == "image" else f"; the {bundle.input_mode} rendering, see render")}]
     if uses_meta:
@@ -298,18 +305,18 @@ def _classifier_graph(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: 
                        "meaning": "metadata features, see metadata"})
     outputs = [{"name": "probabilities", "shape": ["batch", c], "meaning": "softmax of this view, before calibration"}]
     if heatmaps:
-        outputs.append({"name": "heatmaps", "shape": ["batch", c, s, s],
+        outputs.append({"name": "heatmaps", "shape": ["batch", c, h, w],
                         "meaning": "Grad-CAM of each class (closed form), each map in [0, 1]; take the reported class"})
     return {"file": files["classifier"], "int8": files.get("classifier_int8"), "inputs": inputs, "outputs": outputs}
 
 
 def _cam_graph(bundle, files: dict[str, Any]) -> dict[str, Any]:
     """export.json's entry for cam.onnx (heatmap-input bundles)."""
-    s, c = bundle.image_size, len(bundle.classes)
+    (h, w), c = size_hw(bundle.image_size), len(bundle.classes)
     return {"file": files["cam"], "int8": files.get("cam_int8"),
-            "inputs": [{"name": "image", "shape": ["batch", 3, s, s], "dtype": "float32",
+            "inputs": [{"name": "image", "shape": ["batch", 3, h, w], "dtype": "float32",
                         "meaning": "the resized picture, RGB, NCHW, uint8 / 255"}],
-            "outputs": [{"name": "heatmap", "shape": ["batch", s, s],
+            "outputs": [{"name": "heatmap", "shape": ["batch", h, w],
                          "meaning": f"{bundle.cam_method} map of the CAM backbone's predicted class, in [0, 1]"},
                         {"name": "cam_probabilities", "shape": ["batch", c],
                          "meaning": "the CAM backbone's own softmax (not the answer)"}]}
@@ -326,7 +333,7 @@ def _render(bundle) -> dict[str, Any]:
             "m = cam.onnx(image)['heatmap']  # on the un-flipped picture, once per picture",
             "m = rint(m * 255) / 255  # the 256 levels the maps are cached at (round half to even)",
             "scaled = (m - m.min()) / (m.max() - m.min())  (0 where the map is constant), per picture",
-            "colour = jet_lut[floor(255 * scaled) as uint8]  # (S, S, 3) uint8 RGB",
+            "colour = jet_lut[floor(255 * scaled) as uint8]  # (H, W, 3) uint8 RGB",
             {"heatmap": "input = colour",
              "overlay": f"input = uint8(clip(rint((1 - {OVERLAY_ALPHA}) * picture + {OVERLAY_ALPHA} * colour)))",
              "masked": "input = uint8(rint(picture * m[..., None]))"}[bundle.input_mode],
@@ -360,11 +367,11 @@ def export_onnx(bundle_path: str | Path, out: str | Path, int8: bool = False, op
     bundle = load_bundle(bundle_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    s = bundle.image_size
+    h, w = size_hw(bundle.image_size)
     uses_meta = bundle.model_meta_dim > 0
     heatmaps = closed_form_parts(bundle.model) is not None
     graph = ClassifierGraph(bundle.model, uses_meta, heatmaps).eval()
-    image = torch.rand(2, 3, s, s)
+    image = torch.rand(2, 3, h, w)
     meta = torch.zeros(2, bundle.model_meta_dim)
     args = (image, meta) if uses_meta else (image,)
     inputs = ["image", "meta"] if uses_meta else ["image"]

@@ -26,6 +26,7 @@ from .. import __version__
 from ..evaluation.calibrate import Calibration
 from ..data.encode import MetadataEncoder
 from ..errors import BundleError
+from ..image_size import Size, canonical_size, size_hw, size_json, size_text
 from .trust import load_trust
 from ..io import atomic_write, atomic_write_text
 from ..models import create_model
@@ -58,7 +59,7 @@ class Bundle:
     model: nn.Module
     classes: list[str]
     encoder: MetadataEncoder
-    image_size: int
+    image_size: Size  # an int side (square) or (height, width); see dermfuse.image_size
     resize_method: str = "bilinear"
     input_mode: str = "image"  # image | heatmap | overlay | masked
     cam_model: nn.Module | None = None  # sees the classifier's input (image_size)
@@ -101,7 +102,7 @@ def save_bundle(
     model_kwargs: dict[str, Any],
     classes: list[str],
     encoder: MetadataEncoder,
-    image_size: int,
+    image_size: Size,
     resize_method: str = "bilinear",
     input_mode: str = "image",
     cam_model: nn.Module | None = None,
@@ -131,7 +132,7 @@ def save_bundle(
         "classes": list(classes),
         "encoder": encoder.to_dict(),
         "preprocessing": {
-            "image_size": int(image_size),
+            "image_size": size_json(image_size),  # an int for a square, else [height, width]
             "resize_method": resize_method,
             "scale": "uint8 / 255; the model normalises internally",
             "input": input_mode,
@@ -204,25 +205,35 @@ def read_bundle_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def _declared_size(where: Path, key: str, value: Any) -> Size:
+    """A size bundle.json declares (an int, or [height, width]) as `canonical_size`; a
+    BundleError names the key otherwise."""
+    try:
+        return canonical_size(value)
+    except ValueError:
+        raise BundleError(f"{where}: {key} is {value!r}; expected a side in px or [height, width]") from None
+
+
 def _check_fits(path: Path, info: dict[str, Any], model: nn.Module, encoder: MetadataEncoder,
                 cam: dict[str, Any] | None) -> None:
     """bundle.json against the weights it ships: input size, metadata width, classes vs the
     network's output (one forward pass of zeros). A mismatch is a BundleError naming both."""
     where = path / META_FILE
     kwargs = info["model"]["kwargs"]
-    size = int(info["preprocessing"]["image_size"])
+    size = _declared_size(where, "preprocessing.image_size", info["preprocessing"]["image_size"])
+    h, w = size_hw(size)
     declared = kwargs.get("input_size", kwargs.get("member_kwargs", {}).get("input_size"))
-    if declared and int(declared) != size:
-        raise BundleError(f"{where}: preprocessing.image_size is {size} but the model was built for "
-                          f"input_size {declared}")
+    if declared and _declared_size(where, "model.kwargs.input_size", declared) != size:
+        raise BundleError(f"{where}: preprocessing.image_size is {size_text(size)} but the model was built for "
+                          f"input_size {size_text(declared)}")
     if cam:  # the CAM backbone gets the classifier's input; older bundles say so in cam.image_size
         old_size, cam_declared = cam.get("image_size"), cam.get("kwargs", {}).get("input_size")
-        if old_size is not None and int(old_size) != size:
-            raise BundleError(f"{where}: cam.image_size is {old_size} but preprocessing.image_size is {size}; "
-                              "the CAM backbone is given the classifier's input, so they must agree")
-        if cam_declared and int(cam_declared) != size:
-            raise BundleError(f"{where}: the CAM backbone was built for input_size {cam_declared} but it is "
-                              f"given the classifier's {size}x{size} input (preprocessing.image_size)")
+        if old_size is not None and _declared_size(where, "cam.image_size", old_size) != size:
+            raise BundleError(f"{where}: cam.image_size is {old_size} but preprocessing.image_size is "
+                              f"{size_text(size)}; the CAM backbone is given the classifier's input, so they must agree")
+        if cam_declared and _declared_size(where, "cam.kwargs.input_size", cam_declared) != size:
+            raise BundleError(f"{where}: the CAM backbone was built for input_size {size_text(cam_declared)} but "
+                              f"it is given the classifier's {h}x{w} input (preprocessing.image_size)")
     meta_dim = int(kwargs.get("meta_dim", kwargs.get("member_kwargs", {}).get("meta_dim", 0)) or 0)
     if meta_dim not in (0, encoder.n_features):
         raise BundleError(f"{where}: the model takes {meta_dim} metadata features but the encoder "
@@ -231,10 +242,10 @@ def _check_fits(path: Path, info: dict[str, Any], model: nn.Module, encoder: Met
     device = next(model.parameters()).device
     try:
         with torch.inference_mode():
-            logits = model(torch.zeros(1, 3, size, size, device=device),
+            logits = model(torch.zeros(1, 3, h, w, device=device),
                            torch.zeros(1, meta_dim, device=device))
     except (RuntimeError, ValueError) as e:
-        raise BundleError(f"{where}: the model does not run on a {size}x{size} image with {meta_dim} "
+        raise BundleError(f"{where}: the model does not run on a {h}x{w} image with {meta_dim} "
                           f"metadata features ({str(e)[:200]})") from None
     if logits.ndim != 2 or logits.shape[1] != n_classes:
         raise BundleError(f"{where}: lists {n_classes} classes ({', '.join(map(str, info['classes']))}) "
@@ -262,7 +273,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             model=model,
             classes=list(info["classes"]),
             encoder=encoder,
-            image_size=int(pre["image_size"]),
+            image_size=canonical_size(pre["image_size"]),  # checked by _check_fits
             resize_method=pre.get("resize_method", "bilinear"),
             input_mode=pre.get("input", "image"),
             cam_model=cam_model,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..image_size import Size, size_hw
+
 __all__ = ["SYNTHETIC_KINDS", "SKIMAGE_PHOTOS", "synthetic_ood", "skimage_photos", "design_photos"]
 
 SYNTHETIC_KINDS = ("flat", "noise", "gradient", "text")
@@ -19,33 +21,37 @@ SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "chelsea", "coffee", "coins", "c
                   "text", "clock", "brick", "grass", "gravel", "microaneurysms")
 
 
-def _text_image(rng: np.random.Generator, size: int) -> np.ndarray:
+def _text_image(rng: np.random.Generator, size: Size) -> np.ndarray:
+    h, w = size_hw(size)
     bg = tuple(int(v) for v in rng.integers(0, 256, 3))
     fg = tuple(255 - v for v in bg)
-    img = Image.new("RGB", (size, size), bg)
+    img = Image.new("RGB", (w, h), bg)
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     words = ["dermfuse", "lesion", "hello", "2026", "ABCDEF", "scan", "report", "page 3"]
-    for row in range(0, size, 12):
+    for row in range(0, h, 12):
         draw.text((int(rng.integers(0, 8)), row), " ".join(rng.choice(words, 4)), fill=fg, font=font)
     return np.asarray(img)
 
 
-def synthetic_ood(size: int, n_per_kind: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
-    """kind -> (n, size, size, 3) uint8 for each of SYNTHETIC_KINDS; 'flat' includes mid grey."""
+def synthetic_ood(size: Size, n_per_kind: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """kind -> (n, h, w, 3) uint8 for each of SYNTHETIC_KINDS at ``size`` (a side or (h, w));
+    'flat' includes mid grey."""
+    h, w = size_hw(size)
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     flat = rng.integers(0, 256, (n_per_kind, 1, 1, 3))
     flat[0] = 128  # the flat grey of the acceptance test
-    out["flat"] = np.broadcast_to(flat, (n_per_kind, size, size, 3)).astype(np.uint8).copy()
+    out["flat"] = np.broadcast_to(flat, (n_per_kind, h, w, 3)).astype(np.uint8).copy()
     noise = []
     for i in range(n_per_kind):
         if i % 2:
-            noise.append(rng.integers(0, 256, (size, size, 3)))
+            noise.append(rng.integers(0, 256, (h, w, 3)))
         else:
-            noise.append(np.clip(rng.normal(rng.uniform(60, 200), rng.uniform(10, 60), (size, size, 3)), 0, 255))
+            noise.append(np.clip(rng.normal(rng.uniform(60, 200), rng.uniform(10, 60), (h, w, 3)), 0, 255))
     out["noise"] = np.stack(noise).astype(np.uint8)
-    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    yy, xx = yy / max(h - 1, 1), xx / max(w - 1, 1)
     grads = []
     for _ in range(n_per_kind):
         a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
@@ -59,8 +65,8 @@ def synthetic_ood(size: int, n_per_kind: int = 20, seed: int = 0) -> dict[str, n
     return out
 
 
-def skimage_photos(size: int, method: str = "bilinear") -> dict[str, np.ndarray]:
-    """name -> (size, size, 3) uint8 for the skimage.data pictures that load offline (empty
+def skimage_photos(size: Size, method: str = "bilinear") -> dict[str, np.ndarray]:
+    """name -> (h, w, 3) uint8 for the skimage.data pictures that load offline (empty
     without scikit-image), resized like every input (`dermfuse.data.cache.resize_image`)."""
     from ..data.cache import resize_image
 
@@ -108,8 +114,8 @@ def _sample_pictures() -> list[np.ndarray]:
     return pics
 
 
-def design_photos(size: int, crops: int = 7, seed: int = 1, method: str = "bilinear") -> np.ndarray:
-    """(n, size, size, 3) uint8: each sample picture of scikit-learn and matplotlib whole and
+def design_photos(size: Size, crops: int = 7, seed: int = 1, method: str = "bilinear") -> np.ndarray:
+    """(n, h, w, 3) uint8: each sample picture of scikit-learn and matplotlib whole and
     as ``crops`` random square crops (30-90 % of its shorter side), resized like every input.
     Used to choose the OOD score, never to measure it."""
     from ..data.cache import resize_image
@@ -123,4 +129,4 @@ def design_photos(size: int, crops: int = 7, seed: int = 1, method: str = "bilin
             side = int(min(h, w) * rng.uniform(0.3, 0.9))
             y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
             out.append(resize_image(np.ascontiguousarray(pic[y0:y0 + side, x0:x0 + side]), size, method))
-    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+    return np.stack(out) if out else np.zeros((0, *size_hw(size), 3), np.uint8)

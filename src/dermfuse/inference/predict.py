@@ -46,7 +46,7 @@ class Prediction:
 
 
 def prepare_image(bundle: Bundle, source: str | Path | bytes) -> np.ndarray:
-    """Decode and resize one image exactly as the training cache did → (S, S, 3) uint8.
+    """Decode and resize one image exactly as the training cache did → (H, W, 3) uint8.
     Raises InputError for a file that is missing, not an image, corrupt or too large."""
     return Predictor.from_bundle(bundle).prepare_image(source)
 

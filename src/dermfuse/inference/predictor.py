@@ -33,6 +33,7 @@ from ..evaluation.calibrate import Calibration
 from ..data.cache import load_image, resize_image
 from ..data.encode import MetadataEncoder
 from ..errors import InputError
+from ..image_size import Size, canonical_size
 from ..models.ensemble import Ensemble
 from ..preprocess import to_input, tta_views
 from .trust import Assessment, Trust
@@ -143,7 +144,7 @@ class Predictor:
     """Inference for one model with its preprocessing; build it with :meth:`from_bundle`
     or from in-memory parts (tests, training code)."""
 
-    def __init__(self, model: nn.Module, classes: Sequence[str], encoder: MetadataEncoder, image_size: int,
+    def __init__(self, model: nn.Module, classes: Sequence[str], encoder: MetadataEncoder, image_size: Size,
                  *, meta_dim: int | None = None, resize_method: str = "bilinear", input_mode: str = "image",
                  cam_model: nn.Module | None = None, cam_method: str = "gradcam",
                  calibration: Calibration | None = None, tta: bool = False, trust: Trust | None = None,
@@ -153,7 +154,7 @@ class Predictor:
         self.model = model.eval()
         self.classes = list(classes)
         self.encoder = encoder
-        self.image_size = int(image_size)
+        self.image_size = canonical_size(image_size)  # an int side, or (height, width)
         self.meta_dim = int(getattr(model, "meta_dim", 0) if meta_dim is None else meta_dim)
         self.resize_method = resize_method
         self.input_mode = input_mode
@@ -185,7 +186,7 @@ class Predictor:
         return self.input_mode != "image" or getattr(self.model, "cam_layer", None) is not None
 
     def prepare_image(self, source: str | Path | bytes) -> np.ndarray:
-        """Decode and resize one image exactly as the training cache did -> (S, S, 3) uint8.
+        """Decode and resize one image exactly as the training cache did -> (H, W, 3) uint8.
         Raises InputError for a file that is missing, not an image, corrupt or too small/large."""
         return resize_image(load_image(source), self.image_size, self.resize_method)
 
@@ -209,7 +210,7 @@ class Predictor:
             decide: Callable[[np.ndarray], np.ndarray] | None = None) -> Output:
         """Probabilities (and on request features, explanation maps) for N images.
 
-        images: (N, S, S, 3) uint8 at ``image_size``; meta: (N, meta_dim) float32 from
+        images: (N, H, W, 3) uint8 at ``image_size``; meta: (N, meta_dim) float32 from
         :meth:`encode_meta`. ``targets``: the class to explain (one name/index for all, or
         one index per image; None: each image's predicted class). Features are needed by
         the trust part's out-of-distribution score and are tapped from the same passes.

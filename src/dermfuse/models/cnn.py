@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..image_size import canonical_size, size_hw
 from .registry import Normalize, register_model
 
 __all__ = ["ConvBlocks", "PlainCNN", "cnn"]
@@ -20,21 +21,23 @@ __all__ = ["ConvBlocks", "PlainCNN", "cnn"]
 class ConvBlocks(nn.Module):
     """Conv blocks -> flattened features.
 
-    image: (B, in_channels, S, S) with S = ``input_size`` -> (B, num_features),
-    num_features = channels[-1] * (S // 2**len(channels))**2 (128 * 16 * 16 for S = 128).
+    image: (B, in_channels, H, W) with (H, W) = ``input_size`` (an int S for S x S) ->
+    (B, num_features), num_features = channels[-1] * (H // 2**n) * (W // 2**n) for n =
+    len(channels) (128 * 16 * 16 for S = 128).
     Each block: Conv 3x3 (padding 1) [+ BatchNorm] + ReLU + MaxPool 2.
     """
 
     def __init__(
         self,
-        input_size: int = 128,
+        input_size: int | tuple[int, int] = 128,
         channels: Sequence[int] = (32, 64, 128),
         in_channels: int = 3,
         batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        side = input_size // 2 ** len(channels)
-        if side < 1:
+        h, w = size_hw(input_size)
+        side_h, side_w = h // 2 ** len(channels), w // 2 ** len(channels)
+        if min(side_h, side_w) < 1:
             raise ValueError(
                 f"input_size {input_size} is too small for {len(channels)} pooling blocks; "
                 f"expected at least {2 ** len(channels)}"
@@ -51,8 +54,9 @@ class ConvBlocks(nn.Module):
             blocks.append(nn.Sequential(layers))
             c_in = c_out
         self.blocks = nn.Sequential(*blocks)
-        self.input_size = input_size
-        self.num_features = c_in * side * side
+        self.input_size = canonical_size(input_size)  # an int side or (h, w)
+        self._hw = (h, w)
+        self.num_features = c_in * side_h * side_w
 
     @property
     def cam_layer(self) -> nn.Module:
@@ -60,10 +64,10 @@ class ConvBlocks(nn.Module):
         return self.blocks[-1].act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.input_size, self.input_size):
+        if tuple(x.shape[-2:]) != self._hw:
             raise ValueError(
                 f"image of size {tuple(x.shape[-2:])}; this conv branch was built for "
-                f"{self.input_size}x{self.input_size} (pass input_size= to create_model)"
+                f"{self._hw[0]}x{self._hw[1]} (pass input_size= to create_model)"
             )
         return self.blocks(x).flatten(1)  # (B, num_features)
 

@@ -9,6 +9,7 @@ from typing import Any
 from ..config import RunConfig, check_values
 from ..data.splits import SPLIT_GROUPING, SPLIT_LABELS
 from ..errors import ConfigError
+from ..image_size import Size, canonical_size, size_hw, size_json
 from ..models import model_spec
 
 __all__ = ["check_config", "model_kwargs", "image_size_for", "split_by", "split_label"]
@@ -29,7 +30,7 @@ def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, A
     m = cfg.model
     kw: dict[str, Any] = {"num_classes": num_classes, "meta_dim": meta_dim}
     if m.name == "cnn" or (m.name == "ft_multicnn" and m.image_backbone in (None, "", "cnn")):
-        kw["input_size"] = image_size_for(cfg)  # the flatten layer fixes the input size
+        kw["input_size"] = size_json(image_size_for(cfg))  # the flatten layer fixes the input size
     if m.name == "ft_multicnn":
         kw.update(use_meta=m.use_meta, dropout=m.dropout, batchnorm=m.batchnorm)
         if m.fusion != "concat":  # absent = concat, so bundles from before the option rebuild as they were
@@ -39,9 +40,10 @@ def model_kwargs(cfg: RunConfig, num_classes: int, meta_dim: int) -> dict[str, A
     return kw
 
 
-def image_size_for(cfg: RunConfig) -> int:
+def image_size_for(cfg: RunConfig) -> Size:
+    """The classifier's input: an int side (a square) or (height, width); see `dermfuse.image_size`."""
     if cfg.data.image_size:
-        return int(cfg.data.image_size)
+        return canonical_size(cfg.data.image_size)
     name = cfg.model.image_backbone if cfg.model.name == "ft_multicnn" and cfg.model.image_backbone else cfg.model.name
     size = model_spec(name).default_size
     return int(size or 128)
@@ -66,8 +68,8 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
     if not (cfg.train.weight_decay >= 0 and math.isfinite(cfg.train.weight_decay)):
         raise ConfigError(f"train.weight_decay: expected a finite value >= 0, got {cfg.train.weight_decay!r}")
-    if cfg.data.image_size is not None and cfg.data.image_size < 8:
-        raise ConfigError(f"data.image_size: {cfg.data.image_size!r} px; expected at least 8 (the side of the "
-                          "square every image is resized to), or none for the model's default")
+    if cfg.data.image_size is not None and min(size_hw(cfg.data.image_size)) < 8:
+        raise ConfigError(f"data.image_size: {cfg.data.image_size!r} px; expected at least 8 a side (a square "
+                          "side, or [height, width]), or none for the model's default")
     if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch < 1:
         raise ConfigError(f"train.max_steps_per_epoch: expected >= 1 or none, got {cfg.train.max_steps_per_epoch!r}")

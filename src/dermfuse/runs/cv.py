@@ -53,6 +53,7 @@ from ..training.distributed import is_main_process
 from ..training.loop import EPOCH_BASE, training_device
 from .cohort import Cohort, cohort_for
 from .holdout import select_part
+from ..image_size import Size, size_json, size_text
 from .config_checks import image_size_for, split_by, split_label
 from .cv_report import collect, read_plan, render_summary
 from .cv_stats import LEAKY
@@ -366,7 +367,7 @@ class _Runner:
         atomic_write_text(path, json.dumps(plan, indent=2, default=str))
 
     # -- inputs shared by the variants of one fold
-    def cache(self, size: int) -> CachedImages:
+    def cache(self, size: Size) -> CachedImages:
         if size not in self._caches:
             self._caches[size] = build_cache(self.cohort.table, size=size, method=self.cfg.data.resize_method,
                                              progress=self.progress)
@@ -381,7 +382,7 @@ class _Runner:
                                       seed=self.cfg.data.split_seed, by=split_by(split))
         return train, val, np.flatnonzero(folds == k)
 
-    def maps(self, split: str, k: int, size: int) -> np.ndarray:
+    def maps(self, split: str, k: int, size: Size) -> np.ndarray:
         """The fold's heatmaps (N, H, W) in [0, 1]: the CAM backbone is fine-tuned on this
         fold's training rows only, once per fold; maps.npy keeps them for later jobs."""
         key = (split, k, size)
@@ -390,7 +391,7 @@ class _Runner:
         from ..training.heatmap_stage import heatmap_stage
 
         name = _V1_FOLDER_NAMES.get(split, split) if self.v1_dir else split
-        folder = self.run_dir / "_cam" / f"{name}-fold{k}-{size}px"
+        folder = self.run_dir / "_cam" / f"{name}-fold{k}-{size_text(size)}px"
         path = folder / "maps.npy"
         if path.exists():
             maps = np.load(path).astype(np.float32) / 255.0
@@ -399,7 +400,7 @@ class _Runner:
             train, val, _ = self.split_rows(split, k)
             stage_cfg = copy.deepcopy(self.cfg)
             stage_cfg.model.input = "image"  # render nothing here: each variant renders its own mode
-            stage_cfg.data.image_size = size
+            stage_cfg.data.image_size = size_json(size)
             if self.progress:
                 console.print(f"[bold]fold {k}[/bold]: fine-tuning CAM backbone {self.cfg.cam.backbone} "
                               f"on {len(train)} training images")

@@ -33,6 +33,7 @@ from PIL import Image
 from rich.progress import Progress
 from torch import nn
 
+from ..image_size import Size, size_hw, size_json, size_text
 from ..io import atomic_write_text
 from ..explain import faithfulness as fm
 from ..inference.bundle import Bundle, load_bundle
@@ -65,8 +66,8 @@ def explained_network(bundle: Bundle) -> tuple[nn.Module, bool, str]:
     return model.eval(), True, f"the classifier ({bundle.info['model']['name']}, image input)"
 
 
-def _spatial_shapes(net: nn.Module, size: int, meta_dim: int) -> dict[str, tuple[int, int]]:
-    """(h, w) of every named module's 4-D output for one (1, 3, size, size) input, in call order."""
+def _spatial_shapes(net: nn.Module, size: Size, meta_dim: int) -> dict[str, tuple[int, int]]:
+    """(h, w) of every named module's 4-D output for one input of ``size``, in call order."""
     shapes: dict[str, tuple[int, int]] = {}
     handles = []
     for name, mod in net.named_modules():
@@ -76,14 +77,14 @@ def _spatial_shapes(net: nn.Module, size: int, meta_dim: int) -> dict[str, tuple
         handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            net(torch.zeros(1, 3, size, size), torch.zeros(1, meta_dim) if meta_dim else None)
+            net(torch.zeros(1, 3, *size_hw(size)), torch.zeros(1, meta_dim) if meta_dim else None)
     finally:
         for h in handles:
             h.remove()
     return shapes
 
 
-def earlier_layer(net: nn.Module, size: int, meta_dim: int = 0) -> tuple[str, nn.Module, tuple[int, int]] | None:
+def earlier_layer(net: nn.Module, size: Size, meta_dim: int = 0) -> tuple[str, nn.Module, tuple[int, int]] | None:
     """The last module (in call order) whose output has twice the target layer's resolution:
     (name, module, (h, w)), or None where there is none."""
     shapes = _spatial_shapes(net, size, meta_dim)
@@ -98,18 +99,19 @@ def earlier_layer(net: nn.Module, size: int, meta_dim: int = 0) -> tuple[str, nn
     return name, net.get_submodule(name), shapes[name]
 
 
-def load_masks(root: Path, image_ids: Sequence[str], size: int) -> np.ndarray | None:
-    """Lesion masks (N, size, size) bool from ``root/masks/<image_id>.png``, squash-resized
+def load_masks(root: Path, image_ids: Sequence[str], size: Size) -> np.ndarray | None:
+    """Lesion masks (N, h, w) bool from ``root/masks/<image_id>.png``, squash-resized
     like the images; None when the folder is absent. A missing mask is an error (named)."""
     folder = Path(root) / "masks"
     if not folder.is_dir():
         return None
-    out = np.zeros((len(image_ids), size, size), bool)
+    h, w = size_hw(size)
+    out = np.zeros((len(image_ids), h, w), bool)
     for i, image_id in enumerate(image_ids):
         path = folder / f"{image_id}.png"
         if not path.is_file():
             raise DataError(f"{folder} has no mask for image {image_id!r} (expected {path.name})")
-        mask = Image.open(path).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        mask = Image.open(path).convert("L").resize((w, h), Image.Resampling.BILINEAR)
         out[i] = np.asarray(mask) >= 128
     return out
 
@@ -185,7 +187,7 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
     masks = load_masks(Path(cohort.read.root), table["image_id"].astype(str).tolist(), size)
     meta_all = (torch.as_tensor(bundle.encode_table(table)[:, : bundle.model_meta_dim]) if takes_meta else None)
     meta_dim = 0 if meta_all is None else meta_all.shape[1]
-    pad = max(1, size // 8) if pad is None else int(pad)
+    pad = max(1, min(size_hw(size)) // 8) if pad is None else int(pad)
     run = _Run(net=net, names=list(methods) + [RANDOM], last_shape=_spatial_shapes(net, size, meta_dim)[_cam_layer_name(net)],
                early=earlier_layer(net, size, meta_dim), steps=steps, fill=fill, band=band, pad=pad, seed=seed,
                batch_size=batch_size)
@@ -201,7 +203,7 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
     result: dict[str, Any] = {
         "bundle": str(bundle_path), "model_id": bundle.model_id, "network": what, "data": str(data_path),
         "rows": "all clean rows" if split_file is None else f"part {part!r} of {split_file}",
-        "images": n, "lesions": int(len(np.unique(groups))), "image_size": size,
+        "images": n, "lesions": int(len(np.unique(groups))), "image_size": size_json(size),
         "synthetic": bool(cohort.synthetic), "masks": masks is not None,
         "lesion_area": None if masks is None else fm.lesion_bootstrap(masks.mean((1, 2)), groups, n_boot, seed=seed),
         "border_area": float(fm.border_band((size, size), band).mean()),
@@ -415,7 +417,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result["masks"]:
         keys += ["energy_in_lesion", "pointing_game"]
     lines = [f"Model {result['model_id']}, {result['network']}; {result['images']} images of {result['lesions']} lesions "
-             f"({result['rows']}), {result['image_size']} px. Mean [95% lesion-bootstrap interval].", "",
+             f"({result['rows']}), {size_text(result['image_size'])} px. Mean [95% lesion-bootstrap interval].", "",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for m, s in result["methods"].items():
         lines.append(f"| {m} | " + " | ".join(_cell(s.get(k), 1 if k in ("average_drop", "increase_in_confidence")

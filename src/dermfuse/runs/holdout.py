@@ -181,7 +181,7 @@ def _write_scores(run_dir: Path, cfg: RunConfig, done: Trained, metrics: dict[st
 
 
 def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Trained, cam_model, cam_info: dict,
-                     size: int, metrics: dict[str, Any], n_train: int, n_val: int) -> Path:
+                     size: int | tuple[int, int], metrics: dict[str, Any], n_train: int, n_val: int) -> Path:
     model_name, kwargs = cfg.model.name, done.kwargs
     if cfg.train.members > 1:
         model_name, kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": done.kwargs,

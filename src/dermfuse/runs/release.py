@@ -30,6 +30,7 @@ import torch
 from .. import CLASS_NAMES, __version__
 from ..inference.bundle import META_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
 from ..errors import DataError
+from ..image_size import Size, size_hw, size_text
 from ..inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPULATION_LIMITS
 from ..inference.ood_images import design_photos, skimage_photos, synthetic_ood
 from ..inference.predictor import Predictor, channel_stats, ood_layers, stat_taps
@@ -184,7 +185,7 @@ def _fit_trust(engine: Predictor, bundle, images: np.ndarray, meta: np.ndarray, 
     return trust, ood.score(val_out.proba, val_f[ood.layer or "pooled"])
 
 
-def _measure_ood(engine: Predictor, ood, val_scores: np.ndarray, unknown: np.ndarray, size: int, method: str,
+def _measure_ood(engine: Predictor, ood, val_scores: np.ndarray, unknown: np.ndarray, size: Size, method: str,
                  in_distribution: str) -> dict[str, Any]:
     """AUROCs of the OOD score between the validation images and other non-lesion images
     (synthetic seed 1, scikit-image photographs), and the share of each group flagged."""
@@ -216,12 +217,15 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
 
     td = info.get("training_data", {})
     synthetic = bool(td.get("synthetic", False))
+    h, w = size_hw(info["preprocessing"]["image_size"])
+    resized = (f"square size, {h}x{w}, aspect ratio not kept" if h == w else
+               f"{h}x{w} (height x width): an image of that aspect ratio keeps it, others are squashed")
     cmd = train_command or (f"dermfuse train {cfg.data.path} --config {run_dir / 'config.yaml'} --out {run_dir}")
     return {
         "schema": CARD_SCHEMA,
         "name": f"dermfuse {info['model']['name']}"
                 + (f" + {info['model']['kwargs'].get('image_backbone')}" if info['model']['kwargs'].get('image_backbone') else "")
-                + f", {info['preprocessing']['image_size']} px, image + metadata",
+                + f", {size_text(info['preprocessing']['image_size'])} px, image + metadata",
         "model_id": info.get("model_id"),
         "version": __version__,
         "task": "7-class skin-lesion classification from a dermoscopic image and age, sex, body site",
@@ -235,7 +239,7 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
                         "path": td.get("path", data_path), "n_train": td.get("n_train"),
                         "n_val": trust.fitted_on.get("val_rows"), "synthetic": synthetic,
                         "licence": "CC BY-NC 4.0"},
-        "data_type": "dermoscopic RGB image (any size >= 32 px, squashed to the model's square size) + "
+        "data_type": f"dermoscopic RGB image (any size >= 32 px, resized to the model's {resized}) + "
                      "age (years), sex, body site",
         "image_classes": {c: CLASS_NAMES.get(c, c) for c in info.get("classes", [])},
         "population_limits": POPULATION_LIMITS,
@@ -244,7 +248,7 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
                      "epochs": cfg.train.epochs, "calibration": cfg.train.calibration, "tta": cfg.train.tta},
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "RGB", "num_channels": 3,
-                                 "spatial_shape": [info["preprocessing"]["image_size"]] * 2,
+                                 "spatial_shape": list(size_hw(info["preprocessing"]["image_size"])),
                                  "value_range": [0, 1], "preprocessing": info["preprocessing"]},
                        "metadata": {"fields": ["age", "sex", "site"], "missing": "empty or 'unknown'"}},
             "outputs": {"pred": {"type": "probabilities", "num_channels": len(info.get("classes", [])),

@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import CLASS_NAMES, __version__
 from ..constants import AGE_RANGE
 from ..errors import InputError
+from ..image_size import size_json
 from ..inference.bundle import Bundle, load_bundle
 from ..inference.card import model_card
 from .batcher import Batcher
@@ -282,7 +283,7 @@ def _model_info(bundle: Bundle, batcher: Batcher, default_point: str) -> dict[st
         "sexes": list(bundle.encoder.sexes),
         "sites": list(bundle.encoder.sites),
         "age_range": list(AGE_RANGE),
-        "image_size": bundle.image_size,
+        "image_size": size_json(bundle.image_size),  # a side (square) or [height, width]
         "input_mode": bundle.input_mode,
         "max_upload_bytes": MAX_UPLOAD_BYTES,
         "metrics": info.get("metrics", {}),

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..data.encode import UNKNOWN, MetadataEncoder
 from ..errors import BundleError, ConfigError, DataError
+from ..image_size import size_json
 
 __all__ = ["RELEASED", "released_dir", "resolve_init", "apply_init_architecture", "check_classes",
            "extend_encoder", "load_matching", "encoder_summary"]
@@ -81,7 +82,7 @@ def apply_init_architecture(cfg, bundle) -> list[str]:
     if bundle.input_mode != "image":
         raise ConfigError(f"--init: the bundle takes {bundle.input_mode!r} input (heatmaps from its own CAM "
                           "backbone); fine-tuning supports image-input bundles only")
-    wanted: dict[str, Any] = {"model.name": name, "model.input": "image", "data.image_size": bundle.image_size,
+    wanted: dict[str, Any] = {"model.name": name, "model.input": "image", "data.image_size": size_json(bundle.image_size),
                               "data.resize_method": bundle.resize_method}
     if name == "ft_multicnn":
         wanted.update({f"model.{k}": kw[k] for k in _ARCH_KEYS if k in kw})

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..explain.heatmap_input import cached_maps, render_input
+from ..image_size import size_json
 from ..io import atomic_write, atomic_write_text
 from ..models import create_model
 from .distributed import is_main_process
@@ -43,7 +44,7 @@ def heatmap_stage(cfg, table: pd.DataFrame, y: np.ndarray, classes: list[str], i
     name = cfg.cam.backbone
     kwargs: dict[str, Any] = {"num_classes": len(classes), "meta_dim": 0}
     if name == "cnn":
-        kwargs["input_size"] = int(images.shape[1])
+        kwargs["input_size"] = size_json(images.shape[1:3])
     torch.manual_seed(cfg.train.init_seed)  # initial weights independent of what ran before in this process
     cam_model = create_model(name, pretrained=cfg.model.pretrained, **kwargs)
     tcfg = replace(cfg.train, epochs=cfg.cam.epochs, lr=cfg.cam.lr, patience=max(2, cfg.cam.epochs // 2))

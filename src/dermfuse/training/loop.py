@@ -198,11 +198,7 @@ def training_device(name: str) -> torch.device:
 def _augment_on_device(cfg: TrainConfig, device: torch.device, train: ArrayDataset) -> bool:
     """Whether the recipe runs per batch on ``device`` (train.augment_on: device, or auto on
     CUDA, where per-image augmentation in the CPU workers leaves the GPU waiting)."""
-    square = train.images.shape[1] == train.images.shape[2]
-    if cfg.augment_on == "device" and not square:
-        raise ConfigError(f"train.augment_on='device' needs square images, got {train.images.shape[1]}x"
-                          f"{train.images.shape[2]}; use 'workers'")
-    return cfg.augment_on == "device" or (cfg.augment_on == "auto" and device.type == "cuda" and square)
+    return cfg.augment_on == "device" or (cfg.augment_on == "auto" and device.type == "cuda")
 
 
 def _check(cfg: TrainConfig, train: ArrayDataset, classes: list[str]) -> None:

@@ -236,6 +236,9 @@ async function init() {
     showError(`Could not load the model description: ${err.message}`);
     return;
   }
+  // the figures show what the model sees: its input's aspect ratio (a side, or [height, width])
+  const [h, w] = Array.isArray(model.image_size) ? model.image_size : [model.image_size, model.image_size];
+  document.documentElement.style.setProperty("--aspect", `${w} / ${h}`);
   fillSelect($("sex"), model.sexes);
   fillSelect($("site"), model.sites);
   $("age").min = model.age_range[0];

@@ -588,15 +588,18 @@ def test_channels_last_step_of_the_lite0_ft_multicnn_is_exact_in_float64():
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
 
 
-def test_resume_refuses_another_optimizer_and_another_seed(tmp_path):
+def test_resume_refuses_another_optimizer_seed_lr_or_weight_decay(tmp_path):
     """A checkpoint's optimizer state fits only the optimizer that wrote it; the error says so
-    (rather than a state-dict mismatch, or Adam moments silently read as AdamW's)."""
+    (rather than a state-dict mismatch, or Adam moments silently read as AdamW's). Its saved
+    lr and weight decay would silently win over new ones, so those are refused too."""
     images, meta, labels = make_task(48, seed=3)
     data = ArrayDataset(images, meta, labels)
     cfg = TrainConfig(epochs=1, batch_size=16, augment=False, early_stopping="none")
     fit(TinyNet(), data, None, cfg, CLASSES, run_dir=tmp_path, progress=False)
     cfg.epochs = 2
-    for change, match in ((dict(optimizer="adamw"), "train.optimizer=adam"), (dict(init_seed=5), "init seed 0")):
+    for change, match in ((dict(optimizer="adamw"), "train.optimizer=adam"), (dict(init_seed=5), "init seed 0"),
+                          (dict(weight_decay=0.1), r"train.weight_decay=0.0, this run asks for 0.1"),
+                          (dict(lr=0.5), r"train.lr=0.001, this run asks for 0.5")):
         other = TrainConfig(**{**{k: getattr(cfg, k) for k in ("epochs", "batch_size", "augment", "early_stopping")},
                                **change})
         with pytest.raises(ConfigError, match=match):

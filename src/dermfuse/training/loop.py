@@ -357,6 +357,11 @@ def _resume(ckpt_path: Path, cfg: TrainConfig, rank: int, model: nn.Module,
     if saved.get("optimizer", "adam") != cfg.optimizer:  # checkpoints before the option are Adam's
         raise ConfigError(f"{ckpt_path} was trained with train.optimizer={saved.get('optimizer', 'adam')}, this run "
                           f"asks for {cfg.optimizer}: resume with the same optimizer or use a new run directory")
+    for key in ("lr", "weight_decay"):  # the optimiser's state would silently bring back the saved value
+        if key in saved and float(saved[key]) != float(getattr(cfg, key)):
+            raise ConfigError(f"{ckpt_path} was trained with train.{key}={saved[key]}, this run asks for "
+                              f"{getattr(cfg, key)}; the checkpoint's optimiser state would keep the old value: "
+                              "resume with the same setting or use a new run directory")
     for name, obj in (("model", model), ("optimizer", opt.optimizer), ("scheduler", opt.scheduler),
                       ("scaler", opt.scaler)):
         obj.load_state_dict(ckpt[name])

@@ -193,3 +193,30 @@ def test_the_service_tells_the_page_its_height_and_width(wide_run):
     with TestClient(create_app(wide_run.bundle)) as client:
         body = client.get("/model").json()
     assert body["image_size"] == [H, W]
+
+
+def test_explain_eval_scores_a_4_3_bundle(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _bundles import make_bundle
+
+    from dermfuse.data.synth import make_synthetic
+    from dermfuse.runs.explain_eval import explain_eval
+
+    data = make_synthetic(tmp_path / "data", n=14, seed=2, masks=True)
+    bundle = make_bundle(tmp_path / "bundle", model="ft_multicnn", image_size=(24, 32))
+    res = explain_eval(bundle, data, methods=["gradcam"], n_images=6, steps=4, n_boot=20, batch_size=3,
+                       progress=False)
+    assert res["image_size"] == [24, 32] and res["images"] == 6
+    assert 0 < res["border_area"] < 1
+    assert 0 <= res["methods"]["gradcam"]["deletion_auc"]["mean"] <= 1
+
+
+def test_data_augment_previews_at_the_runs_size(synth_small, tmp_path):
+    from dermfuse.cli import main
+
+    out = tmp_path / "aug.png"
+    assert main(["data", "augment", str(synth_small), "--n", "2", "--image-size", "48x64", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import TrainConfig, choices
 from .output import err, out, print_holdout
-from .parser import add_format_options
+from .parser import add_format_options, image_size_arg
 
 
 def add_data(sub) -> None:
@@ -30,6 +30,8 @@ def add_data(sub) -> None:
     p.add_argument("path")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=4)
+    p.add_argument("--image-size", type=image_size_arg, default=128, metavar="S|HxW",
+                   help="the size the samples are resized to first, as a run's data.image_size (default 128)")
     add_format_options(p)
     p = dsub.add_parser("synth", help="write a SYNTHETIC HAM10000-layout data set")
     p.add_argument("out")
@@ -84,7 +86,7 @@ def _data_augment(args: argparse.Namespace, table, report, summary: dict) -> int
     from ..preprocess import plot_augmentations
 
     rows = table.groupby("label").head(1).head(args.n)
-    imgs = np.stack([resize_image(load_image(p), 128) for p in rows["path"]])
+    imgs = np.stack([resize_image(load_image(p), args.image_size) for p in rows["path"]])
     save_figure(plot_augmentations(imgs), args.out)
     err.print(f"wrote {args.out}")
     return 0

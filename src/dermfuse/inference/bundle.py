@@ -229,7 +229,7 @@ def _check_fits(path: Path, info: dict[str, Any], model: nn.Module, encoder: Met
     if cam:  # the CAM backbone gets the classifier's input; older bundles say so in cam.image_size
         old_size, cam_declared = cam.get("image_size"), cam.get("kwargs", {}).get("input_size")
         if old_size is not None and _declared_size(where, "cam.image_size", old_size) != size:
-            raise BundleError(f"{where}: cam.image_size is {old_size} but preprocessing.image_size is "
+            raise BundleError(f"{where}: cam.image_size is {size_text(old_size)} but preprocessing.image_size is "
                               f"{size_text(size)}; the CAM backbone is given the classifier's input, so they must agree")
         if cam_declared and _declared_size(where, "cam.kwargs.input_size", cam_declared) != size:
             raise BundleError(f"{where}: the CAM backbone was built for input_size {size_text(cam_declared)} but "

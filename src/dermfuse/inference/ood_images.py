@@ -116,10 +116,12 @@ def _sample_pictures() -> list[np.ndarray]:
 
 def design_photos(size: Size, crops: int = 7, seed: int = 1, method: str = "bilinear") -> np.ndarray:
     """(n, h, w, 3) uint8: each sample picture of scikit-learn and matplotlib whole and
-    as ``crops`` random square crops (30-90 % of its shorter side), resized like every input.
-    Used to choose the OOD score, never to measure it."""
+    as ``crops`` random crops of the input's aspect ratio (square for a square input; their
+    height 30-90 % of the picture's shorter side, less where the width would not fit),
+    resized like every input. Used to choose the OOD score, never to measure it."""
     from ..data.cache import resize_image
 
+    th, tw = size_hw(size)
     rng = np.random.default_rng(seed)
     out = []
     for pic in _sample_pictures():
@@ -127,6 +129,9 @@ def design_photos(size: Size, crops: int = 7, seed: int = 1, method: str = "bili
         h, w = pic.shape[:2]
         for _ in range(crops):
             side = int(min(h, w) * rng.uniform(0.3, 0.9))
-            y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            out.append(resize_image(np.ascontiguousarray(pic[y0:y0 + side, x0:x0 + side]), size, method))
+            ch, cw = side, max(1, round(side * tw / th))
+            if cw > w:  # a wide crop of a tall picture: shrink both sides
+                ch, cw = max(1, round(w * th / tw)), w
+            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            out.append(resize_image(np.ascontiguousarray(pic[y0:y0 + ch, x0:x0 + cw]), size, method))
     return np.stack(out) if out else np.zeros((0, *size_hw(size), 3), np.uint8)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dermfuse.errors import ConfigError
+from ..image_size import canonical_size
 from .registry import Normalize, register_model
 from .weights import LoadReport, head_keys, load_weights, read_state_dict
 
@@ -76,7 +77,7 @@ class TimmBackbone(nn.Module):
         cfg = self.net.pretrained_cfg
         self.normalize = Normalize(cfg["mean"], cfg["std"])
         self.arch = arch
-        self.input_size = input_size
+        self.input_size = canonical_size(input_size)  # an int side or (h, w); bundle.json gives a list
         self.num_features: int = self.net.num_features
         self.weights_source = "imagenet:timm" if pretrained_timm else "random"
         self._cam_name = cam_layer

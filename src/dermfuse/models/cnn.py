@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..image_size import canonical_size, size_hw
+from ..image_size import canonical_size, size_hw, size_text
 from .registry import Normalize, register_model
 
 __all__ = ["ConvBlocks", "PlainCNN", "cnn"]
@@ -39,7 +39,7 @@ class ConvBlocks(nn.Module):
         side_h, side_w = h // 2 ** len(channels), w // 2 ** len(channels)
         if min(side_h, side_w) < 1:
             raise ValueError(
-                f"input_size {input_size} is too small for {len(channels)} pooling blocks; "
+                f"input_size {size_text(input_size)} is too small for {len(channels)} pooling blocks; "
                 f"expected at least {2 ** len(channels)}"
             )
         blocks = []
@@ -82,7 +82,7 @@ class PlainCNN(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        input_size: int = 128,
+        input_size: int | tuple[int, int] = 128,
         batchnorm: bool = False,
         dropout: float = 0.0,
     ) -> None:
@@ -109,7 +109,7 @@ def cnn(
     num_classes: int,
     meta_dim: int = 0,
     pretrained: bool = False,
-    input_size: int = 128,
+    input_size: int | tuple[int, int] = 128,
     batchnorm: bool = False,
     dropout: float = 0.0,
 ) -> PlainCNN:

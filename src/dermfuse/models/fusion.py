@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..image_size import canonical_size
 from .registry import Normalize, create_model, list_models, model_spec, register_model
 from .cnn import ConvBlocks
 
@@ -66,7 +67,7 @@ class FTMultiCNN(nn.Module):
         self,
         num_classes: int,
         meta_dim: int,
-        input_size: int = 128,
+        input_size: int | tuple[int, int] = 128,
         image_backbone: str | None = None,
         pretrained: bool = True,
         backbone_weights: str | None = None,
@@ -82,7 +83,7 @@ class FTMultiCNN(nn.Module):
             raise ValueError("ft_multicnn needs meta_dim > 0 (or use_meta=False for an image-only ablation)")
         self.use_meta = use_meta
         self.meta_dim = meta_dim if use_meta else 0
-        self.input_size = input_size
+        self.input_size = canonical_size(input_size)  # an int side or (h, w); bundle.json gives a list
         self.image_backbone = image_backbone or "cnn"
 
         if self.image_backbone == "cnn":
@@ -174,7 +175,7 @@ def ft_multicnn(
     num_classes: int,
     meta_dim: int = 0,
     pretrained: bool = True,
-    input_size: int = 128,
+    input_size: int | tuple[int, int] = 128,
     image_backbone: str | None = None,
     backbone_weights: str | None = None,
     dropout: float = 0.3,

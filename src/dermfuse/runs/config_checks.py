@@ -68,7 +68,12 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
     if not (cfg.train.weight_decay >= 0 and math.isfinite(cfg.train.weight_decay)):
         raise ConfigError(f"train.weight_decay: expected a finite value >= 0, got {cfg.train.weight_decay!r}")
-    if cfg.data.image_size is not None and min(size_hw(cfg.data.image_size)) < 8:
+    try:  # a config built in Python skips the YAML / --set coercion
+        small = cfg.data.image_size is not None and min(size_hw(cfg.data.image_size)) < 8
+    except ValueError:
+        raise ConfigError(f"data.image_size: {cfg.data.image_size!r}; expected a side in px (128) or "
+                          "[height, width] (e.g. [120, 160])") from None
+    if small:
         raise ConfigError(f"data.image_size: {cfg.data.image_size!r} px; expected at least 8 a side (a square "
                           "side, or [height, width]), or none for the model's default")
     if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch < 1:

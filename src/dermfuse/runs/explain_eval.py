@@ -206,7 +206,7 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
         "images": n, "lesions": int(len(np.unique(groups))), "image_size": size_json(size),
         "synthetic": bool(cohort.synthetic), "masks": masks is not None,
         "lesion_area": None if masks is None else fm.lesion_bootstrap(masks.mean((1, 2)), groups, n_boot, seed=seed),
-        "border_area": float(fm.border_band((size, size), band).mean()),
+        "border_area": float(fm.border_band(size_hw(size), band).mean()),
         **run.summary(groups, n_boot),
         "settings": {"methods": list(methods), "steps": steps, "band": band, "pad": pad, "n_boot": n_boot,
                      "seed": seed, "fill": fill,

@@ -212,6 +212,24 @@ def test_a_worker_with_another_config_cannot_join_the_study(data, tmp_path):
                  "--set", "train.balance=none"]) == 2  # error: ... started with another config
 
 
+def test_a_study_begun_before_a_config_field_existed_can_be_joined(data, tmp_path):
+    """A field added to the config since (train.optimizer here) takes its default in the
+    stored config, so the same command joins; asking for another value is still refused."""
+    import optuna
+
+    out, space = tmp_path / "tune", str(_space(tmp_path))
+    assert main(["-q", "tune", str(data), "--trials", "0", "--out", str(out), "--space", space, *FAST]) == 0
+    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(storage=storage, study_name=name)
+    old = study.user_attrs["config"]
+    del old["train"]["optimizer"]  # what a study begun before the option recorded
+    study.set_user_attr("config", old)
+    assert main(["-q", "tune", str(data), "--trials", "0", "--out", str(out), "--space", space, *FAST]) == 0
+    assert main(["-q", "tune", str(data), "--trials", "0", "--out", str(out), "--space", space, *FAST,
+                 "--set", "train.optimizer=adamw"]) == 2
+
+
 def test_search_space_defaults_and_errors(tmp_path):
     space = load_space()
     assert {"train.lr", "train.batch_size", "train.weight_decay", "model.dropout",

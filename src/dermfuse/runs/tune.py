@@ -358,8 +358,9 @@ def _join_study(study: Any, mine: dict[str, Any], url: str, name: str) -> None:
     with other ones."""
     for key, value in mine.items():
         theirs = study.user_attrs.get(key)
-        if key == "config" and theirs is not None and "config_version" not in theirs:
-            try:  # a study begun before config_version 2: its config in today's names
+        if key == "config" and isinstance(theirs, dict):
+            try:  # in today's names (a study begun before config_version 2), with today's defaults for
+                # the fields added since (a study begun before train.optimizer has none)
                 theirs = _study_config(config_from_dict(theirs))
             except ConfigError:
                 pass

@@ -260,7 +260,7 @@ def _per_image_reference(img: torch.Tensor, p: dict[str, torch.Tensor], i: int) 
     """The per-image transforms of `train_augmentation`, in its order, with image i's
     parameters: the oracle for BatchAugmentation."""
     bilinear = v2.InterpolationMode.BILINEAR
-    if p["transpose"][i]:
+    if p["transpose"][i] and img.shape[-1] == img.shape[-2]:  # Transpose leaves a rectangle as it is
         img = img.transpose(-2, -1)
     if p["vflip"][i]:
         img = F.vertical_flip(img)
@@ -280,12 +280,13 @@ def _per_image_reference(img: torch.Tensor, p: dict[str, torch.Tensor], i: int) 
     return img
 
 
-def test_batch_augmentation_equals_the_per_image_transforms_step_by_step():
+@pytest.mark.parametrize("h, w", [(40, 40), (30, 40)])  # square, and the native 4:3
+def test_batch_augmentation_equals_the_per_image_transforms_step_by_step(h, w):
     aug = BatchAugmentation()
     g = torch.Generator().manual_seed(3)
-    images = torch.randint(0, 256, (64, 3, 40, 40), dtype=torch.uint8, generator=g)
-    images[:, :, 10:30, 10:30] //= 3  # a darker "lesion", so the warps move structure
-    params = aug.sample(64, g, width=40)
+    images = torch.randint(0, 256, (64, 3, h, w), dtype=torch.uint8, generator=g)
+    images[:, :, 10:h - 10, 10:30] //= 3  # a darker "lesion", so the warps move structure
+    params = aug.sample(64, g, width=w, height=h)
     for key in ("transpose", "vflip", "hflip", "rotate", "brightness", "contrast", "blur", "affine"):
         params[key][:4] = False  # the first four images: no step applies
     assert all(params[k][4:].any() and not params[k][4:].all() for k in ("transpose", "rotate", "blur", "affine"))

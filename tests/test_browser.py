@@ -246,3 +246,33 @@ def test_page_labels_a_synthetic_model_and_shows_out_of_distribution(synthetic_s
             assert page.locator("#bars.unreliable").count() == 1
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def wide_server_url(tmp_path_factory):
+    from dermfuse.serve.app import create_app
+
+    yield from _serve(create_app(make_bundle(tmp_path_factory.mktemp("wide") / "b", image_size=(24, 32))))
+
+
+def test_the_figures_of_a_4_3_model_are_4_3_and_say_so(wide_server_url, tmp_path):
+    """A model trained at data.image_size [24, 32] shows what it sees: 4:3 figures, not squares."""
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(jpeg_bytes(lesion_image()))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 940, "height": 900})
+            page.goto(wide_server_url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+            assert "24 x 32" in page.locator("#original-caption").inner_text()
+            page.set_input_files("#image", str(image))
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            page.wait_for_function("['original', 'heatmap', 'overlay'].every(id => document.getElementById(id)"
+                                   ".complete && document.getElementById(id).naturalWidth > 0)", timeout=15_000)
+            for name in ("original", "heatmap", "overlay"):
+                box = page.locator(f"#{name}").bounding_box()
+                assert box["height"] / box["width"] == pytest.approx(0.75, abs=0.01), name
+        finally:
+            browser.close()

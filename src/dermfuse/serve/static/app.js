@@ -239,6 +239,7 @@ async function init() {
   // the figures show what the model sees: its input's aspect ratio (a side, or [height, width])
   const [h, w] = Array.isArray(model.image_size) ? model.image_size : [model.image_size, model.image_size];
   document.documentElement.style.setProperty("--aspect", `${w} / ${h}`);
+  if (h !== w) $("original-caption").textContent = `original (resized to ${h} x ${w}, as the model sees it)`;
   fillSelect($("sex"), model.sexes);
   fillSelect($("site"), model.sites);
   $("age").min = model.age_range[0];

@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .image_size import parse_size, size_json
 
 __all__ = [
     "read_yaml",
@@ -248,8 +249,6 @@ def _coerce_image_size(key: str, value: Any) -> int | list[int] | None:
     """data.image_size: a side in px (a square, the paper's squash) or [height, width]
     (e.g. [120, 160], HAM10000's 4:3); '120x160' from the command line. Kept as an int or a
     list, so the run's config.yaml stays plain YAML."""
-    from .image_size import parse_size, size_json
-
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "~", "none")):
         return None
     if isinstance(value, str) and value.strip().startswith("["):

@@ -311,14 +311,14 @@ def train_augmentation(size: int | tuple[int, int] | None = None, strength: floa
     parameters, same random draws); ``dermfuse tune`` searches s.
 
     Without `size` the output has the input's shape (Transpose leaves a non-square image as
-    it is); with `size` (int or (h, w)) a final bilinear resize makes every output that size. Normalize (/255) is not here: `to_input` does it for training and
+    it is); with `size` (int or (h, w)) a final bilinear resize makes every output that
+    size. Normalize (/255) is not here: `to_input` does it for training and
     evaluation alike.
     """
     steps: list[v2.Transform] = [_BUILDERS[step.paper](step.params, step.p)
                                  for step in recipe(strength).values() if _BUILDERS[step.paper] is not None]
     if size is not None:
-        hw = [int(size), int(size)] if isinstance(size, (int, np.integer)) else [int(s) for s in size]
-        steps.append(v2.Resize(hw, interpolation=_BILINEAR, antialias=True))
+        steps.append(v2.Resize(list(size_hw(size)), interpolation=_BILINEAR, antialias=True))
     return v2.Compose(steps)
 
 

@@ -184,3 +184,46 @@ def test_a_student_whose_split_has_rows_without_soft_targets_is_refused(teacher_
     cfg.train.distill_targets, cfg.out = str(targets), str(tmp_path / "student")
     with pytest.raises(ConfigError, match="have no soft target"):
         train_run(cfg, progress=False)
+
+
+def test_cross_fitted_targets_are_the_inner_folds_out_of_fold_predictions(teacher_run, synth_small, tmp_path,
+                                                                           capsys):
+    """`teach --from-cv`: every training row of the split scored once, by the inner-fold model
+    that did not train on it; a student trains on them; an unfinished fold is refused."""
+    from dermfuse.runs.holdout import train_run
+
+    cfg, res = teacher_run
+    split = res.run_dir / "split.csv"
+    cv_dir = tmp_path / "inner"
+    code = main(["-q", "cv", str(synth_small), "--models", "ft_multicnn", "--folds", "2", "--image-size", "32",
+                 "--epochs", "1", "--no-pretrained", "--set", "train.max_steps_per_epoch=2",
+                 "--split-file", str(split), "--part", "train", "--out", str(cv_dir)])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    targets = tmp_path / "oof.csv"
+    code = main(["-q", "teach", "--from-cv", str(cv_dir / "ft_multicnn"), "--out", str(targets)])
+    err = capsys.readouterr().err
+    assert code == 0 and "out-of-fold predictions" in err and "part(s) train of" in err, err
+
+    got = pd.read_csv(targets, dtype={"image_id": str}).set_index("image_id")
+    train_ids = set(pd.read_csv(split, dtype={"image_id": str}).query("part == 'train'")["image_id"])
+    assert set(got.index) == train_ids and len(got) == len(train_ids)
+    for k in (0, 1):  # each row's target is its own fold's out-of-fold prediction, unchanged
+        fold = pd.read_csv(cv_dir / "ft_multicnn" / f"fold{k}" / "predictions.csv", dtype={"image_id": str})
+        cols = [c for c in fold.columns if c.startswith("p_")]
+        assert (got.loc[fold["image_id"], "fold"] == k).all()
+        np.testing.assert_allclose(got.loc[fold["image_id"], cols].to_numpy(),
+                                   fold[cols].to_numpy() / fold[cols].to_numpy().sum(1, keepdims=True), rtol=1e-6)
+        assert (got.loc[fold["image_id"], "label"].to_numpy() == fold["label"].to_numpy()).all()
+
+    cfg.train.distill_targets, cfg.out = str(targets), str(tmp_path / "student")
+    assert train_run(cfg, progress=False).metrics["n_images"] > 0
+
+    (cv_dir / "ft_multicnn" / "fold1" / "DONE").unlink()
+    code = main(["-q", "teach", "--from-cv", str(cv_dir / "ft_multicnn"), "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "fold(s) [1]" in err and "not finished" in err and not (tmp_path / "x.csv").exists(), err
+    for bad in (["teach", "--out", "t.csv"],  # neither source
+                ["teach", str(synth_small), "--teacher", str(res.bundle), "--from-cv", str(cv_dir), "--out", "t.csv"]):
+        code = main(["-q", *bad])
+        assert code == 2 and "either --teacher" in capsys.readouterr().err

@@ -187,12 +187,17 @@ def run_tune(args: argparse.Namespace) -> int:
 def add_teach(sub) -> None:
     p = sub.add_parser("teach", help="soft targets for distillation: teacher bundles score a split's training rows",
                        description="dermfuse teach DATA --teacher BUNDLE [--teacher BUNDLE ...] --split-file "
-                                   "RUN/split.csv --out targets.csv; then train the student with "
+                                   "RUN/split.csv --out targets.csv, or dermfuse teach --from-cv CV_RUN/VARIANT "
+                                   "--out targets.csv (cross-fitted: the out-of-fold predictions of `dermfuse cv "
+                                   "DATA --split-file RUN/split.csv --part train`); then train the student with "
                                    "--set train.distill_targets=targets.csv. The teachers must have trained on "
                                    "the same split (never on the student's validation or test rows).")
-    p.add_argument("data")
-    p.add_argument("--teacher", action="append", required=True, metavar="BUNDLE",
+    p.add_argument("data", nargs="?", help="the data set (with --teacher)")
+    p.add_argument("--teacher", action="append", metavar="BUNDLE",
                    help="a finished bundle; repeat for an ensemble (their probabilities are averaged)")
+    p.add_argument("--from-cv", metavar="CV_RUN/VARIANT",
+                   help="instead of --teacher: a finished `dermfuse cv` variant folder; its folds' out-of-fold "
+                        "predictions are the targets (each row scored by the model that did not train on it)")
     p.add_argument("--split-file", help="the student's split.csv: score only the rows it puts in --part")
     p.add_argument("--part", default="train", help="with --split-file: the part to score (default train)")
     p.add_argument("--out", required=True, help="the predictions CSV to write (train.distill_targets reads it)")
@@ -200,13 +205,26 @@ def add_teach(sub) -> None:
 
 
 def run_teach(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
     from ..evaluation.metrics import balanced_accuracy
-    from ..runs.teach import teacher_targets
+    from ..runs.teach import out_of_fold_targets, teacher_targets
 
-    ids, y, proba, classes = teacher_targets(args.teacher, args.data, args.split_file, args.part, out=args.out,
-                                             device=args.device, progress=not args.quiet)
+    if (args.from_cv is None) == (args.teacher is None):
+        raise ConfigError("teach: give either --teacher BUNDLE (with DATA) or --from-cv CV_RUN/VARIANT")
+    if args.from_cv is not None:
+        if args.data is not None or args.split_file is not None:
+            raise ConfigError("teach --from-cv: the cv run fixes the rows; leave out DATA and --split-file")
+        ids, y, proba, classes, rows = out_of_fold_targets(args.from_cv, out=args.out)
+        where = (f"part(s) {', '.join(rows['parts'])} of {rows['split_file']}" if rows.get("split_file")
+                 else "every row of the cv run's data (not inner folds of a split)")
+        scored_by = f"the out-of-fold predictions of {args.from_cv} ({where})"
+    else:
+        if args.data is None:
+            raise ConfigError("teach --teacher: name the data set (dermfuse teach DATA --teacher BUNDLE ...)")
+        ids, y, proba, classes = teacher_targets(args.teacher, args.data, args.split_file, args.part, out=args.out,
+                                                 device=args.device, progress=not args.quiet)
+        scored_by = f"{len(args.teacher)} teacher(s), uncalibrated"
     pred = proba.argmax(1)
-    err.print(f"{len(ids)} rows scored by {len(args.teacher)} teacher(s), uncalibrated: accuracy "
-              f"{(pred == y).mean():.3f}, balanced accuracy {balanced_accuracy(y, pred):.3f} on these rows "
-              f"-> {args.out}")
+    err.print(f"{len(ids)} rows scored by {scored_by}: accuracy {(pred == y).mean():.3f}, balanced accuracy "
+              f"{balanced_accuracy(y, pred):.3f} on these rows -> {args.out}", soft_wrap=True)
     return 0

@@ -1,7 +1,11 @@
 """Soft targets for distillation (``dermfuse teach`` and ``train.distill_targets``).
 
 `teacher_targets` scores a split's training rows with finished bundles, uncalibrated and with
-their test-time views, averages the teachers and writes a predictions CSV; `load_soft_targets`
+their test-time views, averages the teachers and writes a predictions CSV;
+`out_of_fold_targets` gathers cross-fitted targets instead: the out-of-fold predictions of a
+``dermfuse cv --split-file RUN/split.csv --part train`` run, where every training row is scored
+by the fold model that never trained on it (a teacher scoring its own training rows gives
+targets close to the labels themselves); `load_soft_targets`
 reads that file back, aligned to the training rows by image id, for
 `dermfuse.training.distill.DistillLoss`. The teachers must not have trained on the student's
 validation or test rows (train them on the same split file): their soft targets would carry
@@ -13,7 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import json
+
 import numpy as np
+import pandas as pd
 
 from ..data.cache import build_cache
 from ..errors import ConfigError
@@ -22,9 +29,9 @@ from ..inference.device import resolve_device
 from ..inference.predictor import Predictor
 from .cohort import load_cohort
 from .evaluate import select_part
-from .predictions_csv import classes_of, probabilities, read_predictions, write_predictions
+from .predictions_csv import classes_of, label_indices, probabilities, read_predictions, write_predictions
 
-__all__ = ["load_soft_targets", "teacher_targets"]
+__all__ = ["load_soft_targets", "out_of_fold_targets", "teacher_targets"]
 
 
 def load_soft_targets(path: str | Path, image_ids: Sequence[str], classes: Sequence[str]) -> np.ndarray:
@@ -93,3 +100,39 @@ def teacher_targets(bundles: Sequence[str | Path], data_path: str | Path, split_
     if out is not None:
         write_predictions(out, ids, classes, y, proba)
     return ids, y, proba, classes
+
+
+def out_of_fold_targets(variant_dir: str | Path, out: str | Path | None = None
+                        ) -> tuple[list[str], np.ndarray, np.ndarray, list[str], dict]:
+    """Cross-fitted soft targets from a finished cross-validation: ``variant_dir`` is
+    ``RUN_DIR/<variant>`` of ``dermfuse cv``; every fold of ``RUN_DIR/plan.json`` must be
+    DONE. Returns (image ids, labels, probabilities, classes, the plan's row selection or
+    {}); ``out``: also written as a predictions CSV with its fold column. The probabilities
+    are the folds' as cv wrote them (calibrated on each fold's own validation rows when the
+    config calibrates). ConfigError, before anything is written, for a missing or unfinished
+    fold, an image scored twice or folds that disagree on the classes."""
+    variant_dir = Path(variant_dir)
+    plan_path = variant_dir.parent / "plan.json"
+    if not plan_path.is_file():
+        raise ConfigError(f"teach --from-cv: {plan_path} not found; give RUN_DIR/<variant> of a `dermfuse cv` run")
+    plan = json.loads(plan_path.read_text())
+    folds = range(int(plan["folds"]))
+    unfinished = [k for k in folds if not (variant_dir / f"fold{k}" / "DONE").is_file()]
+    if unfinished:
+        raise ConfigError(f"teach --from-cv: fold(s) {unfinished} of {variant_dir} are not finished (no DONE); "
+                          f"run them first (`dermfuse cv ... --out {variant_dir.parent} --fold K`)")
+    parts = [read_predictions(variant_dir / f"fold{k}" / "predictions.csv") for k in folds]
+    classes = classes_of(parts[0])
+    for k, df in zip(folds, parts):
+        if classes_of(df) != classes:
+            raise ConfigError(f"teach --from-cv: fold {k} has classes {classes_of(df)}, fold 0 {classes}")
+    table = pd.concat(parts, ignore_index=True)
+    twice = table["image_id"][table["image_id"].duplicated()]
+    if len(twice):
+        raise ConfigError(f"teach --from-cv: image {twice.iloc[0]!r} is scored by more than one fold of {variant_dir}")
+    y = label_indices(table, classes)
+    proba = probabilities(table, classes, renormalise=True)
+    ids = table["image_id"].astype(str).tolist()
+    if out is not None:
+        write_predictions(out, ids, classes, y, proba, extra={"fold": table["fold"].to_numpy()})
+    return ids, y, proba, classes, dict(plan.get("rows") or {})

@@ -75,6 +75,7 @@ AugmentOn = Literal["auto", "workers", "device"]
 Device = Literal["auto", "cpu", "cuda"]
 CalibrationMode = Literal["none", "temperature", "prior-temperature", "balanced-temperature"]
 Fusion = Literal["concat", "metablock"]  # ft_multicnn: how the metadata meets the image features
+WeightsDtype = Literal["float32", "float16"]  # how a bundle stores its weights (the model computes in float32)
 OptimizerName = Literal["adam", "adamw"]  # adam: weight_decay is an L2 term; adamw: decoupled, not on biases/norms
 
 
@@ -149,6 +150,7 @@ class TrainConfig:
     tta: bool = False  # average predictions over flips at evaluation
     calibration: CalibrationMode = "none"  # fitted on the validation part
     members: int = 1  # > 1: a seed ensemble of that many models (init seeds init_seed, init_seed+1, ...), probabilities averaged
+    weights_dtype: WeightsDtype = "float32"  # float16: the bundle stores half-precision weights (half the file); scored as stored
 
 
 @dataclass(slots=True)

@@ -32,11 +32,15 @@ from ..io import atomic_write, atomic_write_text
 from ..models import create_model
 from ..models.ensemble import ENSEMBLE, build_ensemble
 
-__all__ = ["Bundle", "save_bundle", "load_bundle", "update_bundle_info", "BUNDLE_FORMAT", "MODEL_CARD"]
+__all__ = ["Bundle", "save_bundle", "load_bundle", "update_bundle_info", "round_weights", "BUNDLE_FORMAT",
+           "MODEL_CARD", "WEIGHTS_DTYPES"]
 
 BUNDLE_FORMAT = "dermfuse-bundle/1"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bundle.json"
+# how model.safetensors stores the classifier's floating-point tensors; the model is rebuilt and
+# computes in float32 either way (bundle.json says "weights_dtype" only when it is not float32)
+WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 MODEL_CARD = {
     "intended_use": (
@@ -114,16 +118,22 @@ def save_bundle(
     metrics: dict[str, Any] | None = None,
     training_data: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    weights_dtype: str = "float32",
 ) -> Path:
     """Write a bundle directory and return its path.
 
     ``model_kwargs`` must be the keyword arguments that rebuild the architecture with
-    ``create_model(model_name, **model_kwargs)`` (weights excluded)."""
+    ``create_model(model_name, **model_kwargs)`` (weights excluded). ``weights_dtype``
+    float16 stores the classifier's floating-point tensors at half precision (half the file;
+    a CAM backbone stays float32); score ``round_weights(model, "float16")`` to measure
+    what the bundle will compute."""
     if input_mode != "image" and cam_model is None:
         raise ValueError(f"input mode {input_mode!r} needs a CAM backbone in the bundle")
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype {weights_dtype!r}: expected one of {sorted(WEIGHTS_DTYPES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    digest = _write_weights(out / WEIGHTS_FILE, model, cam_model)
+    digest = _write_weights(out / WEIGHTS_FILE, model, cam_model, WEIGHTS_DTYPES[weights_dtype])
     info = {
         "format": BUNDLE_FORMAT,
         "model_id": f"{model_name}-{digest[:12]}",
@@ -146,16 +156,40 @@ def save_bundle(
         "model_card": MODEL_CARD,
         "versions": {"dermfuse": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "weights_sha256": digest,
+        **({} if weights_dtype == "float32" else {"weights_dtype": weights_dtype}),
         **(extra or {}),
     }
     atomic_write_text(out / META_FILE, json.dumps(info, indent=2, default=_json_default))
     return out
 
 
-def _write_weights(file: Path, model: nn.Module, cam_model: nn.Module | None) -> str:
-    """Write the model's (``model.*``) and the CAM backbone's (``cam.*``) tensors as one
-    safetensors file; return its sha256."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def round_weights(model: nn.Module, weights_dtype: str) -> nn.Module:
+    """Round every floating-point parameter and buffer of ``model`` to ``weights_dtype`` and
+    back, in place: the float32 model then computes exactly what a bundle stored at that
+    precision will. ValueError naming the tensor if one does not fit (overflow)."""
+    dtype = WEIGHTS_DTYPES[weights_dtype]
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if t.is_floating_point() and t.dtype != dtype:
+                t.copy_(_lower(name, t, dtype))
+    return model
+
+
+def _lower(name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as ``dtype``; ValueError if a finite value overflows there."""
+    low = t.detach().to(dtype)
+    if not bool(torch.isfinite(low).all()) and bool(torch.isfinite(t).all()):
+        raise ValueError(f"weights as {str(dtype).removeprefix('torch.')}: {name} has values beyond its range "
+                         f"(max |x| {t.abs().max().item():.3g}); keep weights_dtype float32")
+    return low
+
+
+def _write_weights(file: Path, model: nn.Module, cam_model: nn.Module | None,
+                   dtype: torch.dtype = torch.float32) -> str:
+    """Write the model's (``model.*``, floating-point tensors as ``dtype``) and the CAM
+    backbone's (``cam.*``, as they are) tensors as one safetensors file; return its sha256."""
+    tensors = {f"model.{k}": (_lower(k, v, dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
+               for k, v in model.state_dict().items()}
     if cam_model is not None:
         tensors.update(
             {f"cam.{k}": v.detach().cpu().contiguous() for k, v in cam_model.state_dict().items()}
@@ -202,6 +236,8 @@ def read_bundle_info(path: str | Path) -> dict[str, Any]:
     for key in ("model", "classes", "encoder", "preprocessing", "weights_sha256"):
         if key not in info:
             raise BundleError(f"{meta}: required key {key!r} is missing")
+    if info.get("weights_dtype", "float32") not in WEIGHTS_DTYPES:
+        raise BundleError(f"{meta}: weights_dtype {info['weights_dtype']!r}, expected one of {sorted(WEIGHTS_DTYPES)}")
     return info
 
 

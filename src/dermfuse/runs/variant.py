@@ -25,6 +25,7 @@ from ..constants import HEADLINE_METRICS
 from ..data.encode import MetadataEncoder
 from ..evaluation.calibrate import Calibration, fit_calibration
 from ..evaluation.metrics import compute_metrics
+from ..inference.bundle import round_weights
 from ..inference.predictor import Predictor
 from ..models import create_model, model_spec
 from ..models.ensemble import Ensemble
@@ -188,6 +189,7 @@ def train_variant(cfg: RunConfig, table: pd.DataFrame, y: np.ndarray, classes: l
     nets, fits, val_p, test_p, member_metrics, member_proba = [], [], [], [], [], []
     for k in ks:
         net, res = _fit_one(cfg, build, k, train, val, classes, run_dir, resume, progress)
+        round_weights(net, cfg.train.weights_dtype)  # scored (and calibrated) as the bundle will store it
         nets.append(net)
         fits.append(res)
         val_p.append(probs(net, val_idx) if calibrate else None)

@@ -98,3 +98,16 @@ def test_bad_weights_dtypes_are_refused(runs, tmp_path):
     (bad / "bundle.json").write_text(json.dumps({**info, "weights_dtype": "bfloat8"}))
     with pytest.raises(BundleError, match="weights_dtype 'bfloat8'"):
         load_bundle(bad)
+
+
+def test_a_released_half_ensemble_keeps_its_weights_and_says_what_it_is(runs, tmp_path):
+    from dermfuse.runs.release import release_run
+
+    res = release_run(runs["float16"].run_dir, tmp_path / "released", progress=False)
+    info = json.loads((tmp_path / "released" / "bundle.json").read_text())
+    source = json.loads((runs["float16"].bundle / "bundle.json").read_text())
+    assert info["model_id"] == source["model_id"] == res["model_id"]  # the weights are copied unchanged
+    assert info["weights_dtype"] == "float16"
+    card = info["model_card"]
+    assert card["name"].startswith("dermfuse ft_multicnn, a seed ensemble of 2, 32 px")
+    assert card["training"]["members"] == 2 and card["training"]["weights_dtype"] == "float16"

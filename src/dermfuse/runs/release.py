@@ -223,9 +223,8 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
     cmd = train_command or (f"dermfuse train {cfg.data.path} --config {run_dir / 'config.yaml'} --out {run_dir}")
     return {
         "schema": CARD_SCHEMA,
-        "name": f"dermfuse {info['model']['name']}"
-                + (f" + {info['model']['kwargs'].get('image_backbone')}" if info['model']['kwargs'].get('image_backbone') else "")
-                + f", {size_text(info['preprocessing']['image_size'])} px, image + metadata",
+        "name": f"dermfuse {_architecture(info['model'])}, {size_text(info['preprocessing']['image_size'])} px, "
+                "image + metadata",
         "model_id": info.get("model_id"),
         "version": __version__,
         "task": "7-class skin-lesion classification from a dermoscopic image and age, sex, body site",
@@ -245,7 +244,8 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
         "population_limits": POPULATION_LIMITS,
         "training": {"command": cmd, "git_commit": commit or _git_commit(Path(__file__).parent) or "unknown",
                      "config": str(run_dir / "config.yaml"), "recipe": "configs/ham10000_release.yaml",
-                     "epochs": cfg.train.epochs, "calibration": cfg.train.calibration, "tta": cfg.train.tta},
+                     "epochs": cfg.train.epochs, "calibration": cfg.train.calibration, "tta": cfg.train.tta,
+                     "members": cfg.train.members, "weights_dtype": info.get("weights_dtype", "float32")},
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "RGB", "num_channels": 3,
                                  "spatial_shape": list(size_hw(info["preprocessing"]["image_size"])),
@@ -263,6 +263,16 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
         "references": ["Shimbre & Solanki 2025, Activation Heatmap-Guided FT-MultiCNN, doi:10.18280/isi.300520",
                        "Tschandl, Rosendahl & Kittler 2018, The HAM10000 dataset, doi:10.1038/sdata.2018.161"],
     }
+
+
+def _architecture(model: dict[str, Any]) -> str:
+    """'ft_multicnn + efficientnet_lite0', or for a seed ensemble
+    'ft_multicnn + efficientnet_lite0, a seed ensemble of 2'."""
+    name, kwargs = model["name"], model.get("kwargs", {})
+    if name == "ensemble":
+        inner = _architecture({"name": kwargs.get("member"), "kwargs": kwargs.get("member_kwargs", {})})
+        return f"{inner}, a seed ensemble of {kwargs.get('n_members')}"
+    return name + (f" + {kwargs['image_backbone']}" if kwargs.get("image_backbone") else "")
 
 
 def _card_trust(trust: Trust) -> dict[str, str]:

@@ -104,3 +104,14 @@ def test_other_ages_are_refused_in_predict_and_fixed_in_readers(tmp_path, age, w
 
     table, report = clean(read_dataset(root), check_images=False, progress=False)
     assert report.fixed["age_invalid"] == 1 and pd.isna(table["age"].iloc[0])
+
+
+@pytest.mark.parametrize("k, rule, needle", [(1, "site", "--sites 1: expected 2 or more"),
+                                             (3, "zodiac", "--site-rule 'zodiac'")])
+def test_federated_site_assignment_refuses_bad_settings_with_a_config_error(k, rule, needle):
+    from dermfuse.errors import ConfigError
+    from dermfuse.runs.federate_sites import assign_sites
+
+    table = pd.DataFrame({"image_id": ["a", "b"], "lesion_id": ["l1", "l2"], "site": ["back", "face"], "age": [40, 50]})
+    with pytest.raises(ConfigError, match=needle):
+        assign_sites(table, k, rule)

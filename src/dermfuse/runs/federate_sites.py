@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..data.encode import UNKNOWN, MetadataEncoder, category_level, parse_ages
 from ..data.splits import group_ids
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 __all__ = ["SITE_RULES", "assign_sites", "site_summary", "encoder_from_summaries"]
 

@@ -68,7 +68,7 @@ def _calls(bundle_path: str | None, raw: bytes):
     engine = Predictor.from_bundle(bundle)
     meta = engine.encode_meta(age=55, sex="male", site="back")
     img = engine.prepare_image(raw)[None]
-    x = to_input(torch.from_numpy(img).permute(0, 3, 1, 2).contiguous())  # (1, 3, H, W), as the engine feeds it
+    x = to_input(torch.from_numpy(img.copy()).permute(0, 3, 1, 2).contiguous())  # (1, 3, H, W), as the engine feeds it
     m = torch.as_tensor(meta)
 
     @torch.inference_mode()
@@ -106,7 +106,7 @@ def main() -> None:
     for i, (bundle, calls) in enumerate(models):
         members = len(getattr(bundle.model, "members", [None]))
         print(f"\nbundle {bundle.model_id}: {bundle.image_size} px, {members} network(s), "
-              f"test-time views {'on' if bundle.tta else 'off'}, weights {bundle.info.get('weights_dtype', 'float32')}")
+              f"test-time views {(bundle.tta_views or "all") if bundle.tta else "off"}, weights {bundle.info.get('weights_dtype', 'float32')}")
         res = {name: _median_p95(times[i, name]) for name in calls}
         for name, (med, p95) in res.items():
             print(f"  {name:58s} median {med:7.1f} ms   p95 {p95:7.1f} ms")

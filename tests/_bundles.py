@@ -40,7 +40,7 @@ def make_encoder() -> MetadataEncoder:
 
 def make_bundle(out: str | Path, model: str = "ft_multicnn", image_size: int = 64, seed: int = 0,
                 temperature: float = 1.0, input_mode: str = "image", tta: bool = False, members: int = 1,
-                prior_shift: bool = False) -> Path:
+                prior_shift: bool = False, tta_views: int = 0) -> Path:
     """Write a bundle of a randomly initialised ``model`` ('cnn' or 'ft_multicnn') to ``out``.
 
     A temperature below 1 spreads the random model's near-uniform probabilities (screenshots).
@@ -70,7 +70,7 @@ def make_bundle(out: str | Path, model: str = "ft_multicnn", image_size: int = 6
         out, model=net, model_name=name, model_kwargs=kwargs, classes=list(HAM10000_CLASSES),
         encoder=encoder, image_size=image_size, calibration=calibration, input_mode=input_mode,
         cam_model=cam, cam_name=None if cam is None else "cnn", cam_kwargs=cam_kwargs, tta=tta,
-        metrics={"balanced_accuracy": 0.5, "auc_macro": 0.5, "n_images": 10},
+        tta_views=tta_views, metrics={"balanced_accuracy": 0.5, "auc_macro": 0.5, "n_images": 10},
         training_data={"name": "untrained test bundle"},
     )
 

@@ -148,6 +148,7 @@ class TrainConfig:
     distill_weight: float = 0.5  # with distill_targets: the soft targets' share of the loss
     distill_temperature: float = 2.0  # with distill_targets: the softening of teacher and student
     tta: bool = False  # average predictions over flips at evaluation
+    tta_views: int = 0  # with tta: the first N of identity, h-flip, v-flip, hv-flip, transpose; 0 = all the shape has (5 square, 4 not)
     calibration: CalibrationMode = "none"  # fitted on the validation part
     members: int = 1  # > 1: a seed ensemble of that many models (init seeds init_seed, init_seed+1, ...), probabilities averaged
     weights_dtype: WeightsDtype = "float32"  # float16: the bundle stores half-precision weights (half the file); scored as stored

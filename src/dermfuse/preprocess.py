@@ -457,14 +457,16 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).div_(255.0).contiguous()
 
 
-def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+def tta_views(x: torch.Tensor, n: int = 0) -> list[torch.Tensor]:
     """Test-time views of a batch (B, 3, H, W): identity, h-flip, v-flip, hv-flip and, for
-    square images, the transpose. Training, evaluation and every
-    inference path use these (``dermfuse.inference.predictor``)."""
+    square images, the transpose; ``n`` > 0: the first n of them (``train.tta_views``).
+    Training, evaluation and every inference path use these (``dermfuse.inference.predictor``)."""
     views = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
     if x.shape[-1] == x.shape[-2]:
         views.append(x.transpose(-2, -1))
-    return views
+    if n > len(views):
+        raise ValueError(f"{n} test-time views asked of a {x.shape[-2]}x{x.shape[-1]} input, which has {len(views)}")
+    return views[:n] if n > 0 else views
 
 
 def plot_augmentations(images: np.ndarray, n_variants: int = 5, seed: int = 0):

@@ -244,6 +244,8 @@ def _views(bundle) -> list[dict[str, str]]:
         h, w = size_hw(bundle.image_size)
         if h == w:
             views.append({"name": "transpose", "numpy": "x.transpose(0, 1, 3, 2)", "only": "square inputs"})
+        if bundle.tta_views:  # the bundle averages the first N
+            views = views[:bundle.tta_views]
     return views
 
 

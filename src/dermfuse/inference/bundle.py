@@ -70,6 +70,7 @@ class Bundle:
     cam_method: str = "gradcam"
     calibration: Calibration = field(default_factory=Calibration)  # fitted on validation rows
     tta: bool = False  # average predictions over flips (and the transpose for square inputs)
+    tta_views: int = 0  # with tta: the first N views of `dermfuse.preprocess.tta_views`; 0 = every one
     info: dict[str, Any] = field(default_factory=dict)  # the whole bundle.json
     trust: Any = None  # dermfuse.inference.trust.Trust, or None for a bundle made before trust
     path: Path | None = None  # the directory it was loaded from
@@ -115,6 +116,7 @@ def save_bundle(
     cam_method: str = "gradcam",
     calibration: Calibration | None = None,
     tta: bool = False,
+    tta_views: int = 0,
     metrics: dict[str, Any] | None = None,
     training_data: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
@@ -147,6 +149,7 @@ def save_bundle(
             "scale": "uint8 / 255; the model normalises internally",
             "input": input_mode,
             "tta": bool(tta),
+            **({"tta_views": int(tta_views)} if tta and tta_views else {}),  # absent: every view
         },
         "cam": None if cam_model is None else {  # no image_size: it sees preprocessing.image_size
             "name": cam_name, "kwargs": cam_kwargs or {}, "method": cam_method},
@@ -301,6 +304,10 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         pre = info["preprocessing"]
         encoder = MetadataEncoder.from_dict(info["encoder"])
         _check_fits(path, info, model, encoder, cam)
+        n_views = pre.get("tta_views", 0)
+        if not isinstance(n_views, int) or not 0 <= n_views <= (5 if len(set(size_hw(pre["image_size"]))) == 1 else 4):
+            raise BundleError(f"{path / META_FILE}: preprocessing.tta_views {n_views!r}; expected 0 (every view) "
+                              f"or the number of test-time views the {size_text(pre['image_size'])} input has, at most")
         calibration = Calibration.from_dict(info.get("calibration"))
         if not calibration.temperature > 0 or (
                 calibration.prior_shift and len(calibration.log_prior or []) != len(info["classes"])):
@@ -316,6 +323,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             cam_method=cam["method"] if cam else "gradcam",
             calibration=calibration,
             tta=bool(pre.get("tta", False)),
+            tta_views=int(pre.get("tta_views", 0)),
             info=info,
             trust=load_trust(path, info.get("trust")),
             path=path,

@@ -147,7 +147,8 @@ class Predictor:
     def __init__(self, model: nn.Module, classes: Sequence[str], encoder: MetadataEncoder, image_size: Size,
                  *, meta_dim: int | None = None, resize_method: str = "bilinear", input_mode: str = "image",
                  cam_model: nn.Module | None = None, cam_method: str = "gradcam",
-                 calibration: Calibration | None = None, tta: bool = False, trust: Trust | None = None,
+                 calibration: Calibration | None = None, tta: bool = False, tta_views: int = 0,
+                 trust: Trust | None = None,
                  model_id: str = "unknown", info: dict[str, Any] | None = None) -> None:
         if input_mode != "image" and cam_model is None:
             raise ValueError(f"input mode {input_mode!r} needs a CAM backbone")
@@ -162,6 +163,7 @@ class Predictor:
         self.cam_method = cam_method
         self.calibration = calibration or Calibration()
         self.tta = bool(tta)
+        self.tta_views = int(tta_views)  # with tta: the first N views; 0 = every one
         self.trust = trust
         self.model_id = model_id
         self.info = info or {}
@@ -173,6 +175,7 @@ class Predictor:
         return cls(bundle.model, bundle.classes, bundle.encoder, bundle.image_size, meta_dim=bundle.model_meta_dim,
                 resize_method=bundle.resize_method, input_mode=bundle.input_mode, cam_model=bundle.cam_model,
                 cam_method=bundle.cam_method, calibration=bundle.calibration, tta=bundle.tta,
+                tta_views=bundle.tta_views,
                 trust=getattr(bundle, "trust", None), model_id=bundle.model_id, info=bundle.info)
 
     # -- inputs --------------------------------------------------------------------------
@@ -257,7 +260,7 @@ class Predictor:
                 own = cam.forward(raw_x, None).argmax(1)  # the CAM backbone's class, as in training
                 maps = quantize_maps(cam.maps(own).numpy())  # (B, S, S), what the classifier sees
             xs = to_input(render_input(self.input_mode, x, maps)).to(self.device)
-            raw = self._mean_softmax(tta_views(xs) if self.tta else [xs], m)
+            raw = self._mean_softmax(self._views(xs), m)
             if explain:
                 own = own.cpu().numpy()
                 explained = np.asarray(targets) if targets is not None else (
@@ -273,7 +276,7 @@ class Predictor:
             try:
                 with _tapped(self.model if want_features else None, sink, self.feature_layer):
                     first = torch.stack([c.forward(xs, m).float().softmax(1) for c in cams]).mean(0)  # (B, C)
-                raw = self._mean_softmax(tta_views(xs)[1:] if self.tta else [], m, first)
+                raw = self._mean_softmax(self._views(xs)[1:], m, first)
                 proba = self.calibration.apply(raw) if calibrated else raw
                 explained = np.asarray(targets) if targets is not None else (
                     proba.argmax(1) if decide is None else decide(proba))
@@ -283,7 +286,7 @@ class Predictor:
                     c.release()
         else:
             xs = to_input(x).to(self.device)
-            views = tta_views(xs) if self.tta else [xs]
+            views = self._views(xs)
             with _tapped(self.model if want_features else None, sink, self.feature_layer):
                 raw = self._mean_softmax(views[:1], m)
             raw = self._mean_softmax(views[1:], m, torch.as_tensor(raw)) if len(views) > 1 else raw
@@ -294,6 +297,10 @@ class Predictor:
                 raise InputError("this model has no image features: no out-of-distribution score")
             feats = torch.cat(sink[0], dim=1).numpy().astype(np.float32)  # the identity view's pass
         return proba.astype(np.float32), feats, maps, None if explained is None else np.asarray(explained, np.int64)
+
+    def _views(self, xs: torch.Tensor) -> list[torch.Tensor]:
+        """The test-time views the bundle averages (just ``xs`` without tta)."""
+        return tta_views(xs, self.tta_views) if self.tta else [xs]
 
     def _mean_softmax(self, views: list[torch.Tensor], m: torch.Tensor,
                       first: torch.Tensor | None = None) -> np.ndarray:

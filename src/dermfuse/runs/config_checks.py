@@ -76,5 +76,11 @@ def check_config(cfg: RunConfig) -> None:
     if small:
         raise ConfigError(f"data.image_size: {cfg.data.image_size!r} px; expected at least 8 a side (a square "
                           "side, or [height, width]), or none for the model's default")
+    if not isinstance(cfg.train.tta_views, int) or not 0 <= cfg.train.tta_views <= 5:
+        raise ConfigError(f"train.tta_views: expected 0 (every view) or 1-5 (identity, h-flip, v-flip, hv-flip, "
+                          f"transpose: the first N), got {cfg.train.tta_views!r}")
+    if cfg.train.tta_views == 5 and cfg.data.image_size is not None and len(set(size_hw(cfg.data.image_size))) == 2:
+        raise ConfigError(f"train.tta_views 5: a {cfg.data.image_size} input has four views (no transpose of a "
+                          "rectangle); use 4 or 0")
     if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch < 1:
         raise ConfigError(f"train.max_steps_per_epoch: expected >= 1 or none, got {cfg.train.max_steps_per_epoch!r}")

@@ -223,7 +223,8 @@ def federate(cfg: RunConfig, sites: int, rounds: int, local_epochs: int = 1, str
         raise DataError(f"federate: the server scored {len(server.history) - 1} of {rounds} rounds; a site failed")
     _load(global_net, server.best["weights"])
     atomic_write_text(run_dir / "history.json", json.dumps(server.history, indent=2))
-    proba = score(global_net, classes, encoder, np.ascontiguousarray(images[test_idx]), meta[test_idx], cfg.train.tta)
+    proba = score(global_net, classes, encoder, np.ascontiguousarray(images[test_idx]), meta[test_idx], cfg.train.tta,
+                  cfg.train.tta_views)
     metrics = compute_metrics(y[test_idx], proba, classes)
     metrics.update(best_round=server.best["round"], rounds=rounds, local_epochs=local_epochs, sites=sites,
                    site_rule=site_rule, strategy=strategy, mu=mu, engine=engine)

@@ -192,7 +192,7 @@ def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Traine
         classes=cohort.classes, encoder=done.encoder, image_size=size, resize_method=cfg.data.resize_method,
         input_mode=cfg.model.input, cam_model=cam_model, cam_name=cam_info.get("name"),
         cam_kwargs=cam_info.get("kwargs"), cam_method=cfg.cam.method,
-        tta=cfg.train.tta, calibration=done.calibration, weights_dtype=cfg.train.weights_dtype,
+        tta=cfg.train.tta, tta_views=cfg.train.tta_views, calibration=done.calibration, weights_dtype=cfg.train.weights_dtype,
         metrics={**headline(metrics), "split": metrics["split"]},
         training_data={"path": str(cfg.data.path), "format": cohort.read.format,
                        "column_map": cfg.data.column_map if cohort.read.format == "generic" else None,

@@ -245,6 +245,7 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
         "training": {"command": cmd, "git_commit": commit or _git_commit(Path(__file__).parent) or "unknown",
                      "config": str(run_dir / "config.yaml"), "recipe": "configs/ham10000_release.yaml",
                      "epochs": cfg.train.epochs, "calibration": cfg.train.calibration, "tta": cfg.train.tta,
+                     "tta_views": info["preprocessing"].get("tta_views", "all") if cfg.train.tta else 0,
                      "members": cfg.train.members, "weights_dtype": info.get("weights_dtype", "float32")},
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "RGB", "num_channels": 3,

@@ -78,11 +78,12 @@ def calibrated_metrics(y: np.ndarray, raw: np.ndarray, calibration: Calibration,
 
 
 def score(model: nn.Module, classes: list[str], encoder: MetadataEncoder, images: np.ndarray,
-          meta: np.ndarray, tta: bool) -> np.ndarray:
+          meta: np.ndarray, tta: bool, tta_views: int = 0) -> np.ndarray:
     """Uncalibrated probabilities (N, C) float32 of ``model`` for the classifier's own inputs
     (N, S, S, 3) uint8 (heatmaps already rendered) and metadata (N, meta_dim): the engine's
     views and averaging, as `dermfuse evaluate` and `predict` compute them."""
-    engine = Predictor(model, classes, encoder, images.shape[1], meta_dim=meta.shape[1], tta=tta)
+    engine = Predictor(model, classes, encoder, images.shape[1:3], meta_dim=meta.shape[1], tta=tta,
+                       tta_views=tta_views)
     return engine.run(images, meta, calibrated=False).proba
 
 
@@ -174,7 +175,7 @@ def train_variant(cfg: RunConfig, table: pd.DataFrame, y: np.ndarray, classes: l
         return ArrayDataset(np.ascontiguousarray(images[idx]), meta[idx], y[idx], soft=soft)
 
     def probs(net: nn.Module, idx: np.ndarray) -> np.ndarray:
-        return score(net, classes, encoder, images[idx], meta[idx], cfg.train.tta)
+        return score(net, classes, encoder, images[idx], meta[idx], cfg.train.tta, cfg.train.tta_views)
 
     calibrate = cfg.train.calibration != "none"
     soft = None  # with train.distill_targets: the teachers' probabilities for the training rows (dermfuse teach)

@@ -106,7 +106,7 @@ def main() -> None:
     for i, (bundle, calls) in enumerate(models):
         members = len(getattr(bundle.model, "members", [None]))
         print(f"\nbundle {bundle.model_id}: {bundle.image_size} px, {members} network(s), "
-              f"test-time views {(bundle.tta_views or "all") if bundle.tta else "off"}, weights {bundle.info.get('weights_dtype', 'float32')}")
+              f"test-time views {(bundle.tta_views or 'all') if bundle.tta else 'off'}, weights {bundle.info.get('weights_dtype', 'float32')}")
         res = {name: _median_p95(times[i, name]) for name in calls}
         for name, (med, p95) in res.items():
             print(f"  {name:58s} median {med:7.1f} ms   p95 {p95:7.1f} ms")

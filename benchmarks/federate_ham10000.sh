@@ -8,7 +8,7 @@
 set -euo pipefail
 DATA="${1:-../shared/data/ham10000}"
 ENGINE="${2:-auto}"
-common=(--config configs/ham10000_release.yaml --sites 3 --rounds 4 --local-epochs 3 --site-rule site
+common=(--config configs/ham10000_single.yaml --sites 3 --rounds 4 --local-epochs 3 --site-rule site
         --engine "$ENGINE" --set train.calibration=none --central)
 dermfuse federate "$DATA" "${common[@]}" --out runs/federate_release128
 dermfuse federate "$DATA" "${common[@]}" --strategy fedprox --mu 0.01 --out runs/federate_release128_prox

@@ -17,8 +17,8 @@
 # Knobs (environment): EPOCHS (default 30, early stopping on), SIZE (128), BUDGET_S
 # (seconds of training before packing up, default 480), WORKERS (data-loading workers, 12),
 # STEPS ("cv ablate gap": which parts, in order; "release" trains the released recipe,
-# configs/ham10000_release.yaml, on its lesion-grouped holdout and "release_all" the same
-# recipe on all of the data, configs/ham10000_release_all.yaml, and "ensemble" a seed
+# configs/ham10000_single.yaml, on its lesion-grouped holdout and "release_all" the same
+# recipe on all of the data, configs/ham10000_single_all.yaml, and "ensemble" a seed
 # ensemble of MEMBERS (3) release-recipe models on the holdout (`train --members`;
 # "ensemble_all" the same on all of the data, into all_ensemble_bundle.tar.gz.part-*; three
 # members of each are about 38 MB, so run the two in separate calls: a call brings back
@@ -85,7 +85,7 @@ run() {
                 --models cnn,resnet50,inception_v3,ft_multicnn:heatmap "${common[@]}" "${w[@]}" >"$log" 2>&1 || rc=$? ;;
       # the settings of the CPU folds in docs/results.md, so GPU folds complete that table
       ablate) timeout -k 10 "$(left)" python3 -m dermfuse -q ablate "$data" --folds 5 --fold "$2" --out "$runs/ablate5_lite0" \
-                --config configs/ham10000_release.yaml --epochs "${ABL_EPOCHS:-4}" --image-size "$size" --device "$device" \
+                --config configs/ham10000_single.yaml --epochs "${ABL_EPOCHS:-4}" --image-size "$size" --device "$device" \
                 --set train.tta=false --set train.calibration=none --set cam.epochs=3 \
                 --set train.augment_on=workers --resume "${w[@]}" >"$log" 2>&1 || rc=$? ;;
       gap)    timeout -k 10 "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5" \
@@ -93,7 +93,7 @@ run() {
       # the released recipe's model (Lite0 image branch + metadata) under both protocols, as
       # the 2-fold CPU run of docs/results.md but with 5 folds and GAP_EPOCHS epochs
       gap_lite0) timeout -k 10 "$(left)" python3 -m dermfuse -q cv "$data" --folds 5 --fold "$2" --out "$runs/gap5_lite0" \
-                --config configs/ham10000_release.yaml --models ft_multicnn --protocol-gap \
+                --config configs/ham10000_single.yaml --models ft_multicnn --protocol-gap \
                 --epochs "${GAP_EPOCHS:-12}" --image-size "$size" --device "$device" \
                 --set train.patience="${GAP_EPOCHS:-12}" --set train.augment_on=workers \
                 --set train.tta=false --set train.calibration=none --resume "${w[@]}" >"$log" 2>&1 || rc=$? ;;
@@ -104,11 +104,11 @@ run() {
   for step in $steps; do
     if [[ "$step" =~ ^(release|release_all|ensemble|ensemble_all)$ ]]; then
       [ "$(left)" -gt 30 ] || break
-      local cfg=configs/ham10000_release.yaml dir=release_holdout extra=()
+      local cfg=configs/ham10000_single.yaml dir=release_holdout extra=()
       case $step in
-        release_all) cfg=configs/ham10000_release_all.yaml; dir=release_all ;;
+        release_all) cfg=configs/ham10000_single_all.yaml; dir=release_all ;;
         ensemble) dir=release_ensemble; extra=(--members "$members" --resume) ;;
-        ensemble_all) cfg=configs/ham10000_release_all.yaml; dir=release_all_ensemble
+        ensemble_all) cfg=configs/ham10000_single_all.yaml; dir=release_all_ensemble
                       extra=(--members "$members" --resume) ;;
       esac
       # an ensemble keeps ENS_RESERVE_S of its budget to build itself from the members that

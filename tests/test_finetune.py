@@ -107,3 +107,26 @@ def test_cli_init_errors_are_clear(synth_small, tmp_path, monkeypatch, capsys):
     assert main(["-q", "train", str(synth_small), "--init", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "not a bundle folder" in capsys.readouterr().err
     assert not np.any([p.name == "bundle" for p in tmp_path.rglob("bundle")])
+
+
+def test_a_seed_ensemble_is_fine_tuned_member_by_member(synth_small, tmp_path):
+    """--init with a two-member bundle (the released recipe's shape): the run becomes a
+    two-member ensemble and member k starts from the bundle's member k."""
+    cfg = _cfg(synth_small, tmp_path / "ens")
+    cfg.train.members, cfg.train.weights_dtype = 2, "float16"
+    first = load_bundle(train_run(cfg, progress=False).bundle)
+    assert len(first.model.members) == 2
+    for k in (0, 1):  # each member's weights, exactly, into a fresh network
+        net = create_model("ft_multicnn", pretrained=False, **first.info["model"]["kwargs"]["member_kwargs"])
+        report = load_matching(net, first, first.encoder.feature_names, member=k)
+        assert not report["skipped"] and not report["adapted"]
+        for key, value in first.model.members[k].state_dict().items():
+            assert torch.equal(net.state_dict()[key], value), (k, key)
+
+    tuned_cfg = _cfg(synth_small, tmp_path / "tuned")
+    tuned_cfg.model.init = str(first.path)
+    tuned = train_run(tuned_cfg, progress=False)
+    assert tuned.metrics["init"]["weights"]["skipped"] == 0
+    b = load_bundle(tuned.bundle)
+    assert b.info["model"]["name"] == "ensemble" and len(b.model.members) == 2
+    assert [m["seed"] for m in tuned.metrics["members"]] == [0, 1]

@@ -110,11 +110,12 @@ class Trained:
 
 
 def _builder(cfg: RunConfig, kwargs: dict[str, Any], warnings: list[str], init: Any,
-             features: list[str]) -> Callable[[], nn.Module]:
-    """A function that builds one fresh classifier (called once per member)."""
+             features: list[str]) -> Callable[[int | None], nn.Module]:
+    """A function that builds one fresh classifier: ``build(k)`` for member k of a seed
+    ensemble (None: the single model); from an --init ensemble, member k's weights."""
     init_bundle, init_info = init if init is not None else (None, None)
 
-    def build() -> nn.Module:
+    def build(k: int | None = None) -> nn.Module:
         weights, build_kw = cfg.model.weights, dict(kwargs)
         if cfg.model.name == "ft_multicnn" and "image_backbone" in kwargs and weights:
             build_kw["backbone_weights"], weights = weights, None  # the file is the backbone's
@@ -122,7 +123,7 @@ def _builder(cfg: RunConfig, kwargs: dict[str, Any], warnings: list[str], init: 
         if init_bundle is not None:
             from ..training.finetune import load_matching
 
-            done = load_matching(net, init_bundle, features)
+            done = load_matching(net, init_bundle, features, member=k or 0)
             init_info["weights"] = {k: len(v) for k, v in done.items()} | {"skipped_names": done["skipped"]}
             net.weights_source = f"init: {cfg.model.init}"
         elif cfg.model.pretrained and pretrainable(cfg) and getattr(net, "weights_source", "random") == "random":
@@ -135,7 +136,7 @@ def _builder(cfg: RunConfig, kwargs: dict[str, Any], warnings: list[str], init: 
     return build
 
 
-def _fit_one(cfg: RunConfig, build: Callable[[], nn.Module], k: int | None, train: ArrayDataset,
+def _fit_one(cfg: RunConfig, build: Callable[[int | None], nn.Module], k: int | None, train: ArrayDataset,
              val: ArrayDataset, classes: list[str], run_dir: Path, resume: bool,
              progress: bool) -> tuple[nn.Module, FitResult]:
     """One network: the single model (k None, seed train.init_seed, checkpoint in run_dir) or
@@ -145,7 +146,7 @@ def _fit_one(cfg: RunConfig, build: Callable[[], nn.Module], k: int | None, trai
     if k is not None and progress and is_main_process():
         console.print(f"member {k + 1}/{cfg.train.members} (seed {seed})")
     torch.manual_seed(seed)  # the initial weights of what pretrained weights leave out
-    net = build()
+    net = build(k)
     folder = run_dir if k is None else run_dir / "members" / str(k)
     return net, fit(net, train, val, replace(cfg.train, init_seed=seed), classes, run_dir=folder, resume=resume,
                     progress=progress)

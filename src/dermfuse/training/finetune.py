@@ -72,18 +72,21 @@ _ARCH_KEYS = ("image_backbone", "use_meta", "dropout", "batchnorm", "fusion")
 
 def apply_init_architecture(cfg, bundle) -> list[str]:
     """Set ``cfg``'s model and preprocessing fields to the bundle's (in place); returns a line
-    per field that changed. ConfigError for what a fine-tune cannot continue (an ensemble,
-    a heatmap-input bundle, whose CAM backbone would have to be fine-tuned with it)."""
+    per field that changed. A seed ensemble is fine-tuned member by member: ``train.members``
+    becomes the bundle's, and member k starts from the bundle's member k. ConfigError for what
+    a fine-tune cannot continue (a heatmap-input bundle, whose CAM backbone would have to be
+    fine-tuned with it)."""
     info = bundle.info["model"]
     name, kw = info["name"], dict(info["kwargs"])
+    wanted: dict[str, Any] = {}
     if name == "ensemble":
-        raise ConfigError("--init: the bundle is a seed ensemble; fine-tune one of its members "
-                          "(its members/K checkpoint) or a single-model bundle instead")
+        wanted["train.members"] = int(kw["n_members"])
+        name, kw = kw["member"], dict(kw["member_kwargs"])
     if bundle.input_mode != "image":
         raise ConfigError(f"--init: the bundle takes {bundle.input_mode!r} input (heatmaps from its own CAM "
                           "backbone); fine-tuning supports image-input bundles only")
-    wanted: dict[str, Any] = {"model.name": name, "model.input": "image", "data.image_size": size_json(bundle.image_size),
-                              "data.resize_method": bundle.resize_method}
+    wanted.update({"model.name": name, "model.input": "image", "data.image_size": size_json(bundle.image_size),
+                   "data.resize_method": bundle.resize_method})
     if name == "ft_multicnn":
         wanted.update({f"model.{k}": kw[k] for k in _ARCH_KEYS if k in kw})
         wanted.setdefault("model.image_backbone", None)
@@ -130,12 +133,14 @@ def _meta_input_keys(model: nn.Module, meta_dim: int) -> list[str]:
     return keys
 
 
-def load_matching(model: nn.Module, bundle, new_features: Sequence[str]) -> dict[str, list[str]]:
+def load_matching(model: nn.Module, bundle, new_features: Sequence[str], member: int = 0) -> dict[str, list[str]]:
     """Copy the bundle classifier's weights into ``model`` where they fit (see the module
-    docstring). ``new_features``: the extended encoder's feature names, in order.
+    docstring); from a seed-ensemble bundle, its member ``member``'s. ``new_features``: the
+    extended encoder's feature names, in order.
 
     Returns {"loaded": [...], "adapted": [...], "skipped": [...]} (tensor names)."""
-    old_state = bundle.model.state_dict()
+    source_net = bundle.model.members[member] if hasattr(bundle.model, "members") else bundle.model
+    old_state = source_net.state_dict()
     new_state = model.state_dict()
     old_features = list(bundle.encoder.feature_names)[: bundle.model_meta_dim]
     new_features = list(new_features)

@@ -61,3 +61,13 @@ def test_a_two_view_bundle_averages_identity_and_h_flip_only(tmp_path):
     (path / "bundle.json").write_text(json.dumps(info))
     with pytest.raises(BundleError, match="tta_views 9"):
         load_bundle(path)
+
+
+def test_the_onnx_export_lists_the_bundles_views_only(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from dermfuse.export.onnx import export_onnx
+
+    path = make_bundle(tmp_path / "b", image_size=32, tta=True, tta_views=2)
+    spec = export_onnx(path, tmp_path / "onnx", progress=False)
+    assert [v["name"] for v in spec["views"]["list"]] == ["identity", "hflip"]

@@ -69,5 +69,6 @@ def test_the_onnx_export_lists_the_bundles_views_only(tmp_path):
     from dermfuse.export.onnx import export_onnx
 
     path = make_bundle(tmp_path / "b", image_size=32, tta=True, tta_views=2)
-    spec = export_onnx(path, tmp_path / "onnx", progress=False)
+    export_onnx(path, tmp_path / "onnx", progress=False)
+    spec = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert [v["name"] for v in spec["views"]["list"]] == ["identity", "hflip"]

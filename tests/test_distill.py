@@ -4,6 +4,8 @@ with clear errors, a fit that follows the soft targets rather than the labels, a
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -223,6 +225,12 @@ def test_cross_fitted_targets_are_the_inner_folds_out_of_fold_predictions(teache
     code = main(["-q", "teach", "--from-cv", str(cv_dir / "ft_multicnn"), "--out", str(tmp_path / "x.csv")])
     err = capsys.readouterr().err
     assert code == 2 and "fold(s) [1]" in err and "not finished" in err and not (tmp_path / "x.csv").exists(), err
+    plan = json.loads((cv_dir / "plan.json").read_text())
+    (cv_dir / "plan.json").write_text(json.dumps({**plan, "rows": None}))  # a cv over every row
+    (cv_dir / "ft_multicnn" / "fold1" / "DONE").write_text("{}")
+    code = main(["-q", "teach", "--from-cv", str(cv_dir / "ft_multicnn"), "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cv run over every row" in err and not (tmp_path / "x.csv").exists(), err
     for bad in (["teach", "--out", "t.csv"],  # neither source
                 ["teach", str(synth_small), "--teacher", str(res.bundle), "--from-cv", str(cv_dir), "--out", "t.csv"]):
         code = main(["-q", *bad])

@@ -15,7 +15,7 @@ from dermfuse.training import finetune
 from dermfuse.inference.bundle import load_bundle
 from dermfuse.cli import main
 from dermfuse.config import RunConfig
-from dermfuse.errors import BundleError, DataError
+from dermfuse.errors import BundleError, ConfigError, DataError
 from dermfuse.runs.holdout import train_run
 from dermfuse.training.finetune import check_classes, extend_encoder, load_matching, resolve_init
 from dermfuse.models import create_model
@@ -109,7 +109,11 @@ def test_cli_init_errors_are_clear(synth_small, tmp_path, monkeypatch, capsys):
     assert not np.any([p.name == "bundle" for p in tmp_path.rglob("bundle")])
 
 
-def test_a_seed_ensemble_is_fine_tuned_member_by_member(synth_small, tmp_path):
+def b_info(path) -> dict:
+    return json.loads((path / "bundle.json").read_text())
+
+
+def test_a_seed_ensemble_is_fine_tuned_member_by_member(synth_small, tmp_path, monkeypatch):
     """--init with a two-member bundle (the released recipe's shape): the run becomes a
     two-member ensemble and member k starts from the bundle's member k."""
     cfg = _cfg(synth_small, tmp_path / "ens")
@@ -125,8 +129,18 @@ def test_a_seed_ensemble_is_fine_tuned_member_by_member(synth_small, tmp_path):
 
     tuned_cfg = _cfg(synth_small, tmp_path / "tuned")
     tuned_cfg.model.init = str(first.path)
+    asked: list[int] = []
+    real = finetune.load_matching
+    monkeypatch.setattr(finetune, "load_matching", lambda net, b, f, member=0: asked.append(member) or real(net, b, f, member))
     tuned = train_run(tuned_cfg, progress=False)
+    assert asked == [0, 1]  # member k from the bundle's member k
     assert tuned.metrics["init"]["weights"]["skipped"] == 0
+    assert set(tuned.metrics["init"]["weights_by_member"]) == {"0", "1"}
+    # what the bundle does at inference carries over: float16 weights, its views
+    assert b_info(tuned.bundle)["weights_dtype"] == "float16"
+    tuned_cfg.train.members = 3
+    with pytest.raises(ConfigError, match="seed ensemble of 2"):
+        train_run(tuned_cfg, progress=False)
     b = load_bundle(tuned.bundle)
     assert b.info["model"]["name"] == "ensemble" and len(b.model.members) == 2
     assert [m["seed"] for m in tuned.metrics["members"]] == [0, 1]

@@ -29,9 +29,9 @@ def test_the_first_n_views_in_their_fixed_order():
 
 
 @pytest.mark.parametrize("sets, needle", [
-    ({"train.tta_views": 6}, "expected 0 .every view. or 1-5"),
-    ({"train.tta_views": -1}, "expected 0 .every view. or 1-5"),
-    ({"train.tta_views": 5, "data.image_size": [24, 32]}, "has four views"),
+    ({"train.tta": True, "train.tta_views": 6}, "expected 0 .every view. or 1-5"),
+    ({"train.tta": True, "train.tta_views": -1}, "expected 0 .every view. or 1-5"),
+    ({"train.tta": True, "train.tta_views": 5, "data.image_size": [24, 32]}, "has four views"),
 ])
 def test_bad_view_counts_are_refused_before_any_image_is_read(sets, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -72,3 +72,12 @@ def test_the_onnx_export_lists_the_bundles_views_only(tmp_path):
     export_onnx(path, tmp_path / "onnx", progress=False)
     spec = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert [v["name"] for v in spec["views"]["list"]] == ["identity", "hflip"]
+
+
+def test_views_without_test_time_augmentation_are_refused():
+    with pytest.raises(ConfigError, match="needs train.tta: true"):
+        check_config(apply_overrides(RunConfig(), {"train.tta_views": 2}))
+    with pytest.raises(ConfigError, match="expected 0 .every view."):
+        cfg = RunConfig()
+        cfg.train.tta, cfg.train.tta_views = True, True
+        check_config(cfg)

@@ -215,9 +215,8 @@ def run_teach(args: argparse.Namespace) -> int:
         if args.data is not None or args.split_file is not None:
             raise ConfigError("teach --from-cv: the cv run fixes the rows; leave out DATA and --split-file")
         ids, y, proba, classes, rows = out_of_fold_targets(args.from_cv, out=args.out)
-        where = (f"part(s) {', '.join(rows['parts'])} of {rows['split_file']}" if rows.get("split_file")
-                 else "every row of the cv run's data (not inner folds of a split)")
-        scored_by = f"the out-of-fold predictions of {args.from_cv} ({where})"
+        scored_by = (f"the out-of-fold predictions of {args.from_cv} (part(s) {', '.join(rows['parts'])} "
+                     f"of {rows['split_file']})")
     else:
         if args.data is None:
             raise ConfigError("teach --teacher: name the data set (dermfuse teach DATA --teacher BUNDLE ...)")

@@ -133,6 +133,10 @@ def save_bundle(
         raise ValueError(f"input mode {input_mode!r} needs a CAM backbone in the bundle")
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype {weights_dtype!r}: expected one of {sorted(WEIGHTS_DTYPES)}")
+    if isinstance(tta_views, bool) or not isinstance(tta_views, int) or not 0 <= tta_views <= (
+            5 if len(set(size_hw(image_size))) == 1 else 4):
+        raise ValueError(f"tta_views {tta_views!r}: expected 0 (every view) or at most the views a "
+                         f"{size_text(image_size)} input has")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     digest = _write_weights(out / WEIGHTS_FILE, model, cam_model, WEIGHTS_DTYPES[weights_dtype])
@@ -183,7 +187,8 @@ def _lower(name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     low = t.detach().to(dtype)
     if not bool(torch.isfinite(low).all()) and bool(torch.isfinite(t).all()):
         raise ValueError(f"weights as {str(dtype).removeprefix('torch.')}: {name} has values beyond its range "
-                         f"(max |x| {t.abs().max().item():.3g}); keep weights_dtype float32")
+                         f"(max |x| {t.abs().max().item():.3g}); the checkpoints are kept: rerun with --resume "
+                         "--set train.weights_dtype=float32")
     return low
 
 
@@ -305,7 +310,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         encoder = MetadataEncoder.from_dict(info["encoder"])
         _check_fits(path, info, model, encoder, cam)
         n_views = pre.get("tta_views", 0)
-        if not isinstance(n_views, int) or not 0 <= n_views <= (5 if len(set(size_hw(pre["image_size"]))) == 1 else 4):
+        if isinstance(n_views, bool) or not isinstance(n_views, int) or not 0 <= n_views <= (5 if len(set(size_hw(pre["image_size"]))) == 1 else 4):
             raise BundleError(f"{path / META_FILE}: preprocessing.tta_views {n_views!r}; expected 0 (every view) "
                               f"or the number of test-time views the {size_text(pre['image_size'])} input has, at most")
         calibration = Calibration.from_dict(info.get("calibration"))

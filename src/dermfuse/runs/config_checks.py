@@ -76,9 +76,13 @@ def check_config(cfg: RunConfig) -> None:
     if small:
         raise ConfigError(f"data.image_size: {cfg.data.image_size!r} px; expected at least 8 a side (a square "
                           "side, or [height, width]), or none for the model's default")
-    if not isinstance(cfg.train.tta_views, int) or not 0 <= cfg.train.tta_views <= 5:
+    if isinstance(cfg.train.tta_views, bool) or not isinstance(cfg.train.tta_views, int) \
+            or not 0 <= cfg.train.tta_views <= 5:
         raise ConfigError(f"train.tta_views: expected 0 (every view) or 1-5 (identity, h-flip, v-flip, hv-flip, "
                           f"transpose: the first N), got {cfg.train.tta_views!r}")
+    if cfg.train.tta_views and not cfg.train.tta:
+        raise ConfigError(f"train.tta_views {cfg.train.tta_views} needs train.tta: true (without it there is "
+                          "one view)")
     if cfg.train.tta_views == 5 and cfg.data.image_size is not None and len(set(size_hw(cfg.data.image_size))) == 2:
         raise ConfigError(f"train.tta_views 5: a {cfg.data.image_size} input has four views (no transpose of a "
                           "rectangle); use 4 or 0")

@@ -243,7 +243,7 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
         "image_classes": {c: CLASS_NAMES.get(c, c) for c in info.get("classes", [])},
         "population_limits": POPULATION_LIMITS,
         "training": {"command": cmd, "git_commit": commit or _git_commit(Path(__file__).parent) or "unknown",
-                     "config": str(run_dir / "config.yaml"), "recipe": "configs/ham10000_release.yaml",
+                     "config": str(run_dir / "config.yaml"), "recipe": _recipe(cmd, run_dir),
                      "epochs": cfg.train.epochs, "calibration": cfg.train.calibration, "tta": cfg.train.tta,
                      "tta_views": info["preprocessing"].get("tta_views", "all") if cfg.train.tta else 0,
                      "members": cfg.train.members, "weights_dtype": info.get("weights_dtype", "float32")},
@@ -264,6 +264,15 @@ def build_card(info: dict[str, Any], cfg, run_dir: Path, trust: Trust, hold: dic
         "references": ["Shimbre & Solanki 2025, Activation Heatmap-Guided FT-MultiCNN, doi:10.18280/isi.300520",
                        "Tschandl, Rosendahl & Kittler 2018, The HAM10000 dataset, doi:10.1038/sdata.2018.161"],
     }
+
+
+def _recipe(command: str, run_dir: Path) -> str:
+    """The config file the training command names (``--config FILE``), else the run's own."""
+    words = command.split()
+    for i, word in enumerate(words[:-1]):
+        if word == "--config":
+            return words[i + 1]
+    return str(run_dir / "config.yaml")
 
 
 def _architecture(model: dict[str, Any]) -> str:

@@ -106,8 +106,8 @@ def out_of_fold_targets(variant_dir: str | Path, out: str | Path | None = None
                         ) -> tuple[list[str], np.ndarray, np.ndarray, list[str], dict]:
     """Cross-fitted soft targets from a finished cross-validation: ``variant_dir`` is
     ``RUN_DIR/<variant>`` of ``dermfuse cv``; every fold of ``RUN_DIR/plan.json`` must be
-    DONE. Returns (image ids, labels, probabilities, classes, the plan's row selection or
-    {}); ``out``: also written as a predictions CSV with its fold column. The probabilities
+    DONE, and the cv must be inner folds of a split's rows (``--split-file``). Returns (image
+    ids, labels, probabilities, classes, the plan's row selection); ``out``: also written as a predictions CSV with its fold column. The probabilities
     are the folds' as cv wrote them (calibrated on each fold's own validation rows when the
     config calibrates). ConfigError, before anything is written, for a missing or unfinished
     fold, an image scored twice or folds that disagree on the classes."""
@@ -116,6 +116,10 @@ def out_of_fold_targets(variant_dir: str | Path, out: str | Path | None = None
     if not plan_path.is_file():
         raise ConfigError(f"teach --from-cv: {plan_path} not found; give RUN_DIR/<variant> of a `dermfuse cv` run")
     plan = json.loads(plan_path.read_text())
+    if not (plan.get("rows") or {}).get("split_file"):
+        raise ConfigError(f"teach --from-cv: {variant_dir.parent} is a cv run over every row, so its fold models "
+                          "trained on the rows a student would be validated and tested on; run the inner folds "
+                          "with `dermfuse cv DATA --split-file RUN/split.csv --part train`")
     folds = range(int(plan["folds"]))
     unfinished = [k for k in folds if not (variant_dir / f"fold{k}" / "DONE").is_file()]
     if unfinished:
@@ -135,4 +139,4 @@ def out_of_fold_targets(variant_dir: str | Path, out: str | Path | None = None
     ids = table["image_id"].astype(str).tolist()
     if out is not None:
         write_predictions(out, ids, classes, y, proba, extra={"fold": table["fold"].to_numpy()})
-    return ids, y, proba, classes, dict(plan.get("rows") or {})
+    return ids, y, proba, classes, dict(plan["rows"])

@@ -124,7 +124,11 @@ def _builder(cfg: RunConfig, kwargs: dict[str, Any], warnings: list[str], init: 
             from ..training.finetune import load_matching
 
             done = load_matching(net, init_bundle, features, member=k or 0)
-            init_info["weights"] = {k: len(v) for k, v in done.items()} | {"skipped_names": done["skipped"]}
+            summary = {key: len(v) for key, v in done.items()} | {"skipped_names": done["skipped"]}
+            if not k:  # the single model, or member 0
+                init_info["weights"] = summary
+            if k is not None:
+                init_info.setdefault("weights_by_member", {})[str(k)] = summary
             net.weights_source = f"init: {cfg.model.init}"
         elif cfg.model.pretrained and pretrainable(cfg) and getattr(net, "weights_source", "random") == "random":
             text = f"{cfg.model.name}: no pretrained weights available offline; trained from random weights."

@@ -80,8 +80,15 @@ def apply_init_architecture(cfg, bundle) -> list[str]:
     name, kw = info["name"], dict(info["kwargs"])
     wanted: dict[str, Any] = {}
     if name == "ensemble":
-        wanted["train.members"] = int(kw["n_members"])
+        n = int(kw["n_members"])
+        if cfg.train.members not in (1, n):
+            raise ConfigError(f"--init: the bundle is a seed ensemble of {n}; train.members {cfg.train.members} "
+                              f"cannot start from it (leave train.members at 1 or {n})")
+        wanted["train.members"] = n
         name, kw = kw["member"], dict(kw["member_kwargs"])
+    # what the bundle does at inference carries over: its test-time views and its weights' precision
+    wanted.update({"train.tta": bundle.tta, "train.tta_views": bundle.tta_views,
+                   "train.weights_dtype": bundle.info.get("weights_dtype", "float32")})
     if bundle.input_mode != "image":
         raise ConfigError(f"--init: the bundle takes {bundle.input_mode!r} input (heatmaps from its own CAM "
                           "backbone); fine-tuning supports image-input bundles only")

@@ -193,7 +193,7 @@ def test_fine_tuning_takes_the_bundles_fusion():
 
     def bundle(**kw):
         return SimpleNamespace(info={"model": {"name": "ft_multicnn", "kwargs": {"use_meta": True, **kw}}},
-                               input_mode="image", image_size=128, resize_method="bilinear")
+                               input_mode="image", image_size=128, resize_method="bilinear", tta=False, tta_views=0)
 
     cfg = RunConfig()
     changed = apply_init_architecture(cfg, bundle(fusion="metablock"))

@@ -82,3 +82,25 @@ def test_every_writer_goes_through_dermfuse_io():
     offenders = [str(f.relative_to(root)) for f in sorted(root.rglob("*.py")) if f not in allowed
                  and re.search(r"os\.replace\(|os\.rename\(|\.rename\(|\.tmp\b[\"']", f.read_text())]
     assert offenders == []
+
+
+def test_a_file_written_by_a_library_that_creates_it_0600_gets_the_usual_mode(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file  # creates its file with mode 0600
+
+    with atomic_path(tmp_path / "model.safetensors") as tmp:
+        save_file({"w": np.zeros(2, np.float32)}, str(tmp))
+        assert tmp.stat().st_mode & 0o777 == 0o600  # what the library made
+    with open(tmp_path / "plain.txt", "w") as fh:
+        fh.write("x")
+    plain = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert plain == 0o666 & ~_umask_now()
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == plain
+
+
+def _umask_now() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

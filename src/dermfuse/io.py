@@ -4,7 +4,9 @@ Fold and member jobs on several machines may share one run folder. Every file is
 under a temporary name unique to this host, process and call (`.NAME.HOST.PID.RANDOM.tmp`
 in the same folder), flushed and fsynced, then renamed over the target with `os.replace`,
 which is atomic on POSIX file systems: a reader sees the old file or the new one, never a
-half-written one, and two writers of the same file leave one complete version.
+half-written one, and two writers of the same file leave one complete version. The file gets
+the mode a plain ``open(path, "w")`` would give it (0666 less the umask), whatever mode the
+writer created the temporary file with (safetensors creates 0600).
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ def temp_path(path: str | os.PathLike, suffix: str = "") -> Path:
     path = Path(path)
     host = socket.gethostname().replace(os.sep, "_") or "host"
     return path.with_name(f".{path.name}.{host}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -58,6 +69,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:

@@ -108,11 +108,8 @@ def test_two_workers_share_a_postgresql_study(data, tmp_path):
     _two_workers_share_one_study(data, tmp_path, url, f"test-{uuid.uuid4().hex[:10]}")
 
 
-def test_killed_worker_loses_only_its_running_trial(data, tmp_path):
-    out, storage = tmp_path / "tune", default_storage(tmp_path / "tune")
-    # trials of several epochs, so that the kill lands inside one
-    slow = ["--space", str(_space(tmp_path)), "--epochs", "4", "--set", "train.early_stopping=none"]
-    worker = _worker(data, out, 50, *slow)
+def _wait_inside_second_trial(worker: subprocess.Popen, storage: str) -> None:
+    """Until the worker has finished one trial and is running the next."""
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(0.5)
@@ -122,10 +119,17 @@ def test_killed_worker_loses_only_its_running_trial(data, tmp_path):
             continue
         states = [t.state.name for t in trials]
         if states.count("COMPLETE") >= 1 and states[-1] == "RUNNING" and trials[-1].user_attrs.get("worker"):
-            break
-    else:
-        worker.kill()
-        pytest.fail(f"the worker did not start a second trial in time: {worker.stderr.read()[-2000:]}")
+            return
+    worker.kill()
+    pytest.fail(f"the worker did not start a second trial in time: {worker.stderr.read()[-2000:]}")
+
+
+def test_killed_worker_loses_only_its_running_trial(data, tmp_path):
+    out, storage = tmp_path / "tune", default_storage(tmp_path / "tune")
+    # trials of several epochs, so that the kill lands inside one
+    slow = ["--space", str(_space(tmp_path)), "--epochs", "4", "--set", "train.early_stopping=none"]
+    worker = _worker(data, out, 50, *slow)
+    _wait_inside_second_trial(worker, storage)
     worker.send_signal(signal.SIGKILL)  # no clean-up at all: as a machine that loses power
     worker.wait()
     before = [t.state.name for t in _trials(storage)]
@@ -136,6 +140,19 @@ def test_killed_worker_loses_only_its_running_trial(data, tmp_path):
     assert after.count("FAIL") == 1  # the trial that was running when the worker died ...
     assert after.count("COMPLETE") == done + 1  # ... is the only one lost; the finished ones stay
     assert after.count("RUNNING") == 0 and len(after) == len(before) + 1
+
+
+def test_terminated_worker_marks_its_running_trial_fail_before_it_exits(data, tmp_path):
+    out, storage = tmp_path / "tune", default_storage(tmp_path / "tune")
+    slow = ["--space", str(_space(tmp_path)), "--epochs", "4", "--set", "train.early_stopping=none"]
+    worker = _worker(data, out, 50, *slow)
+    _wait_inside_second_trial(worker, storage)
+    worker.send_signal(signal.SIGTERM)  # `kill PID`, or a scheduler's stop
+    _, stderr = worker.communicate(timeout=120)
+    assert worker.returncode == 130, stderr[-2000:]  # as after Ctrl-C
+    states = [t.state.name for t in _trials(storage)]
+    assert states[-1] == "FAIL" and states.count("RUNNING") == 0  # no next worker needed to clean up
+    assert states.count("COMPLETE") >= 1
 
 
 def test_tune_two_trials_then_train_from_the_best_config(data, tmp_path):

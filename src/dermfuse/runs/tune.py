@@ -11,7 +11,7 @@ The study lives in a database: a SQLite file ``study.db`` in the run folder by d
 any Optuna storage URL (``postgresql://user:pass@host/db``) that workers on several machines
 share. Each trial is its own row, created when it starts and finished when it ends, so a
 worker that is interrupted loses at most the trial it was running (marked FAIL: at once by
-Ctrl-C, by the next worker on the same host after a kill, or by Optuna's heartbeat after
+Ctrl-C or SIGTERM, by the next worker on the same host after a kill, or by Optuna's heartbeat after
 ``GRACE_PERIOD_S`` from any machine).
 
 At the end a worker writes the best trial as ``best_config.yaml`` (``dermfuse train
@@ -24,13 +24,16 @@ import copy
 import json
 import os
 import random
+import signal
 import socket
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -348,9 +351,29 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
         study.set_user_attr("split", data.counts)
     atomic_write_text(out / "base_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     if trials:
-        study.optimize(_objective(optuna, cfg, space, data, worker), n_trials=trials,
-                       callbacks=[_announce] if progress else [], gc_after_trial=True)
+        with _sigterm_as_interrupt():
+            study.optimize(_objective(optuna, cfg, space, data, worker), n_trials=trials,
+                           callbacks=[_announce] if progress else [], gc_after_trial=True)
     return _finish(study, cfg, out, url, name, trials)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill PID`, a batch scheduler's stop) raises KeyboardInterrupt, as Ctrl-C does,
+    so that Optuna marks the running trial FAIL before the worker exits instead of leaving it
+    RUNNING for the next worker to find. Only in the main thread, where Python runs handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _join_study(study: Any, mine: dict[str, Any], url: str, name: str) -> None:

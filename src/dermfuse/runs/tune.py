@@ -352,7 +352,7 @@ def tune(cfg: RunConfig, trials: int, out: str | Path, storage: str | None = Non
     atomic_write_text(out / "base_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     if trials:
         with _sigterm_as_interrupt():
-            study.optimize(_objective(optuna, cfg, space, data, worker), n_trials=trials,
+            study.optimize(_objective(optuna, cfg, space, data, worker, progress), n_trials=trials,
                            callbacks=[_announce] if progress else [], gc_after_trial=True)
     return _finish(study, cfg, out, url, name, trials)
 
@@ -394,7 +394,8 @@ def _join_study(study: Any, mine: dict[str, Any], url: str, name: str) -> None:
             study.set_user_attr(key, value)
 
 
-def _objective(optuna: Any, cfg: RunConfig, space: SearchSpace, data: _Data, worker: str) -> Callable[[Any], float]:
+def _objective(optuna: Any, cfg: RunConfig, space: SearchSpace, data: _Data, worker: str,
+               progress: bool = True) -> Callable[[Any], float]:
     """One trial: the config with the trial's values, trained with `fit`; its best validation
     balanced accuracy, reported every epoch to the pruner."""
 
@@ -412,7 +413,7 @@ def _objective(optuna: Any, cfg: RunConfig, space: SearchSpace, data: _Data, wor
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {row['epoch']}: validation balanced accuracy {score:.4f}")
 
-        res = fit(model, data.train, data.val, tcfg.train, data.classes, progress=False, on_epoch=report)
+        res = fit(model, data.train, data.val, tcfg.train, data.classes, progress=progress, on_epoch=report)  # epochs on stderr
         value = max(float(r["val_balanced_accuracy"]) for r in res.history)
         best = int(np.argmax([r["val_balanced_accuracy"] for r in res.history]))
         trial.set_user_attr("best_epoch", int(res.history[best]["epoch"]))  # counted from 1

@@ -20,7 +20,7 @@ from dermfuse.evaluation.calibrate import Calibration
 from dermfuse.data.encode import MetadataEncoder
 from dermfuse.models import create_model
 
-__all__ = ["SITES", "make_bundle", "make_encoder", "lesion_image", "png_bytes", "jpeg_bytes"]
+__all__ = ["SITES", "make_bundle", "make_encoder", "lesion_image", "png_bytes", "jpeg_bytes", "rescore_run"]
 
 SITES = ("back", "face", "lower extremity", "trunk", "upper extremity")
 
@@ -102,3 +102,19 @@ def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def rescore_run(run, data: Path, out: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """`evaluate` a training run's bundle on the run's own test rows (its split.csv).
+    Returns (the run's test probabilities, the bundle's, the run's predictions table), rows
+    aligned by image id, columns p_<class>."""
+    from dermfuse.runs.holdout import evaluate_bundle
+
+    out.mkdir(parents=True, exist_ok=True)
+    split = out / "split.csv"
+    split.write_text((run.run_dir / "split.csv").read_text())
+    evaluate_bundle(run.bundle, data, progress=False, out=out / "ev", split_file=split)
+    ours = pd.read_csv(run.run_dir / "predictions.csv").set_index("image_id")
+    again = pd.read_csv(out / "ev" / "predictions.csv").set_index("image_id").loc[ours.index]
+    cols = [c for c in ours.columns if c.startswith("p_")]
+    return ours[cols].to_numpy(), again[cols].to_numpy(), ours

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
+from _bundles import rescore_run
 from dermfuse.inference.bundle import load_bundle
 from dermfuse.config import RunConfig
 from dermfuse.errors import ConfigError
-from dermfuse.runs.holdout import evaluate_bundle, train_run
+from dermfuse.runs.holdout import train_run
 from dermfuse.models import create_model
 from dermfuse.models.ensemble import Ensemble
 from dermfuse.inference.predict import explain_arrays, predict_one
@@ -88,13 +89,8 @@ def test_member_is_the_single_run_with_its_seed(ensemble_run, synth_small, tmp_p
 def test_ensemble_predictions_are_calibrated_mean_of_members(ensemble_run, synth_small, tmp_path):
     """The run averages the members' saved-epoch probabilities; the bundle's Ensemble module
     (TTA and calibration included) gives the same test predictions."""
-    split = tmp_path / "split.csv"
-    split.write_text((ensemble_run.run_dir / "split.csv").read_text())
-    evaluate_bundle(ensemble_run.bundle, synth_small, progress=False, out=tmp_path / "ev", split_file=split)
-    ours = pd.read_csv(ensemble_run.run_dir / "predictions.csv").set_index("image_id")
-    again = pd.read_csv(tmp_path / "ev" / "predictions.csv").set_index("image_id").loc[ours.index]
-    cols = [c for c in ours.columns if c.startswith("p_")]
-    assert np.allclose(ours[cols].to_numpy(), again[cols].to_numpy(), atol=1e-5)
+    ours, again, _ = rescore_run(ensemble_run, synth_small, tmp_path)
+    assert np.allclose(ours, again, atol=1e-5)
     m = ensemble_run.metrics
     assert "calibration" in m and "uncalibrated" in m
 

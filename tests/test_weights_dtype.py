@@ -11,11 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _bundles import rescore_run
 from dermfuse.config import RunConfig
 from dermfuse.errors import BundleError, ConfigError
 from dermfuse.inference.bundle import load_bundle, round_weights
 from dermfuse.models import create_model
-from dermfuse.runs.holdout import evaluate_bundle, train_run
+from dermfuse.runs.holdout import train_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:The least populated class")
 
@@ -56,15 +57,11 @@ def test_the_run_scores_exactly_what_the_bundle_computes(runs, synth_small, tmp_
     """The half run's metrics are the stored bundle's: its test predictions come back from
     `evaluate` on the bundle, and they differ from the full-precision run's (rounded, not ignored)."""
     half = runs["float16"]
-    split = tmp_path / "split.csv"
-    split.write_text((half.run_dir / "split.csv").read_text())
-    evaluate_bundle(half.bundle, synth_small, progress=False, out=tmp_path / "ev", split_file=split)
-    ours = pd.read_csv(half.run_dir / "predictions.csv").set_index("image_id")
-    again = pd.read_csv(tmp_path / "ev" / "predictions.csv").set_index("image_id").loc[ours.index]
-    cols = [c for c in ours.columns if c.startswith("p_")]
-    np.testing.assert_allclose(ours[cols].to_numpy(), again[cols].to_numpy(), atol=1e-6)
-    full = pd.read_csv(runs["float32"].run_dir / "predictions.csv").set_index("image_id").loc[ours.index]
-    diff = np.abs(full[cols].to_numpy() - ours[cols].to_numpy()).max()
+    ours, again, table = rescore_run(half, synth_small, tmp_path)
+    np.testing.assert_allclose(ours, again, atol=1e-6)
+    full = pd.read_csv(runs["float32"].run_dir / "predictions.csv").set_index("image_id").loc[table.index]
+    cols = [c for c in table.columns if c.startswith("p_")]
+    diff = np.abs(full[cols].to_numpy() - ours).max()
     assert 0 < diff < 0.02, diff
 
 

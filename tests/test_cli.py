@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -313,9 +314,35 @@ def test_predict_folder_and_csv_to_a_predictions_csv(released, synth_small, tmp_
     code, out, _ = _run(["predict", "--bundle", str(released), str(folder / "in.csv")], capsys)
     b = pd.read_csv(__import__("io").StringIO(out))
     assert code == 0 and len(b) == 3
-    pd.DataFrame({"image": ["nope.jpg"]}).to_csv(folder / "bad.csv", index=False)
-    code, _, err = _run(["predict", "--bundle", str(released), str(folder / "bad.csv")], capsys)
-    assert code == 2 and "row 1" in err and "nope.jpg" in err
+
+
+def test_predict_many_answers_the_good_rows_and_marks_the_bad_ones(released, synth_small, tmp_path, capsys):
+    """A bad row (missing image, bad age) does not stop the others: status error, the message
+    names the row, exit 1; --json is strict JSON (null, not NaN) and --out still gets the CSV."""
+    import pandas as pd
+
+    good = sorted((synth_small / "images").glob("*.jpg"))[:2]
+    (tmp_path / "text.jpg").write_text("not an image")
+    pd.DataFrame({"image": [str(good[0]), "nope.jpg", str(good[1]), "text.jpg"],
+                  "age": ["40", "50", "-5", ""]}).to_csv(tmp_path / "in.csv", index=False)
+    code, out, err = _run(["predict", "--bundle", str(released), str(tmp_path / "in.csv"), "--json",
+                           "--out", str(tmp_path / "p.csv")], capsys)
+    assert code == 1
+    rows = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))["predictions"]
+    assert [r["status"] == "error" for r in rows] == [False, True, True, True]
+    assert rows[0]["top_class"] in released_classes(released) and rows[0]["error"] is None
+    assert rows[1]["top_class"] is None and rows[1]["p_mel"] is None
+    assert rows[1]["error"].startswith("row 2 (") and "nope.jpg" in rows[1]["error"]
+    assert rows[2]["error"].startswith("row 3 (") and "age '-5'" in rows[2]["error"]
+    assert rows[3]["error"].startswith("row 4 (") and "not a readable image" in rows[3]["error"]
+    assert "skipped row 2" in err and "error 3" in err
+    table = pd.read_csv(tmp_path / "p.csv")  # the same answers in the CSV
+    assert table["status"].tolist() == [r["status"] for r in rows]
+    assert table.loc[0, "p_mel"] == pytest.approx(rows[0]["p_mel"]) and table["p_mel"][1:].isna().all()
+
+
+def released_classes(bundle_dir) -> list[str]:
+    return json.loads((Path(bundle_dir) / "bundle.json").read_text())["classes"]
 
 
 def test_evaluate_reports_trust_and_writes_the_risk_coverage_plot(released, bundle, synth_small, tmp_path, capsys):
@@ -349,3 +376,36 @@ def test_evaluate_at_the_melanoma_operating_point(released, synth_small, capsys)
     m = json.loads(out)
     assert code == 0 and m["operating_point"] == "melanoma"
     assert 0 <= m["at_operating_point"]["accuracy"] <= 1 and "auc_macro" not in m["at_operating_point"]
+
+
+def test_cam_alpha_outside_0_1_is_a_usage_error(bundle, image, tmp_path, capsys):
+    for alpha in ("5", "-1", "nan"):
+        code, _, err = _run(["cam", str(bundle), image, "--out", str(tmp_path / "c"), "--alpha", alpha], capsys)
+        assert code == 2 and f"--alpha {float(alpha)}" in err and "0..1" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_export_without_a_bundle_exports_the_released_model(bundle, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnx")
+    import dermfuse.released as rel
+
+    monkeypatch.setattr(rel, "RELEASED_BUNDLE", bundle)  # a tiny bundle stands in for the shipped one
+    code, out, _ = _run(["export", "--out", str(tmp_path / "x"), "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["model_id"] == json.loads((bundle / "bundle.json").read_text())["model_id"]
+    monkeypatch.setattr(rel, "RELEASED_BUNDLE", tmp_path / "none")
+    code, _, err = _run(["export", "--out", str(tmp_path / "y")], capsys)
+    assert code == 2 and "--bundle" in err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(bundle, synth_small, tmp_path):
+    """`dermfuse predict FOLDER | head -0`: stdout closed before the CSV is written."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before anything is written
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dermfuse", "-q", "predict", str(bundle), str(synth_small / "images")],
+                          stdout=w, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    os.close(w)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

@@ -45,6 +45,7 @@ CASES = {
     "data check": ["data", "check", "{data}", "--json"],
     "evaluate": ["evaluate", "{bundle}", "{data}", "--json"],
     "predict": ["predict", "{bundle}", "{image}", "--age", "40", "--sex", "M", "--site", "back", "--json"],
+    "predict (a folder)": ["predict", "{bundle}", "{root}", "--json"],  # lesion.jpg
     "cache": ["cache", "--json"],
     "card": ["card", "--bundle", "{bundle}", "--json"],
     "export": ["export", "{bundle}", "--out", "{root}/onnx", "--json"],
@@ -67,5 +68,6 @@ def test_stdout_is_only_json(command, inputs):
     proc = subprocess.run([sys.executable, "-m", "dermfuse", *argv], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("{"), proc.stdout[:200]  # not even a blank line a progress bar left
     value = json.loads(proc.stdout)  # nothing before or after the object
     assert isinstance(value, dict) and value

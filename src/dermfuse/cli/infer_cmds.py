@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from ..errors import InputError
 from .output import err, out
 from .parser import UsageError, add_bundle_options, add_format_options, split_bundle
@@ -124,15 +126,21 @@ def _predict_many(args: argparse.Namespace, bundle, source: str) -> int:
         raise UsageError("--heatmap and --explain are for one image; use `dermfuse cam` for many")
     table = predict_table(Predictor.from_bundle(bundle), read_inputs(source),
                           operating_point=args.operating_point, progress=not args.quiet)
-    if args.json:
-        print(json.dumps({"model_id": bundle.model_id, "predictions": table.to_dict(orient="records")}, indent=2))
-    elif args.out:
+    if args.out:
         table.to_csv(args.out, index=False)
-        counts = ", ".join(f"{k} {int(v)}" for k, v in table["status"].value_counts().items())
-        err.print(f"{len(table)} predictions ({counts}) -> {args.out}")
-    else:
+    if args.json:  # strict JSON: null, never NaN, for the empty answers of a bad row
+        records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+        print(json.dumps({"model_id": bundle.model_id, "predictions": records}, indent=2, allow_nan=False))
+    elif not args.out:
         sys.stdout.write(table.to_csv(index=False))
-    return 0
+    counts = ", ".join(f"{k} {int(v)}" for k, v in table["status"].value_counts().items())
+    err.print(f"{len(table)} predictions ({counts})" + (f" -> {args.out}" if args.out else ""), highlight=False)
+    failed = table[table["status"] == "error"]
+    for message in failed["error"].head(10):
+        err.print(f"[yellow]skipped[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+    if len(failed) > 10:
+        err.print(f"... and {len(failed) - 10} more rows with status error", highlight=False)
+    return 1 if len(failed) else 0  # every good row answered; 1 says some were not
 
 
 def _predict_image(args: argparse.Namespace, bundle, source: str) -> int:
@@ -203,13 +211,15 @@ def add_cam(sub) -> None:
     p.add_argument("--bundle", help="bundle directory (default: the released model)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", required=True)
-    p.add_argument("--alpha", type=float, default=0.4)
+    p.add_argument("--alpha", type=float, default=0.4, help="heatmap weight in the overlay, 0..1 (default 0.4)")
     p.add_argument("--explain", metavar="CLASS", help="the class to explain (default: each image's answer)")
 
 
 def run_cam(args: argparse.Namespace) -> int:
     from ..inference.figures import cam_figures
 
+    if not 0.0 <= args.alpha <= 1.0:  # nan fails too
+        raise UsageError(f"--alpha {args.alpha}: expected the heatmap's weight in the overlay, a number in 0..1")
     paths = list(args.paths)
     bundle_path = args.bundle
     if bundle_path is None and len(paths) > 1 and (Path(paths[0]) / "bundle.json").is_file():
@@ -221,8 +231,9 @@ def run_cam(args: argparse.Namespace) -> int:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a bundle for runtimes without PyTorch (ONNX)")
-    p.add_argument("bundle")
+    p = sub.add_parser("export", help="export a bundle for runtimes without PyTorch (ONNX)",
+                       description="dermfuse export --out DIR (the released model) | export BUNDLE --out DIR")
+    p.add_argument("bundle", nargs="?", help="bundle directory (default: the released model)")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, help="folder for the .onnx graph(s) and export.json")
     p.add_argument("--int8", action="store_true", help="also write 8-bit (onnxruntime dynamic quantisation) graphs")
@@ -232,8 +243,9 @@ def add_export(sub) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..export.onnx import export_onnx
+    from ..released import resolve_bundle
 
-    res = export_onnx(args.bundle, args.out, int8=args.int8, opset=args.opset, progress=not args.quiet)
+    res = export_onnx(resolve_bundle(args.bundle), args.out, int8=args.int8, opset=args.opset, progress=not args.quiet)
     if args.json:
         print(json.dumps(res, indent=2))
     else:

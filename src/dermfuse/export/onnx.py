@@ -265,7 +265,9 @@ def _spec(bundle, files: dict[str, Any], uses_meta: bool, heatmaps: bool, int8: 
         "classes": list(bundle.classes),
         "graphs": graphs,
         "preprocessing": {
-            "decode": "any image file -> RGB (EXIF orientation as PIL leaves it, alpha dropped)",
+            "decode": ("any image file -> 8-bit RGB: EXIF orientation applied (PIL ImageOps.exif_transpose), "
+                       "transparency composited onto black (each channel x alpha / 255), 16-bit grey scaled "
+                       "to 8 bits (dermfuse.data.cache.load_image)"),
             "resize": {"size": [h, w], "order": "height, width", "method": bundle.resize_method,
                        "aspect": "squashed to this size, not kept" if h == w else
                                  "squashed to this size (height x width): kept for a picture of that aspect ratio",

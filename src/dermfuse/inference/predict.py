@@ -152,30 +152,38 @@ def read_inputs(source: str | Path) -> "pd.DataFrame":
 def predict_table(engine: Predictor, items: "pd.DataFrame", operating_point: str = "argmax",
                   batch_size: int = 32, progress: bool = True) -> "pd.DataFrame":
     """Predictions for every row of `read_inputs`: path, status, top_class, confidence,
-    ood_score, p_<class>. Each bad row (unreadable image, bad metadata) is refused with an
-    InputError naming the row."""
+    ood_score, p_<class>, error. A bad row (unreadable image, bad metadata) does not stop the
+    others: its status is ``error`` and ``error`` says what was wrong (the row counted from 1
+    in the message); its other answers are empty."""
     import pandas as pd
+    from rich.console import Console
     from rich.progress import Progress
 
     from ..errors import InputError
 
-    rows = []
-    with Progress(transient=True, disable=not progress) as bar:
+    rows: dict[int, dict[str, Any]] = {}
+    with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task("predicting", total=len(items))
         for s in range(0, len(items), batch_size):
             chunk = items.iloc[s:s + batch_size]
-            imgs, metas = [], []
+            imgs, metas, good = [], [], []
             for i, r in chunk.iterrows():
                 try:
-                    imgs.append(engine.prepare_image(r["path"]))
-                    metas.append(engine.encode_meta(age=r["age"], sex=r["sex"], site=r["site"]))
+                    img = engine.prepare_image(r["path"])
+                    meta = engine.encode_meta(age=r["age"], sex=r["sex"], site=r["site"])
                 except InputError as e:
-                    raise InputError(f"row {i + 1} ({r['path']}): {e}") from None
-            for p, (_, r) in zip(answer(engine, np.stack(imgs), np.concatenate(metas), explain=False,
-                                        operating_point=operating_point), chunk.iterrows()):
-                rows.append({"path": r["path"], "status": p.status, "top_class": p.top_class,
-                             "confidence": round(p.assessment.confidence, 6),
-                             "ood_score": None if p.assessment.ood_score is None else round(p.assessment.ood_score, 4),
-                             **{f"p_{c}": round(v, 6) for c, v in p.probabilities.items()}})
+                    rows[i] = {"path": r["path"], "status": "error", "error": f"row {i + 1} ({r['path']}): {e}"}
+                    continue
+                imgs.append(img)
+                metas.append(meta)
+                good.append(i)
+            if good:
+                for p, i in zip(answer(engine, np.stack(imgs), np.concatenate(metas), explain=False,
+                                       operating_point=operating_point), good):
+                    rows[i] = {"path": items.loc[i, "path"], "status": p.status, "top_class": p.top_class,
+                               "confidence": round(p.assessment.confidence, 6),
+                               "ood_score": None if p.assessment.ood_score is None else round(p.assessment.ood_score, 4),
+                               **{f"p_{c}": round(v, 6) for c, v in p.probabilities.items()}, "error": None}
             bar.advance(task, len(chunk))
-    return pd.DataFrame(rows)
+    columns = ["path", "status", "top_class", "confidence", "ood_score", *(f"p_{c}" for c in engine.classes), "error"]
+    return pd.DataFrame([rows[i] for i in items.index], columns=columns)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
@@ -230,7 +231,7 @@ class Predictor:
         if explain and not self.can_explain:
             raise InputError(f"model {self.info.get('model', {}).get('name', '?')!r} has no image branch to explain")
         out_p, out_f, out_m, out_t = [], [], [], []
-        with Progress(transient=True, disable=not (progress and n > batch_size)) as bar:
+        with Progress(console=Console(stderr=True), transient=True, disable=not (progress and n > batch_size)) as bar:
             task = bar.add_task("predicting", total=n)
             for s in range(0, n, batch_size):
                 x = np.ascontiguousarray(images[s:s + batch_size])

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
@@ -192,7 +193,7 @@ def explain_eval(bundle_path: str | Path, data_path: str | Path, split_file: str
                early=earlier_layer(net, size, meta_dim), steps=steps, fill=fill, band=band, pad=pad, seed=seed,
                batch_size=batch_size)
     n = len(table)
-    with Progress(transient=True, disable=not progress) as bar:
+    with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task("explain-eval", total=n)
         for s in range(0, n, batch_size):
             x = to_input(np.ascontiguousarray(images[s:s + batch_size]))  # (B, 3, S, S)

@@ -409,3 +409,35 @@ def test_a_reader_that_leaves_early_gets_no_traceback(bundle, synth_small, tmp_p
                           stdout=w, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
     os.close(w)
     assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_evaluate_says_how_many_rows_the_bundle_trained_on_from_any_folder(bundle, synth_small, tmp_path, capsys,
+                                                                           caplog, monkeypatch):
+    """The bundle lists its training and validation images (seen_images.txt); evaluate counts
+    the scored rows among them and warns, whatever the current folder or the data's path."""
+    import logging
+    import shutil
+
+    import pandas as pd
+
+    split = pd.read_csv(bundle.parent / "split.csv")
+    seen = set(split.loc[split["part"].isin(["train", "val"]), "image_id"])
+    assert set((bundle / "seen_images.txt").read_text().split()) == seen
+    copy = tmp_path / "elsewhere" / "data"
+    shutil.copytree(synth_small, copy)  # another path to the same images
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        code, out, _ = _run(["evaluate", str(bundle), str(copy), "--json"], capsys)
+    m = json.loads(out)
+    assert code == 0 and m["rows_seen_in_training"] == len(seen)
+    assert f"{len(seen)} of the" in caplog.text and "optimistic" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        code, out, _ = _run(["evaluate", str(bundle), str(copy), "--split-file", str(bundle.parent / "split.csv"),
+                             "--part", "test", "--json"], capsys)
+    assert code == 0 and json.loads(out)["rows_seen_in_training"] == 0 and "optimistic" not in caplog.text
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    (tampered / "seen_images.txt").write_text("ISIC_0000000\n")
+    code, _, err = _run(["evaluate", str(tampered), str(copy)], capsys)
+    assert code == 2 and "seen_images.txt" in err and "SHA-256" in err

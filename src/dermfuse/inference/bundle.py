@@ -4,7 +4,8 @@ metadata encoder, preprocessing, input mode, metrics, model card, versions).
 
 Loading never unpickles: weights come from safetensors, everything else from JSON. The
 JSON records the SHA-256 of the weights file, so a truncated or edited file is caught
-before any tensor is used."""
+before any tensor is used. ``seen_images.txt`` (optional) lists the image ids the model
+trained or chose its epoch on, so that `evaluate` can say when it is scoring them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,12 +33,13 @@ from ..io import atomic_write, atomic_write_text
 from ..models import create_model
 from ..models.ensemble import ENSEMBLE, build_ensemble
 
-__all__ = ["Bundle", "save_bundle", "load_bundle", "update_bundle_info", "round_weights", "BUNDLE_FORMAT",
-           "MODEL_CARD", "WEIGHTS_DTYPES"]
+__all__ = ["Bundle", "save_bundle", "load_bundle", "update_bundle_info", "round_weights", "write_seen_images",
+           "BUNDLE_FORMAT", "MODEL_CARD", "WEIGHTS_DTYPES", "SEEN_FILE"]
 
 BUNDLE_FORMAT = "dermfuse-bundle/1"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bundle.json"
+SEEN_FILE = "seen_images.txt"  # one image id a line: the training and validation rows
 # how model.safetensors stores the classifier's floating-point tensors; the model is rebuilt and
 # computes in float32 either way (bundle.json says "weights_dtype" only when it is not float32)
 WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -84,6 +86,20 @@ class Bundle:
         """Metadata features the classifier takes (0 for image-only models)."""
         return int(self.info["model"]["kwargs"].get("meta_dim", 0))
 
+    def seen_images(self) -> frozenset[str] | None:
+        """The image ids this model trained on or chose its epoch and calibration on
+        (training and validation rows), or None for a bundle that does not record them.
+        BundleError if the list is missing or differs from its checksum."""
+        entry = self.info.get("training_data", {}).get("seen_images")
+        if not entry or self.path is None:
+            return None
+        file = self.path / entry["file"]
+        if not file.is_file():
+            raise BundleError(f"{file}: missing; bundle.json lists it (training_data.seen_images)")
+        if _sha256(file) != entry["sha256"]:
+            raise BundleError(f"{file}: SHA-256 differs from bundle.json's; the file was changed or truncated")
+        return frozenset(file.read_text(encoding="utf-8").split())
+
     def encode_table(self, table) -> "np.ndarray":
         """Metadata features for a cleaned table, (N, model_meta_dim) float32."""
         from .predictor import encode_metadata
@@ -121,6 +137,7 @@ def save_bundle(
     training_data: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     weights_dtype: str = "float32",
+    seen_images: Sequence[str] | None = None,
 ) -> Path:
     """Write a bundle directory and return its path.
 
@@ -128,7 +145,8 @@ def save_bundle(
     ``create_model(model_name, **model_kwargs)`` (weights excluded). ``weights_dtype``
     float16 stores the classifier's floating-point tensors at half precision (half the file;
     a CAM backbone stays float32); score ``round_weights(model, "float16")`` to measure
-    what the bundle will compute."""
+    what the bundle will compute. ``seen_images``: the ids of the training and validation
+    rows, written to ``seen_images.txt`` (see `Bundle.seen_images`)."""
     if input_mode != "image" and cam_model is None:
         raise ValueError(f"input mode {input_mode!r} needs a CAM backbone in the bundle")
     if weights_dtype not in WEIGHTS_DTYPES:
@@ -159,7 +177,8 @@ def save_bundle(
             "name": cam_name, "kwargs": cam_kwargs or {}, "method": cam_method},
         "calibration": (calibration or Calibration()).to_dict(),
         "metrics": metrics or {},
-        "training_data": training_data or {},
+        "training_data": {**(training_data or {}),
+                          **({} if seen_images is None else {"seen_images": write_seen_images(out, seen_images)})},
         "model_card": MODEL_CARD,
         "versions": {"dermfuse": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "weights_sha256": digest,
@@ -168,6 +187,18 @@ def save_bundle(
     }
     atomic_write_text(out / META_FILE, json.dumps(info, indent=2, default=_json_default))
     return out
+
+
+def write_seen_images(out: str | Path, image_ids: Sequence[str]) -> dict[str, Any]:
+    """Write ``out/seen_images.txt`` (sorted, unique ids); returns bundle.json's entry for it
+    (``training_data.seen_images``)."""
+    ids = sorted({str(i) for i in image_ids})
+    bad = [i for i in ids if not i or any(c.isspace() for c in i)]
+    if bad:
+        raise ValueError(f"image ids must be non-empty and without whitespace: {bad[:3]}")
+    file = Path(out) / SEEN_FILE
+    atomic_write_text(file, "".join(f"{i}\n" for i in ids))
+    return {"file": SEEN_FILE, "count": len(ids), "sha256": _sha256(file)}
 
 
 def round_weights(model: nn.Module, weights_dtype: str) -> nn.Module:

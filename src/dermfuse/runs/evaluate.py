@@ -19,7 +19,7 @@ from ..data.formats import detect_layout
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics import compute_metrics
 from ..evaluation.report import Section, figure_html, table_html, write_report
-from ..inference.bundle import load_bundle
+from ..inference.bundle import SEEN_FILE, load_bundle
 from ..io import atomic_write_text
 from .cohort import load_cohort
 from .predictions_csv import write_predictions
@@ -94,6 +94,7 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
     column_map = _reading_map(bundle, data_path, split_file, format, column_map)
     cohort = load_cohort(data_path, format, True, progress, column_map)
     table, y = _scored_rows(cohort, bundle, split_file, part)
+    seen = _seen_rows(bundle, table)
     cache = build_cache(table, size=bundle.image_size, method=bundle.resize_method, progress=progress)
     meta = bundle.encode_table(table)
     res = engine.run(cache.images, meta, progress=progress, features=engine.needs_features)
@@ -109,6 +110,8 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
     metrics["unrecognised_metadata"] = getattr(cohort.report, "unrecognised", {})
     metrics["cleaning"] = cohort.report.counts
     metrics["rows"] = "all clean rows" if split_file is None else f"part {part!r} of {split_file}"
+    if seen is not None:
+        metrics["rows_seen_in_training"] = seen
     if by:
         from ..evaluation.subgroups import subgroup_metrics
 
@@ -124,9 +127,11 @@ def evaluate_bundle(bundle_path: str | Path | None, data_path: str | Path, forma
 def _reading_map(bundle, data_path: str | Path, split_file: str | Path | None, format: str | None,
                  column_map: dict[str, str] | None) -> dict[str, str] | None:
     """The column map to read ``data_path`` with: the given one, or the bundle's own where the
-    data match no known format. Warns when every row of the training data would be scored."""
+    data match no known format. Warns when every row of the training data would be scored
+    (for a bundle without seen_images.txt: by its training path, as given then)."""
     trained_on = bundle.info.get("training_data", {}).get("path")
-    if split_file is None and trained_on and Path(trained_on).resolve() == Path(data_path).resolve():
+    listed = bundle.info.get("training_data", {}).get("seen_images")  # then `_seen_rows` counts, path or not
+    if split_file is None and trained_on and not listed and Path(trained_on).resolve() == Path(data_path).resolve():
         log.warning("%s is the data set this bundle was trained on: every row is scored, training "
                     "rows included, so these metrics are optimistic. Pass --split-file RUN/split.csv "
                     "to score the held-out rows only.", data_path)
@@ -136,6 +141,20 @@ def _reading_map(bundle, data_path: str | Path, split_file: str | Path | None, f
                  "trained with (%s)", data_path, saved_map)
         column_map = saved_map
     return column_map
+
+
+def _seen_rows(bundle, table: pd.DataFrame) -> int | None:
+    """How many scored rows the bundle trained or chose its epoch on (its seen_images.txt;
+    None where the bundle does not record them); warns when any are."""
+    seen = bundle.seen_images()
+    if seen is None:
+        return None
+    n = int(table["image_id"].astype(str).isin(seen).sum())
+    if n:
+        log.warning("%d of the %d scored rows are images this bundle trained on or chose its epoch on "
+                    "(%s lists them): these metrics are optimistic. Score held-out rows only, e.g. "
+                    "--split-file RUN/split.csv --part test.", n, len(table), SEEN_FILE)
+    return n
 
 
 def _scored_rows(cohort, bundle, split_file: str | Path | None, part: str) -> tuple[pd.DataFrame, np.ndarray]:

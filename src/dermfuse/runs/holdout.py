@@ -112,8 +112,9 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         return RunResult(run_dir, metrics, None, done.fit.history)
     test_ids = table["image_id"].to_numpy()[test_idx]
     _write_scores(run_dir, cfg, done, metrics, test_ids, classes, y[test_idx])
+    seen = table["image_id"].to_numpy()[np.concatenate([train_idx, val_idx])]
     bundle = _save_run_bundle(run_dir, cfg, cohort, done, cam_model, cam_info, size, metrics,
-                              n_train=len(train_idx), n_val=len(val_idx))
+                              n_train=len(train_idx), n_val=len(val_idx), seen=seen)
     if len(test_idx):
         _holdout_report(run_dir, cfg, cohort, done.fit.history, metrics, y[test_idx], done.proba,
                         n_parts=(len(train_idx), len(val_idx), len(test_idx)), warnings=done.warnings,
@@ -181,7 +182,8 @@ def _write_scores(run_dir: Path, cfg: RunConfig, done: Trained, metrics: dict[st
 
 
 def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Trained, cam_model, cam_info: dict,
-                     size: int | tuple[int, int], metrics: dict[str, Any], n_train: int, n_val: int) -> Path:
+                     size: int | tuple[int, int], metrics: dict[str, Any], n_train: int, n_val: int,
+                     seen=None) -> Path:
     model_name, kwargs = cfg.model.name, done.kwargs
     if cfg.train.members > 1:
         model_name, kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": done.kwargs,
@@ -197,6 +199,7 @@ def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Traine
         training_data={"path": str(cfg.data.path), "format": cohort.read.format,
                        "column_map": cfg.data.column_map if cohort.read.format == "generic" else None,
                        "synthetic": cohort.synthetic, "n_train": int(n_train), "n_val": int(n_val)},
+        seen_images=seen,
     )
 
 

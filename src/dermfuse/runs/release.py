@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from .. import CLASS_NAMES, __version__
-from ..inference.bundle import META_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
+from ..inference.bundle import META_FILE, SEEN_FILE, WEIGHTS_FILE, load_bundle, read_bundle_info, update_bundle_info
 from ..errors import DataError
 from ..image_size import Size, size_hw, size_text
 from ..inference.card import CARD_SCHEMA, INTENDED_USE, LICENSES, NOT_FOR, POPULATION_LIMITS
@@ -135,8 +135,9 @@ def release_run(run_dir: str | Path, out: str | Path, holdout: str | Path | None
     trust.ood.selection["measured"] = measure
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS_FILE, META_FILE):
-        shutil.copy2(run_dir / "bundle" / name, out / name)
+    for name in (WEIGHTS_FILE, META_FILE, SEEN_FILE):
+        if name != SEEN_FILE or (run_dir / "bundle" / name).is_file():  # older bundles list none
+            shutil.copy2(run_dir / "bundle" / name, out / name)
     digest = save_trust_arrays(out, trust)
     info = read_bundle_info(out)
     hold = holdout_metrics(Path(holdout), data_path, progress) if holdout else None

@@ -441,3 +441,34 @@ def test_evaluate_says_how_many_rows_the_bundle_trained_on_from_any_folder(bundl
     (tampered / "seen_images.txt").write_text("ISIC_0000000\n")
     code, _, err = _run(["evaluate", str(tampered), str(copy)], capsys)
     assert code == 2 and "seen_images.txt" in err and "SHA-256" in err
+
+
+def test_serve_answers_on_its_port_and_a_taken_port_is_a_clear_error(bundle, tmp_path):
+    """The server binds before it says "serving"; a second one on the same port says the port
+    is in use (exit 2) instead of announcing an address it cannot serve."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dermfuse", "serve", str(bundle), "--port", str(port)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline, health = time.time() + 120, None
+        while time.time() < deadline and health is None and first.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    health = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert health is not None, first.stderr.read() if first.poll() is not None else "no answer"
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2 and "serving" not in second.stdout
+        assert f"127.0.0.1:{port}" in second.stderr and "--port" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        first.terminate()
+        first.wait(30)

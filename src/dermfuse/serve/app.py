@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import CLASS_NAMES, __version__
 from ..constants import AGE_RANGE
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..image_size import size_json
 from ..inference.bundle import Bundle, load_bundle
 from ..inference.card import model_card
@@ -313,6 +313,30 @@ def run_server(bundle_path: Bundle | str | Path | None = None, host: str = "127.
     import uvicorn
 
     app = create_app(bundle_path, operating_point=operating_point, device=device)
+    sock = _listen(host, port)  # before saying "serving": a port in use is an error, not a promise
     print(f"dermfuse: serving model {app.state.bundle.model_id} at http://{host}:{port}/ "
           f"(research use only, not a diagnosis)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+
+
+def _listen(host: str, port: int):
+    """A bound socket on host:port for uvicorn; ConfigError naming the address where the port
+    is taken or the host is not this machine's."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: expected 0..65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise ConfigError(f"--host {host}: cannot listen there ({e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; is another server using it? "
+                          "pick another with --port") from None
+    sock.set_inheritable(True)
+    return sock

@@ -45,7 +45,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     for k in HEADLINE_METRICS:
         if k in m:
-            out.print(f"{k:22s} {m[k]}")
+            out.print(f"{k:22s} {_num(m[k])}")
+    if m.get("rows_seen_in_training"):
+        out.print(f"{'rows_seen_in_training':22s} {m['rows_seen_in_training']} (optimistic: see the warning)")
     for line in _trust_lines(m.get("trust") or {}):
         out.print(line)
     if "subgroups" in m:
@@ -54,6 +56,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out.print(render_subgroups(m["subgroups"]), markup=False, highlight=False, soft_wrap=True)
     _print_metadata_problems(m)
     return 0
+
+
+def _num(v):
+    """A metric for the text output: 4 decimals (--json keeps every digit)."""
+    return f"{v:.4f}" if isinstance(v, float) else v
 
 
 def _trust_lines(t: dict) -> list[str]:
@@ -67,8 +74,9 @@ def _trust_lines(t: dict) -> list[str]:
                      f"{s['balanced_accuracy']:.4f} (all rows: {s['accuracy_all']:.4f}, {s['balanced_accuracy_all']:.4f})")
     mo = t.get("melanoma_operating_point")
     if mo:
-        lines.append(f"melanoma operating point: P(mel) >= {mo['threshold']:.4f}: sensitivity {mo['sensitivity']}, "
-                     f"specificity {mo['specificity']} (argmax: {mo['argmax_sensitivity']}, {mo['argmax_specificity']})")
+        lines.append(f"melanoma operating point: P(mel) >= {mo['threshold']:.4f}: sensitivity {_num(mo['sensitivity'])}, "
+                     f"specificity {_num(mo['specificity'])} (argmax: {_num(mo['argmax_sensitivity'])}, "
+                     f"{_num(mo['argmax_specificity'])})")
     if t.get("status_counts"):
         lines.append(f"status: {t['status_counts']}")
     return lines
@@ -91,6 +99,7 @@ def add_predict(sub) -> None:
                                    "with a column image (or path) and optional age, sex, site columns: then "
                                    "the answers go to a predictions CSV (--out, default stdout).")
     p.add_argument("paths", nargs="+", metavar="[BUNDLE] IMAGE", help="one path: the input; two: bundle, input")
+    p.usage = "dermfuse predict [options] [BUNDLE] IMAGE"  # argparse would repeat the pair: one input only
     add_bundle_options(p)
     p.add_argument("--age")
     p.add_argument("--sex")

@@ -47,3 +47,17 @@ def test_input_size_disagreeing_with_the_architecture_is_refused(tmp_path):
 def test_a_consistent_bundle_still_loads(tmp_path):
     b = load_bundle(make_bundle(tmp_path / "b", model="cnn"))
     assert b.classes == list(HAM10000_CLASSES)
+
+
+def test_seen_images_keep_ids_with_spaces_and_refuse_an_edited_list(tmp_path):
+    from dermfuse.errors import BundleError
+    from dermfuse.inference.bundle import load_bundle, read_bundle_info, update_bundle_info, write_seen_images
+
+    path = make_bundle(tmp_path / "b", image_size=32)
+    assert load_bundle(path).seen_images() is None  # a bundle without a list
+    entry = write_seen_images(path, ["lesion 01", "ISIC_1", "ISIC_1"])  # a folder's file stem may hold a space
+    update_bundle_info(path, training_data={**read_bundle_info(path)["training_data"], "seen_images": entry})
+    assert entry["count"] == 2 and load_bundle(path).seen_images() == {"lesion 01", "ISIC_1"}
+    (path / "seen_images.txt").write_text("ISIC_1\n")
+    with pytest.raises(BundleError, match="SHA-256"):
+        load_bundle(path).seen_images()

@@ -69,7 +69,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
-        os.chmod(tmp, _FILE_MODE)
+        try:
+            os.chmod(tmp, _FILE_MODE)
+        except OSError:
+            pass  # a share without modes (CIFS, some FUSE): the write still counts
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:

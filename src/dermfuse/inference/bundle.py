@@ -98,7 +98,7 @@ class Bundle:
             raise BundleError(f"{file}: missing; bundle.json lists it (training_data.seen_images)")
         if _sha256(file) != entry["sha256"]:
             raise BundleError(f"{file}: SHA-256 differs from bundle.json's; the file was changed or truncated")
-        return frozenset(file.read_text(encoding="utf-8").split())
+        return frozenset(file.read_text(encoding="utf-8").splitlines())  # ids may hold spaces
 
     def encode_table(self, table) -> "np.ndarray":
         """Metadata features for a cleaned table, (N, model_meta_dim) float32."""
@@ -193,9 +193,9 @@ def write_seen_images(out: str | Path, image_ids: Sequence[str]) -> dict[str, An
     """Write ``out/seen_images.txt`` (sorted, unique ids); returns bundle.json's entry for it
     (``training_data.seen_images``)."""
     ids = sorted({str(i) for i in image_ids})
-    bad = [i for i in ids if not i or any(c.isspace() for c in i)]
+    bad = [i for i in ids if not i or "\n" in i or "\r" in i]
     if bad:
-        raise ValueError(f"image ids must be non-empty and without whitespace: {bad[:3]}")
+        raise ValueError(f"image ids must be non-empty and on one line: {bad[:3]}")
     file = Path(out) / SEEN_FILE
     atomic_write_text(file, "".join(f"{i}\n" for i in ids))
     return {"file": SEEN_FILE, "count": len(ids), "sha256": _sha256(file)}

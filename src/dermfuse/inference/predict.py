@@ -161,6 +161,7 @@ def predict_table(engine: Predictor, items: "pd.DataFrame", operating_point: str
 
     from ..errors import InputError
 
+    items = items.reset_index(drop=True)  # rows by position: the message counts from 1
     rows: dict[int, dict[str, Any]] = {}
     with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task("predicting", total=len(items))
@@ -186,4 +187,4 @@ def predict_table(engine: Predictor, items: "pd.DataFrame", operating_point: str
                                **{f"p_{c}": round(v, 6) for c, v in p.probabilities.items()}, "error": None}
             bar.advance(task, len(chunk))
     columns = ["path", "status", "top_class", "confidence", "ood_score", *(f"p_{c}" for c in engine.classes), "error"]
-    return pd.DataFrame([rows[i] for i in items.index], columns=columns)
+    return pd.DataFrame([rows[i] for i in range(len(items))], columns=columns)

@@ -112,7 +112,9 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
         return RunResult(run_dir, metrics, None, done.fit.history)
     test_ids = table["image_id"].to_numpy()[test_idx]
     _write_scores(run_dir, cfg, done, metrics, test_ids, classes, y[test_idx])
-    seen = table["image_id"].to_numpy()[np.concatenate([train_idx, val_idx])]
+    seen = list(table["image_id"].to_numpy()[np.concatenate([train_idx, val_idx])])
+    if init_bundle is not None:  # a fine-tune has seen what its starting bundle saw
+        seen += sorted(init_bundle.seen_images() or ())
     bundle = _save_run_bundle(run_dir, cfg, cohort, done, cam_model, cam_info, size, metrics,
                               n_train=len(train_idx), n_val=len(val_idx), seen=seen)
     if len(test_idx):

@@ -373,7 +373,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set from C
 
 
 def _join_study(study: Any, mine: dict[str, Any], url: str, name: str) -> None:

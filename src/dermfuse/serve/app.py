@@ -316,7 +316,7 @@ def run_server(bundle_path: Bundle | str | Path | None = None, host: str = "127.
     sock = _listen(host, port)  # before saying "serving": a port in use is an error, not a promise
     print(f"dermfuse: serving model {app.state.bundle.model_id} at http://{host}:{port}/ "
           f"(research use only, not a diagnosis)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run(sockets=[sock])
 
 
 def _listen(host: str, port: int):
@@ -338,5 +338,6 @@ def _listen(host: str, port: int):
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; is another server using it? "
                           "pick another with --port") from None
+    sock.listen(2048)  # now: a second server started at the same moment cannot bind it too
     sock.set_inheritable(True)
     return sock

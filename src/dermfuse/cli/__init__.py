@@ -73,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, so that a reader who left is a BrokenPipeError below, not at exit
+        return code
     except DermfuseError as e:
         _error(str(e))
         return 2

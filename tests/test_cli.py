@@ -339,6 +339,9 @@ def test_predict_many_answers_the_good_rows_and_marks_the_bad_ones(released, syn
     table = pd.read_csv(tmp_path / "p.csv")  # the same answers in the CSV
     assert table["status"].tolist() == [r["status"] for r in rows]
     assert table.loc[0, "p_mel"] == pytest.approx(rows[0]["p_mel"]) and table["p_mel"][1:].isna().all()
+    (tmp_path / "empty.csv").write_text("image,age\n")
+    code, _, err = _run(["predict", "--bundle", str(released), str(tmp_path / "empty.csv")], capsys)
+    assert code == 2 and "no rows" in err
 
 
 def released_classes(bundle_dir) -> list[str]:

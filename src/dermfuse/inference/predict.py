@@ -142,6 +142,8 @@ def read_inputs(source: str | Path) -> "pd.DataFrame":
     if col is None:
         raise InputError(f"{source}: expected a column image (or path) naming the image files; "
                          f"found {list(table.columns)}")
+    if table.empty:
+        raise InputError(f"{source}: no rows under the header; expected one row per image")
     paths = [str(p if Path(p).is_absolute() else source.parent / p) for p in table[col]]
     out = pd.DataFrame({"path": paths})
     for c in ("age", "sex", "site"):

@@ -94,13 +94,7 @@ def test_a_file_written_by_a_library_that_creates_it_0600_gets_the_usual_mode(tm
     with open(tmp_path / "plain.txt", "w") as fh:
         fh.write("x")
     plain = (tmp_path / "plain.txt").stat().st_mode & 0o777
-    assert plain == 0o666 & ~_umask_now()
+    if plain == 0o600:
+        pytest.skip("umask 077: a plain file is 0600 too, so the check could not fail")
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == plain
 
-
-def _umask_now() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -330,7 +330,7 @@ def test_predict_many_answers_the_good_rows_and_marks_the_bad_ones(released, syn
     assert code == 1
     rows = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))["predictions"]
     assert [r["status"] == "error" for r in rows] == [False, True, True, True]
-    assert rows[0]["top_class"] in released_classes(released) and rows[0]["error"] is None
+    assert rows[0]["top_class"] in _released_classes(released) and rows[0]["error"] is None
     assert rows[1]["top_class"] is None and rows[1]["p_mel"] is None
     assert rows[1]["error"].startswith("row 2 (") and "nope.jpg" in rows[1]["error"]
     assert rows[2]["error"].startswith("row 3 (") and "age '-5'" in rows[2]["error"]
@@ -344,7 +344,7 @@ def test_predict_many_answers_the_good_rows_and_marks_the_bad_ones(released, syn
     assert code == 2 and "no rows" in err
 
 
-def released_classes(bundle_dir) -> list[str]:
+def _released_classes(bundle_dir) -> list[str]:
     return json.loads((Path(bundle_dir) / "bundle.json").read_text())["classes"]
 
 

@@ -58,7 +58,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _num(v):
+def _num(v: object) -> object:
     """A metric for the text output: 4 decimals (--json keeps every digit)."""
     return f"{v:.4f}" if isinstance(v, float) else v
 

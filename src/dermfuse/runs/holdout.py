@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -114,7 +114,7 @@ def train_run(cfg: RunConfig, progress: bool = True, resume: bool = False,
     _write_scores(run_dir, cfg, done, metrics, test_ids, classes, y[test_idx])
     seen = list(table["image_id"].to_numpy()[np.concatenate([train_idx, val_idx])])
     if init_bundle is not None:  # a fine-tune has seen what its starting bundle saw
-        seen += sorted(init_bundle.seen_images() or ())
+        seen += init_bundle.seen_images() or ()  # save_bundle sorts and dedupes
     bundle = _save_run_bundle(run_dir, cfg, cohort, done, cam_model, cam_info, size, metrics,
                               n_train=len(train_idx), n_val=len(val_idx), seen=seen)
     if len(test_idx):
@@ -185,7 +185,7 @@ def _write_scores(run_dir: Path, cfg: RunConfig, done: Trained, metrics: dict[st
 
 def _save_run_bundle(run_dir: Path, cfg: RunConfig, cohort: Cohort, done: Trained, cam_model, cam_info: dict,
                      size: int | tuple[int, int], metrics: dict[str, Any], n_train: int, n_val: int,
-                     seen=None) -> Path:
+                     seen: Sequence[str] | None = None) -> Path:
     model_name, kwargs = cfg.model.name, done.kwargs
     if cfg.train.members > 1:
         model_name, kwargs = ENSEMBLE, {"member": cfg.model.name, "member_kwargs": done.kwargs,

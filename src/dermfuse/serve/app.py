@@ -32,7 +32,9 @@ The pieces: `dermfuse.serve.batcher` (the worker thread and one batch's inferenc
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -319,11 +321,9 @@ def run_server(bundle_path: Bundle | str | Path | None = None, host: str = "127.
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run(sockets=[sock])
 
 
-def _listen(host: str, port: int):
+def _listen(host: str, port: int) -> socket.socket:
     """A bound socket on host:port for uvicorn; ConfigError naming the address where the port
     is taken or the host is not this machine's."""
-    import socket
-
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 0..65535")
     try:
@@ -336,8 +336,8 @@ def _listen(host: str, port: int):
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; is another server using it? "
-                          "pick another with --port") from None
+        hint = "; is another server using it? pick another with --port" if e.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
     sock.listen(2048)  # now: a second server started at the same moment cannot bind it too
     sock.set_inheritable(True)
     return sock
